@@ -1,0 +1,1 @@
+"""Flower ClientApp: local training on one simulated hospital's data, and update packaging."""

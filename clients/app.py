@@ -1,0 +1,129 @@
+"""The ClientApp: each simulated hospital trains the global model on its own partition.
+
+Flower pickles the app to the Ray actors with every message, so the app carries only the
+scenario and index lists; the cohort itself is loaded (from the on-disk cache) once per actor
+process and kept in `_STATE`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from clients.training import predict, train_local
+from fedsim.data.datasets import load_dataset
+from fedsim.data.partition import ClientSplit
+from fedsim.scenario import Scenario
+from fedsim.seeding import derive_seed, seed_everything
+from fedsim.tasks import TASKS, Task
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What every client needs to know, small enough to ship with each message."""
+
+    key: str  # identifies the run, so an actor reused across runs never serves stale data
+    scenario: Scenario
+    splits: tuple[ClientSplit, ...]
+    target_mean: float
+    target_std: float
+
+
+@dataclass
+class _ClientData:
+    task: Task
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+_STATE: dict[tuple[str, int], _ClientData] = {}
+
+
+def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
+    """This client's tensors, built once per actor process and run."""
+    cached = _STATE.get((plan.key, partition_id))
+    if cached is not None:
+        return cached
+    if any(key != plan.key for key, _ in _STATE):
+        _STATE.clear()
+    sc = plan.scenario
+    cohort = load_dataset(sc.data, seed=sc.seed)
+    task = TASKS.get(sc.task.name)(config=sc.task, target_mean=plan.target_mean, target_std=plan.target_std)
+    split = plan.splits[partition_id]
+    x_train, y_train = task.tensors(cohort, split.train)
+    x_val, y_val = task.tensors(cohort, split.val or split.train)
+    data = _STATE[(plan.key, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val)
+    return data
+
+
+def _device(plan: ClientPlan) -> torch.device:
+    use_gpu = plan.scenario.resources.num_gpus > 0 and torch.cuda.is_available()
+    return torch.device("cuda" if use_gpu else "cpu")
+
+
+def _model(plan: ClientPlan, data: _ClientData, msg: Message) -> torch.nn.Module:
+    model = data.task.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model.to(_device(plan))
+
+
+def make_client_app(plan: ClientPlan) -> ClientApp:
+    """Build the ClientApp for a scenario; `plan` is closed over and shipped to the actors."""
+    app = ClientApp()
+    threads = max(1, int(plan.scenario.resources.num_cpus))
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Tell the server which partition this node holds (node ids change every run)."""
+        pid = int(context.node_config["partition-id"])
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        start = time.perf_counter()
+        torch.set_num_threads(threads)
+        pid = int(context.node_config["partition-id"])
+        config = msg.content["config"]
+        server_round = int(config["server-round"])
+        seed = derive_seed(plan.scenario.seed, "train", server_round, pid)
+        seed_everything(seed)
+        data = _client_data(plan, pid)
+        model = _model(plan, data, msg)
+        result = train_local(
+            model,
+            data.x_train,
+            data.y_train,
+            task=data.task,
+            config=plan.scenario.federation,
+            rng=np.random.default_rng(seed),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+        )
+        metrics = {
+            "num-examples": result.examples,
+            "partition-id": pid,
+            "train_loss": result.loss,
+            "local_steps": result.steps,
+            "seconds": time.perf_counter() - start,
+        }
+        arrays = ArrayRecord(model.cpu().state_dict())
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(threads)
+        pid = int(context.node_config["partition-id"])
+        data = _client_data(plan, pid)
+        model = _model(plan, data, msg)
+        scores = data.task.metrics(predict(model, data.x_val), data.y_val)
+        metrics = {"num-examples": len(data.y_val), "partition-id": pid}
+        metrics.update({f"val_{k}": v for k, v in scores.items()})
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app

@@ -1,0 +1,113 @@
+"""`fedsim` command line: run, validate, list, report.
+
+Bad input prints one line naming the key or file and exits 2 (no traceback); a failed run exits 1
+after its run folder is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a federated scenario")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--out", type=Path, default=None, help="root folder for runs (default: output.dir)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario value, e.g. federation.rounds=5 (repeatable)")
+    val = sub.add_parser("validate", help="check scenario files without running them")
+    val.add_argument("scenarios", type=Path, nargs="+")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    lst = sub.add_parser("list", help="list registered plug-ins")
+    lst.add_argument("kind", nargs="?", help="only this kind (attack, defense, dataset, ...)")
+    rep = sub.add_parser("report", help="rewrite report.md, metrics.csv and figures of a run folder")
+    rep.add_argument("run_dir", type=Path)
+    return p
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"fedsim: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedsim.runner import run_scenario
+    from fedsim.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)
+    result = run_scenario(scenario, out_dir=args.out)
+    print(f"run folder: {result.run_dir}")
+    if result.error:
+        return _fail(f"run failed: {result.error} (results so far are in {result.run_dir})", 1)
+    if result.failures:
+        first = result.failures[0]
+        reason = first["error"].strip().splitlines()[-1] if first["error"].strip() else "unknown error"
+        return _fail(f"{len(result.failures)} client update(s) failed; first: round {first['round']} "
+                     f"client {first['client']}: {reason} (see {result.run_dir / 'report.md'})", 1)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fedsim.scenario import load_scenario
+
+    for path in args.scenarios:
+        sc = load_scenario(path, args.overrides)
+        print(f"{path}: ok ({sc.name}: {sc.federation.clients} clients x {sc.federation.rounds} rounds)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from fedsim.registry import load_builtins
+
+    registries = load_builtins()
+    if args.kind and args.kind not in registries:
+        return _fail(f"unknown plug-in kind '{args.kind}' (valid: {', '.join(registries)})", EXIT_BAD_INPUT)
+    for kind, reg in registries.items():
+        if args.kind and kind != args.kind:
+            continue
+        print(f"{kind}:")
+        for name in reg.names() or ["(none yet)"]:
+            desc = reg.describe(name) if name != "(none yet)" else ""
+            print(f"  {name:<18} {desc}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedsim.report import write_outputs
+
+    if not (args.run_dir / "summary.json").is_file():
+        return _fail(f"not a run folder (no summary.json): {args.run_dir}", EXIT_BAD_INPUT)
+    write_outputs(args.run_dir)
+    print(f"wrote {args.run_dir / 'report.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `fedsim` console script."""
+    from fedsim.registry import PluginError
+    from fedsim.scenario import ScenarioError
+
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "report": cmd_report}[args.command]
+    try:
+        code = handler(args)
+    except (ScenarioError, PluginError) as exc:
+        code = _fail(str(exc), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        code = _fail("interrupted", 130)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code != 0 and args.command == "run":
+        os._exit(code)  # Flower's server thread is not a daemon: never hang after a failed simulation
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

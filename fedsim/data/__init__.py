@@ -1,0 +1,1 @@
+"""Cohorts, dataset plug-ins and partitioners."""

@@ -1,0 +1,71 @@
+"""The brain-age CNN of the literature, made configurable.
+
+Blocks of [Conv 3x3x3 -> Instance/GroupNorm -> ReLU -> MaxPool] with channel widths from the YAML,
+then global average pooling and a 1x1x1 conv head whose bias starts at the mean training age (so
+round 0 already predicts the mean). The head works in units of `out_scale` years (the training age
+SD), so an optimiser's step size means the same for the bias as for the weights. Norm layers are Instance/Group: Opacus rejects BatchNorm, and
+activations are not in-place so Opacus' per-sample hooks work.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Pool
+from torch import nn
+
+from fedsim.registry import registry
+
+MODELS = registry("model")
+
+
+def _norm(kind: str, channels: int) -> tuple[str, dict]:
+    if kind == "group":
+        groups = max(g for g in (8, 4, 2, 1) if channels % g == 0)
+        return ("group", {"num_groups": groups})
+    return ("instance", {"affine": True})
+
+
+@MODELS.register("brain_age_cnn")
+class BrainAgeCNN(nn.Module):
+    """3D (or 2D) CNN regressor: conv blocks, global pooling, 1x1x1 head; output bias = mean age."""
+
+    def __init__(
+        self,
+        *,
+        channels: list[int] | tuple[int, ...] = (8, 16, 32, 64),
+        norm: str = "instance",
+        dropout: float = 0.0,
+        in_channels: int = 1,
+        spatial_dims: int = 3,
+        out_bias: float = 0.0,
+        out_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        prev = in_channels
+        for width in channels:
+            blocks.append(
+                Convolution(
+                    spatial_dims=spatial_dims,
+                    in_channels=prev,
+                    out_channels=width,
+                    kernel_size=3,
+                    norm=_norm(norm, width),
+                    act=("relu", {"inplace": False}),
+                    adn_ordering="NA",
+                )
+            )
+            blocks.append(Pool["max", spatial_dims](kernel_size=2))
+            prev = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = Pool["adaptiveavg", spatial_dims](1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.head = conv(prev, 1, kernel_size=1)
+        self.out_scale = float(out_scale)
+        nn.init.constant_(self.head.bias, out_bias / self.out_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.dropout(self.pool(self.features(x)))).flatten(1).squeeze(1)
+        return out * self.out_scale

@@ -1,0 +1,94 @@
+"""report.md and metrics.csv, written from the run folder alone (so `fedsim report RUN` can redo them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsim.figures import learning_curves
+from fedsim.record import atomic_write_text, read_metrics
+
+
+def write_outputs(run_dir: Path) -> None:
+    """metrics.csv, figures/curves.png and report.md from what the run folder holds."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    atomic_write_text(run_dir / "metrics.csv", _csv(records))
+    figure = learning_curves(records, summary, run_dir / "figures" / "curves.png")
+    atomic_write_text(run_dir / "report.md", render_report(run_dir, records, summary, figure))
+
+
+def _csv(records: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for rec in records:
+        columns += [k for k in rec if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(records)
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[str, Any],
+                  figure: Path | None) -> str:
+    """A short Markdown report: setup, partitions, result vs baseline, per-round table, failures."""
+    scenario = yaml.safe_load((run_dir / "scenario.yaml").read_text())
+    parts_path = run_dir / "partitions.json"
+    partitions = json.loads(parts_path.read_text()) if parts_path.exists() else {"clients": []}
+    key = summary.get("primary_metric", "mae")
+    fed, data, model = scenario["federation"], scenario["data"], scenario["task"]["model"]
+    lines = [
+        f"# {scenario['name']}",
+        "",
+        scenario.get("description", "").strip(),
+        "",
+        "## Setup",
+        f"- Task: {scenario['task']['name']} with `{model['name']}` (channels {model['channels']}, "
+        f"{model['norm']} norm)",
+        f"- Data: `{data['dataset']}`, {data['n_subjects']} subjects at {data['shape']}^3, {data['sites']} sites, "
+        f"split by {data['partition']['by']}",
+        f"- Federation: {fed['clients']} clients, {fed['rounds']} rounds of `{fed['strategy']}`, "
+        f"local {'steps ' + str(fed['local_steps']) if fed['local_steps'] else 'epochs ' + str(fed['local_epochs'])}, "
+        f"batch {fed['batch_size']}, {fed['optimizer']} lr {fed['lr']}",
+        f"- Seed {scenario['seed']}; status **{summary['status']}**; wall time {summary['wall_s']:.1f} s "
+        f"on {summary.get('device', 'cpu')}",
+        "",
+        "## Result",
+        f"| | test {key.upper()} |",
+        "|---|---|",
+        f"| predict the mean training target | {_fmt(summary['baseline_predict_mean'].get(key))} |",
+        f"| initial global model | {_fmt(summary.get('initial', {}).get(key))} |",
+        f"| final global model (round {summary['rounds_completed']}) | {_fmt(summary.get('final', {}).get(key))} |",
+        "",
+    ]
+    if figure is not None:
+        lines += [f"![learning curves]({figure.relative_to(run_dir)})", ""]
+    lines += ["## Partitions", "| client | train | val | sites | mean age |", "|---|---|---|---|---|"]
+    for c in partitions["clients"]:
+        lines.append(f"| {c['client']} | {c['train']} | {c['val']} | {', '.join(c['sites'])} | {c['mean_age']:.1f} |")
+    lines += [f"\nServer test set: {partitions.get('test', '?')} subjects.", "", "## Rounds",
+              f"| round | test {key.upper()} | mean train loss | mean client val {key.upper()} |", "|---|---|---|---|"]
+    for rnd in sorted({r["round"] for r in records if r.get("kind") == "server"}):
+        srv = next(r for r in records if r.get("kind") == "server" and r["round"] == rnd)
+        tr = [r["train_loss"] for r in records if r.get("kind") == "train" and r["round"] == rnd]
+        ev = [r[f"val_{key}"] for r in records if r.get("kind") == "evaluate" and r["round"] == rnd]
+        lines.append(f"| {rnd} | {_fmt(srv[f'test_{key}'])} | {_fmt(sum(tr) / len(tr)) if tr else '–'} | "
+                     f"{_fmt(sum(ev) / len(ev)) if ev else '–'} |")
+    errors = [r for r in records if r.get("kind") == "client_error"]
+    if errors or summary.get("error"):
+        lines += ["", "## Failures"]
+        if summary.get("error"):
+            lines.append(f"- run: {summary['error']}")
+        lines += [f"- round {e['round']}, client {e['client']} ({e['phase']}): {e['error'].splitlines()[0]}"
+                  for e in errors]
+    return "\n".join(lines) + "\n"

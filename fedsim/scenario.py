@@ -1,0 +1,217 @@
+"""The scenario: one validated, frozen pydantic model per YAML section.
+
+Validation happens once, at the edge (`load_scenario`); every error names its key path, e.g.
+``federation.rounds: must be >= 1``, and is raised as :class:`ScenarioError` (exit code 2 in the CLI).
+Defaults are documented in docs/scenarios.md.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedsim.registry import PluginError, load_builtins, registry
+
+
+class ScenarioError(ValueError):
+    """Bad scenario input; the message is one line naming the key path or file."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are frozen after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartitionConfig(Section):
+    by: Literal["site", "iid", "dirichlet"] = "site"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew)")
+    age_bins: int = Field(5, ge=2, le=50)
+    min_size: int = Field(4, ge=1, description="smallest client training set accepted")
+
+
+class DataConfig(Section):
+    dataset: str = "synthetic_brain"
+    n_subjects: int = Field(150, ge=8, le=100_000)
+    shape: int = Field(32, description="volume side in voxels (16, 32, 48 or 64)")
+    sites: int = Field(3, ge=1, le=8)
+    path: Path | None = Field(None, description="data folder, for datasets read from disk")
+    test_fraction: float = Field(0.2, gt=0, lt=0.9)
+    val_fraction: float = Field(0.15, ge=0, lt=0.9)
+    partition: PartitionConfig = PartitionConfig()
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: int) -> int:
+        if v not in (16, 32, 48, 64):
+            raise ValueError("must be one of 16, 32, 48, 64")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.expanduser().is_dir():
+            raise ValueError(f"data folder not found: {v}")
+        return v
+
+
+class ModelConfig(Section):
+    name: str = "brain_age_cnn"
+    channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1, max_length=8)
+    norm: Literal["instance", "group"] = "instance"
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("every channel width must be >= 1")
+        return v
+
+
+class TaskConfig(Section):
+    name: str = "brain_age"
+    model: ModelConfig = ModelConfig()
+
+
+class FederationConfig(Section):
+    clients: int = Field(3, ge=1, le=1000)
+    rounds: int = Field(5, ge=1, le=10_000)
+    strategy: str = "fedavg"
+    strategy_args: dict[str, float] = Field(default_factory=dict)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    local_epochs: int = Field(1, ge=1)
+    local_steps: int | None = Field(None, ge=1, description="if set, overrides local_epochs")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ResourcesConfig(Section):
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per client; sets how many run at once")
+    num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client (0 = CPU)")
+    ray_address: str | None = Field(None, description="join this Ray cluster; default: private local Ray")
+    timeout_s: float = Field(3600.0, gt=0, description="longest wait for the clients of one round")
+
+
+class OutputConfig(Section):
+    dir: Path = Path("runs")
+    save_model: bool = True
+
+
+class PluginSpec(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Scenario(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    data: DataConfig = DataConfig()
+    task: TaskConfig = TaskConfig()
+    federation: FederationConfig = FederationConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    output: OutputConfig = OutputConfig()
+    attacks: list[PluginSpec] = Field(default_factory=list)
+    defenses: list[PluginSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if self.data.partition.by == "site" and self.federation.clients != self.data.sites:
+            raise ValueError(
+                f"federation.clients: must equal data.sites ({self.data.sites}) "
+                "when data.partition.by is 'site'"
+            )
+        return self
+
+
+PLUGIN_FIELDS = {
+    ("data", "dataset"): "dataset",
+    ("task", "name"): "task",
+    ("task", "model", "name"): "model",
+    ("federation", "strategy"): "strategy",
+}
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override (``a.b=value``), validate and check plug-in names; raise ScenarioError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"scenario file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: a scenario must be a mapping of sections")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_scenario(raw)
+
+
+def validate_scenario(raw: dict[str, Any]) -> Scenario:
+    """Validate a raw mapping into a Scenario; every error becomes one line naming its key path."""
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(_format_errors(exc)) from None
+    _check_plugins(scenario)
+    return scenario
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``--set a.b.c=value`` to the raw mapping; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise ScenarioError(f"--set {item}: expected key.path=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ScenarioError(f"--set {item}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        parts.append(f"{loc}: {msg}" if loc else msg)  # model-level messages carry their own path
+    return "; ".join(parts)
+
+
+def _check_plugins(scenario: Scenario) -> None:
+    registries = load_builtins()
+    for path, kind in PLUGIN_FIELDS.items():
+        value: Any = scenario
+        for part in path:
+            value = getattr(value, part)
+        try:
+            registry(kind).get(value)
+        except PluginError as exc:
+            raise ScenarioError(f"{'.'.join(path)}: {exc}") from None
+    for kind, specs in (("attack", scenario.attacks), ("defense", scenario.defenses)):
+        for i, spec in enumerate(specs):
+            try:
+                registries[kind].get(spec.name)
+            except PluginError as exc:
+                raise ScenarioError(f"{kind}s.{i}.name: {exc}") from None
+
+
+def scenario_to_yaml(scenario: Scenario) -> str:
+    """The resolved scenario (defaults filled in) as YAML, for the run folder."""
+    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)

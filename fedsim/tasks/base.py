@@ -1,0 +1,55 @@
+"""The Task base class: everything that differs between learning problems, and nothing else."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim.data.synthetic import Cohort
+from fedsim.registry import registry
+from fedsim.scenario import TaskConfig
+
+
+class Task(ABC):
+    """Builds the model and turns cohort rows into tensors; scores predictions.
+
+    `target_mean` / `target_std` summarise the training targets; the server and clients agree on
+    them before training (they initialise and scale a regression head)."""
+
+    primary_metric: str = "loss"
+
+    def __init__(self, *, config: TaskConfig, target_mean: float, target_std: float = 1.0) -> None:
+        self.config = config
+        self.target_mean = target_mean
+        self.target_std = target_std
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised network (deterministic under torch.manual_seed)."""
+
+    @abstractmethod
+    def tensors(self, cohort: Cohort, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed (inputs, targets) for the given cohort rows."""
+
+    @abstractmethod
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss (mean over the batch)."""
+
+    @abstractmethod
+    def metrics(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """Metrics for a whole evaluation set; includes `primary_metric`."""
+
+    @staticmethod
+    @abstractmethod
+    def targets(cohort: Cohort) -> np.ndarray:
+        """The raw target of every cohort row (for baselines and the head's initial bias)."""
+
+    def baseline(self, target_mean: float, test_target: torch.Tensor) -> dict[str, float]:
+        """Metrics of predicting the mean training target for every test case."""
+        return self.metrics(torch.full_like(test_target, target_mean), test_target)
+
+
+TASKS = registry("task", base=Task)

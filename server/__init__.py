@@ -1,0 +1,1 @@
+"""Flower ServerApp: strategies, and the observation layer around them."""

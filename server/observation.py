@@ -1,0 +1,116 @@
+"""The observation layer: wraps an honest Flower strategy without changing what it computes.
+
+It learns which node holds which partition (node ids change every run), presents nodes to the
+strategy in partition order (so seeded client sampling is reproducible), orders replies by
+partition before aggregation (so float sums are reproducible), and records every client's metrics
+and failures into the run folder. Attack observation hooks in here (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.record import RunRecord
+
+PER_CLIENT_KEYS = ("partition-id", "seconds")
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (e.g. every client of a round failed)."""
+
+
+def discover_partitions(grid: Grid, n_clients: int, timeout: float) -> dict[int, int]:
+    """Ask every node which partition it holds; returns node id -> partition id."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < n_clients:
+        if time.monotonic() > deadline:
+            raise FederationError(f"only {len(nodes)} of {n_clients} clients came up")
+        time.sleep(0.05)
+    messages = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise FederationError(f"a client failed to start: {reply.error.reason}")
+        mapping[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
+    if len(mapping) != n_clients:
+        raise FederationError(f"only {len(mapping)} of {n_clients} clients answered")
+    return mapping
+
+
+class _PartitionOrderedGrid:
+    """A view of the grid that lists node ids in partition order."""
+
+    def __init__(self, grid: Grid, partition_of: dict[int, int]) -> None:
+        self._grid = grid
+        self._partition_of = partition_of
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self._grid.get_node_ids(), key=lambda n: self._partition_of.get(n, n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class ObservedStrategy(Strategy):
+    """Delegates to an honest strategy; records per-client results and client failures."""
+
+    def __init__(self, inner: Strategy, *, record: RunRecord, partition_of: dict[int, int]) -> None:
+        self.inner = inner
+        self.record = record
+        self.partition_of = partition_of
+        self.failures: list[dict[str, Any]] = []
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        view = _PartitionOrderedGrid(grid, self.partition_of)
+        return self.inner.configure_train(server_round, arrays, config, view)  # type: ignore[arg-type]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        view = _PartitionOrderedGrid(grid, self.partition_of)
+        return self.inner.configure_evaluate(server_round, arrays, config, view)  # type: ignore[arg-type]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ordered = self._observe(server_round, "train", replies)
+        if ordered and all(m.has_error() for m in ordered):
+            raise FederationError(f"round {server_round}: every client failed; first: {self.failures[-1]['error']}")
+        arrays, metrics = self.inner.aggregate_train(server_round, ordered)
+        return arrays, _drop_per_client(metrics)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        ordered = self._observe(server_round, "evaluate", replies)
+        return _drop_per_client(self.inner.aggregate_evaluate(server_round, ordered))
+
+    def _observe(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
+        ordered = sorted(replies, key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
+        for msg in ordered:
+            client = self.partition_of.get(msg.metadata.src_node_id, -1)
+            if msg.has_error():
+                failure = {"round": server_round, "client": client, "phase": phase, "error": msg.error.reason}
+                self.failures.append(failure)
+                self.record.append(kind="client_error", **failure)
+                continue
+            metrics = dict(msg.content["metrics"])
+            metrics.pop("partition-id", None)
+            self.record.append(round=server_round, kind=phase, client=client, **metrics)
+        return ordered
+
+
+def _drop_per_client(metrics: MetricRecord | None) -> MetricRecord | None:
+    if metrics is not None:
+        for key in PER_CLIENT_KEYS:
+            metrics.pop(key, None)
+    return metrics

@@ -1,0 +1,32 @@
+import torch
+
+from fedsim.models import BrainAgeCNN
+from fedsim.scenario import TaskConfig
+from fedsim.tasks import BrainAgeTask
+
+
+def test_output_shape_and_initial_bias_is_mean_age():
+    model = BrainAgeCNN(channels=[4, 8], out_bias=55.0, out_scale=12.0)
+    torch.nn.init.zeros_(model.head.weight)
+    out = model(torch.randn(3, 1, 16, 16, 16))
+    assert out.shape == (3,)
+    assert torch.allclose(out, torch.full((3,), 55.0))
+
+
+def test_no_batchnorm_and_no_inplace_activations():
+    model = BrainAgeCNN(channels=[4, 8, 16], norm="group")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert not any("BatchNorm" in k for k in kinds) and "GroupNorm" in kinds
+    assert all(not getattr(m, "inplace", False) for m in model.modules())
+
+
+def test_2d_variant():
+    model = BrainAgeCNN(channels=[4, 8], spatial_dims=2)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2,)
+
+
+def test_task_metrics_and_baseline():
+    task = BrainAgeTask(config=TaskConfig(), target_mean=50.0)
+    target = torch.tensor([40.0, 60.0, 70.0])
+    assert abs(task.metrics(torch.tensor([42.0, 58.0, 70.0]), target)["mae"] - 4.0 / 3) < 1e-6
+    assert abs(task.baseline(50.0, target)["mae"] - 40.0 / 3) < 1e-6

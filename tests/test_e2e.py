@@ -1,0 +1,108 @@
+"""End-to-end runs through the real Flower simulation engine on Ray (2 clients x 2 rounds at 16^3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from fedsim.record import TIMING_KEYS, read_metrics
+from fedsim.runner import run_scenario
+from fedsim.scenario import validate_scenario
+from tests.conftest import REPO, tiny_scenario
+
+pytestmark = pytest.mark.e2e
+
+
+def _values(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run_dir)]
+
+
+def test_federation_runs_and_writes_the_run_folder_deterministically(tmp_path: Path):
+    scenario = validate_scenario(tiny_scenario())
+    first = run_scenario(scenario, out_dir=tmp_path, log=lambda _: None)
+    second = run_scenario(scenario, out_dir=tmp_path, log=lambda _: None)
+
+    run = first.run_dir
+    assert first.error is None and first.failures == []
+    for name in ("scenario.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "partitions.json",
+                 "model.safetensors", "report.md", "figures/curves.png"):
+        assert (run / name).is_file(), name
+    records = read_metrics(run)
+    kinds = {(r["kind"], r.get("round"), r.get("client")) for r in records}
+    assert {("train", rnd, c) for rnd in (1, 2) for c in (0, 1)} <= kinds
+    assert {("evaluate", rnd, c) for rnd in (1, 2) for c in (0, 1)} <= kinds
+    assert {("server", rnd, None) for rnd in (0, 1, 2)} <= kinds
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+    assert summary["final"]["mae"] > 0 and summary["baseline_predict_mean"]["mae"] > 0
+    assert yaml.safe_load((run / "scenario.yaml").read_text())["federation"]["rounds"] == 2
+    assert "head.bias" in load_file(run / "model.safetensors")
+    assert "| 2 |" in (run / "report.md").read_text()
+
+    assert second.run_dir != run
+    assert _values(run) == _values(second.run_dir)
+    server = [r["test_mae"] for r in records if r["kind"] == "server"]
+    assert server[0] != server[-1]  # the global model changed: training happened
+
+
+def test_different_seed_changes_results(tmp_path: Path):
+    a = run_scenario(validate_scenario(tiny_scenario(seed=4)), out_dir=tmp_path, log=lambda _: None)
+    base = validate_scenario(tiny_scenario())
+    b = run_scenario(base, out_dir=tmp_path / "b", log=lambda _: None)
+    assert _values(a.run_dir) != _values(b.run_dir)
+
+
+FLAKY_MODEL = '''
+import os
+from fedsim.models import BrainAgeCNN
+
+class FailingCNN(BrainAgeCNN):
+    """Raises in training: always, or once per run when MARKER is set (first client to get there)."""
+    MARKER = {marker!r}
+
+    def forward(self, x):
+        if self.training:
+            if self.MARKER is None:
+                raise RuntimeError("boom: client training failed")
+            try:
+                os.close(os.open(self.MARKER, os.O_CREAT | os.O_EXCL))
+                raise RuntimeError("boom once")
+            except FileExistsError:
+                pass
+        return super().forward(x)
+'''
+
+
+def _cli_run(tmp_path: Path, marker: Path | None) -> subprocess.CompletedProcess:
+    plugin = tmp_path / "flaky_model.py"
+    plugin.write_text(FLAKY_MODEL.format(marker=str(marker) if marker else None))
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(tiny_scenario(task={"model": {"name": f"{plugin}:FailingCNN",
+                                                                      "channels": [4, 8]}})))
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(scenario), "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
+    )
+
+
+def test_one_failing_client_keeps_the_run_and_exits_nonzero(tmp_path: Path):
+    proc = _cli_run(tmp_path, marker=tmp_path / "failed-once")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "1 client update(s) failed" in proc.stderr and "boom once" in proc.stderr
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed_with_client_failures" and summary["rounds_completed"] == 2
+    assert "boom once" in (run_dir / "report.md").read_text()
+
+
+def test_all_clients_failing_ends_the_process_quickly_with_a_clear_error(tmp_path: Path):
+    proc = _cli_run(tmp_path, marker=None)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedsim: error: run failed:") and "every client failed" in last
