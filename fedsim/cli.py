@@ -48,9 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"run failed: {result.error} (results so far are in {result.run_dir})", 1)
     if result.failures:
         first = result.failures[0]
-        reason = first["error"].strip().splitlines()[-1] if first["error"].strip() else "unknown error"
         return _fail(f"{len(result.failures)} client update(s) failed; first: round {first['round']} "
-                     f"client {first['client']}: {reason} (see {result.run_dir / 'report.md'})", 1)
+                     f"client {first['client']}: {first['error']} (see {result.run_dir / 'report.md'})", 1)
     return 0
 
 

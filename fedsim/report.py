@@ -89,6 +89,6 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         lines += ["", "## Failures"]
         if summary.get("error"):
             lines.append(f"- run: {summary['error']}")
-        lines += [f"- round {e['round']}, client {e['client']} ({e['phase']}): {e['error'].splitlines()[0]}"
+        lines += [f"- round {e['round']}, client {e['client']} ({e['phase']}): {e['error']}"
                   for e in errors]
     return "\n".join(lines) + "\n"

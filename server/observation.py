@@ -8,6 +8,7 @@ and failures into the run folder. Attack observation hooks in here (see DESIGN.m
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -36,11 +37,27 @@ def discover_partitions(grid: Grid, n_clients: int, timeout: float) -> dict[int,
     mapping: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise FederationError(f"a client failed to start: {reply.error.reason}")
+            raise FederationError(f"a client failed to start: {short_reason(reply.error.reason)}")
         mapping[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
     if len(mapping) != n_clients:
         raise FederationError(f"only {len(mapping)} of {n_clients} clients answered")
     return mapping
+
+
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit)): (.+)$")
+
+
+def short_reason(reason: str) -> str:
+    """The root cause of a client's error reply, e.g. 'RuntimeError: CUDA out of memory'.
+
+    Flower wraps a client's exception in Ray's traceback text; the first `XError: message` line
+    that is not Flower's own wrapper is what the user needs to see."""
+    for line in reason.splitlines():
+        match = _ERROR_LINE.match(line.strip())
+        if match and not match.group(1).endswith("ClientAppException"):
+            return f"{match.group(1).rsplit('.', 1)[-1]}: {match.group(2)}"
+    lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 class _PartitionOrderedGrid:
@@ -99,9 +116,10 @@ class ObservedStrategy(Strategy):
         for msg in ordered:
             client = self.partition_of.get(msg.metadata.src_node_id, -1)
             if msg.has_error():
-                failure = {"round": server_round, "client": client, "phase": phase, "error": msg.error.reason}
+                failure = {"round": server_round, "client": client, "phase": phase,
+                           "error": short_reason(msg.error.reason)}
                 self.failures.append(failure)
-                self.record.append(kind="client_error", **failure)
+                self.record.append(kind="client_error", **failure, traceback=msg.error.reason)
                 continue
             metrics = dict(msg.content["metrics"])
             metrics.pop("partition-id", None)

@@ -94,11 +94,11 @@ def _cli_run(tmp_path: Path, marker: Path | None) -> subprocess.CompletedProcess
 def test_one_failing_client_keeps_the_run_and_exits_nonzero(tmp_path: Path):
     proc = _cli_run(tmp_path, marker=tmp_path / "failed-once")
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "1 client update(s) failed" in proc.stderr and "boom once" in proc.stderr
+    assert "1 client update(s) failed" in proc.stderr and "RuntimeError: boom once" in proc.stderr
     run_dir = next((tmp_path / "runs" / "tiny").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed_with_client_failures" and summary["rounds_completed"] == 2
-    assert "boom once" in (run_dir / "report.md").read_text()
+    assert "RuntimeError: boom once" in (run_dir / "report.md").read_text()
 
 
 def test_all_clients_failing_ends_the_process_quickly_with_a_clear_error(tmp_path: Path):

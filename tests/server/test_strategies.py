@@ -21,3 +21,16 @@ def test_sampling_minimums_follow_fractions():
 def test_unknown_strategy_arg_is_named():
     with pytest.raises(ValueError, match=r"federation.strategy_args.mu: unknown for fedprox \(valid: proximal_mu\)"):
         build_strategy(FederationConfig(strategy="fedprox", strategy_args={"mu": 1.0}))
+
+
+def test_short_reason_finds_the_root_cause_in_flowers_wrapping():
+    from server.observation import short_reason
+
+    wrapped = (
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n"
+        '  File "model.py", line 15, in forward\n    raise RuntimeError("boom")\n'
+        "RuntimeError: boom\n\nThe above exception was the direct cause of the following exception:\n"
+        "flwr.clientapp.client_app.ClientAppException: \nException ClientAppException occurred. Message: boom'>"
+    )
+    assert short_reason(wrapped) == "RuntimeError: boom"
+    assert short_reason("plain text\nlast line") == "last line"
