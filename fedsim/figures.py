@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> Path | None:
@@ -28,6 +29,7 @@ def learning_curves(records: list[dict[str, Any]], summary: dict[str, Any], out:
     base = summary.get("baseline_predict_mean", {}).get(key)
     if base is not None:
         ax.axhline(base, color="grey", linestyle=":", label="predict the mean")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(key.upper() + (" (years)" if key == "mae" else ""))
     ax.set_title(summary.get("scenario", ""))

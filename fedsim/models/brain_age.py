@@ -1,10 +1,12 @@
 """The brain-age CNN of the literature, made configurable.
 
 Blocks of [Conv 3x3x3 -> Instance/GroupNorm -> ReLU -> MaxPool] with channel widths from the YAML,
-then global average pooling and a 1x1x1 conv head whose bias starts at the mean training age (so
-round 0 already predicts the mean). The head works in units of `out_scale` years (the training age
-SD), so an optimiser's step size means the same for the bias as for the weights. Norm layers are Instance/Group: Opacus rejects BatchNorm, and
-activations are not in-place so Opacus' per-sample hooks work.
+then global average pooling and a 1x1x1 conv head whose bias starts at the mean training age, so
+round 0 predicts close to the mean. (Zero head weights would stall FedAvg: every client starts from
+the same symmetric point and their head updates cancel in the average; measured on the quickstart.)
+The head works in units of `out_scale` years (the training age SD), so an optimiser's step means the
+same for the bias as for the weights. Norms are Instance/Group (Opacus rejects BatchNorm) and
+activations are not in-place (Opacus' per-sample hooks need that).
 """
 
 from __future__ import annotations
