@@ -1,0 +1,19 @@
+import os
+
+from fedsim.engine import backend_config
+from fedsim.scenario import ResourcesConfig
+
+
+def test_default_is_a_private_local_ray_sized_to_the_machine():
+    cfg = backend_config(ResourcesConfig(num_cpus=2), total_cpus=8)
+    assert cfg["init_args"]["address"] == "local"  # never joins a cluster that happens to run here
+    assert cfg["init_args"]["num_cpus"] == 8
+    assert cfg["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.0}
+    assert cfg["init_args"]["log_to_driver"] is False
+
+
+def test_ray_address_joins_that_cluster_without_resizing_it():
+    cfg = backend_config(ResourcesConfig(ray_address="ray://head:10001", num_gpus=0.25))
+    assert cfg["init_args"]["address"] == "ray://head:10001"
+    assert "num_cpus" not in cfg["init_args"] and "num_gpus" not in cfg["init_args"]
+    assert cfg["client_resources"]["num_gpus"] == 0.25
