@@ -15,9 +15,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.training import predict, train_local
+from clients.training import LocalResult, one_batch_gradient, predict, train_local
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
+from fedsim.protocol import BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
+from fedsim.record import write_ground_truth
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import TASKS, Task
@@ -28,6 +30,7 @@ class ClientPlan:
     """What every client needs to know, small enough to ship with each message."""
 
     key: str  # identifies the run, so an actor reused across runs never serves stale data
+    run_dir: str  # where an observed client keeps its true batch (private/, for scoring only)
     scenario: Scenario
     splits: tuple[ClientSplit, ...]
     target_mean: float
@@ -41,6 +44,7 @@ class _ClientData:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    rows: list[int]  # cohort rows of x_train
 
 
 _STATE: dict[tuple[str, int], _ClientData] = {}
@@ -59,7 +63,8 @@ def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
     split = plan.splits[partition_id]
     x_train, y_train = task.tensors(cohort, split.train)
     x_val, y_val = task.tensors(cohort, split.val or split.train)
-    data = _STATE[(plan.key, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val)
+    data = _STATE[(plan.key, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val,
+                                                              list(split.train))
     return data
 
 
@@ -96,23 +101,31 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         seed_everything(seed)
         data = _client_data(plan, pid)
         model = _model(plan, data, msg)
-        result = train_local(
-            model,
-            data.x_train,
-            data.y_train,
-            task=data.task,
-            config=plan.scenario.federation,
-            rng=np.random.default_rng(seed),
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-        )
+        fed = plan.scenario.federation
+        batch_size = int(config.get(BATCH_KEY, fed.batch_size))
+        rng = np.random.default_rng(seed)
+        gradient_requested = str(config.get(UPDATE_KEY, "weights")) == "gradient"
+        if gradient_requested:
+            grads, used, loss = one_batch_gradient(model, data.x_train, data.y_train, task=data.task,
+                                                   batch_size=batch_size, rng=rng)
+            result = LocalResult(loss=loss, steps=1, examples=len(used), used=used)
+            arrays = ArrayRecord(grads)
+        else:
+            result = train_local(model, data.x_train, data.y_train, task=data.task, config=fed, rng=rng,
+                                 proximal_mu=float(config.get("proximal-mu", 0.0)), batch_size=batch_size)
+            arrays = ArrayRecord(model.cpu().state_dict())
+        if bool(config.get(CAPTURE_KEY, False)):
+            write_ground_truth(plan.run_dir, server_round, pid, inputs=data.x_train[result.used],
+                               targets=data.y_train[result.used], rows=[data.rows[i] for i in result.used])
         metrics = {
             "num-examples": result.examples,
             "partition-id": pid,
             "train_loss": result.loss,
             "local_steps": result.steps,
+            "batch_size": min(batch_size, len(data.y_train)),
+            "gradient_update": int(gradient_requested),
             "seconds": time.perf_counter() - start,
         }
-        arrays = ArrayRecord(model.cpu().state_dict())
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.evaluate()

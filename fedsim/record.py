@@ -100,3 +100,26 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def observation_name(server_round: int, client: int) -> str:
+    return f"round{server_round:03d}_client{client:03d}"
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """safetensors (never pickle) written atomically, with an optional JSON sidecar of metadata."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+    if meta is not None:
+        atomic_write_text(path.with_suffix(".json"), json.dumps(_clean(meta), indent=2) + "\n")
+
+
+def write_ground_truth(run_dir: Path, server_round: int, client: int, *, inputs: torch.Tensor,
+                       targets: torch.Tensor, rows: list[int]) -> None:
+    """The client's true batch, kept in the run folder's private area for scoring only.
+
+    Attackers never read `private/`; the scorer does, to say how close a reconstruction came."""
+    save_tensors(Path(run_dir) / "private" / f"{observation_name(server_round, client)}.safetensors",
+                 {"inputs": inputs, "targets": targets}, {"rows": rows})

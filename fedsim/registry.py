@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "fedsim.models",
     "fedsim.tasks",
     "server.strategies",
+    "server.behaviours",
     "attacks",
     "defenses",
 )

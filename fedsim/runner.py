@@ -84,7 +84,7 @@ def run_scenario(
 
     server_plan = ServerPlan(scenario=scenario, task=task, x_test=x_test, y_test=y_test, record=record,
                              on_round=on_round)
-    client_plan = ClientPlan(key=str(record.path), scenario=scenario, splits=tuple(split.clients),
+    client_plan = ClientPlan(key=str(record.path), run_dir=str(record.path.resolve()), scenario=scenario, splits=tuple(split.clients),
                              target_mean=target_mean, target_std=target_std)
     error = None
     try:

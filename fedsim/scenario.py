@@ -90,6 +90,7 @@ class FederationConfig(Section):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -110,6 +111,19 @@ class PluginSpec(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class TargetConfig(Section):
+    clients: list[int] | None = Field(None, description="client ids to observe; none = every client")
+    rounds: list[int] | None = Field(default_factory=lambda: [1], description="rounds to observe; none = all")
+
+
+class ServerConfig(Section):
+    """What the server does beyond honest aggregation: which updates it records, how it cheats."""
+
+    behaviours: list[PluginSpec] = Field(default_factory=list, description="malicious-server behaviours")
+    targets: TargetConfig = TargetConfig()
+    capture: bool | None = Field(None, description="record targeted updates; default: when attacks are listed")
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -119,6 +133,7 @@ class Scenario(Section):
     federation: FederationConfig = FederationConfig()
     resources: ResourcesConfig = ResourcesConfig()
     output: OutputConfig = OutputConfig()
+    server: ServerConfig = ServerConfig()
     attacks: list[PluginSpec] = Field(default_factory=list)
     defenses: list[PluginSpec] = Field(default_factory=list)
 
@@ -129,7 +144,19 @@ class Scenario(Section):
                 f"federation.clients: must equal data.sites ({self.data.sites}) "
                 "when data.partition.by is 'site'"
             )
+        for c in self.server.targets.clients or []:
+            if not 0 <= c < self.federation.clients:
+                raise ValueError(f"server.targets.clients: client {c} does not exist "
+                                 f"(clients are 0..{self.federation.clients - 1})")
+        for r in self.server.targets.rounds or []:
+            if not 1 <= r <= self.federation.rounds:
+                raise ValueError(f"server.targets.rounds: round {r} is outside 1..{self.federation.rounds}")
         return self
+
+    @property
+    def captures_updates(self) -> bool:
+        """Whether the server records targeted client updates into the run folder."""
+        return self.server.capture if self.server.capture is not None else bool(self.attacks)
 
 
 PLUGIN_FIELDS = {
@@ -181,10 +208,18 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
-def _format_errors(exc: ValidationError) -> str:
+def parse_params(model: type[BaseModel], params: dict[str, Any]) -> Any:
+    """Validate a plug-in's `params` mapping; errors become one line (`params.x: ...`)."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise ValueError(_format_errors(exc, prefix="params")) from None
+
+
+def _format_errors(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -204,12 +239,17 @@ def _check_plugins(scenario: Scenario) -> None:
             registry(kind).get(value)
         except PluginError as exc:
             raise ScenarioError(f"{'.'.join(path)}: {exc}") from None
-    for kind, specs in (("attack", scenario.attacks), ("defense", scenario.defenses)):
+    lists = (("attacks", "attack", scenario.attacks), ("defenses", "defense", scenario.defenses),
+             ("server.behaviours", "behaviour", scenario.server.behaviours))
+    for where, kind, specs in lists:
         for i, spec in enumerate(specs):
             try:
-                registries[kind].get(spec.name)
-            except PluginError as exc:
-                raise ScenarioError(f"{kind}s.{i}.name: {exc}") from None
+                plugin = registries[kind].get(spec.name)
+                check = getattr(plugin, "check_params", None)
+                if check is not None:
+                    check(spec.params)
+            except (PluginError, ValueError, TypeError) as exc:
+                raise ScenarioError(f"{where}.{i}: {exc}") from None
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:

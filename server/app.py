@@ -14,6 +14,7 @@ from fedsim.record import RunRecord
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import Task
+from server.capture import Capture
 from server.observation import ObservedStrategy, discover_partitions
 from server.strategies import build_strategy
 
@@ -49,7 +50,8 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         seed_everything(derive_seed(sc.seed, "server"))
         partition_of = discover_partitions(grid, sc.federation.clients, sc.resources.timeout_s)
-        strategy = ObservedStrategy(build_strategy(sc.federation), record=plan.record, partition_of=partition_of)
+        strategy = ObservedStrategy(build_strategy(sc.federation), record=plan.record, partition_of=partition_of,
+                                    capture=Capture(sc, plan.record.path))
         plan.outcome["strategy"] = strategy
         torch.manual_seed(derive_seed(sc.seed, "init"))
         initial = plan.task.build_model()

@@ -18,8 +18,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.record import RunRecord
+from server.capture import Capture
 
-PER_CLIENT_KEYS = ("partition-id", "seconds")
+PER_CLIENT_KEYS = ("partition-id", "seconds", "gradient_update", "batch_size")
 
 
 class FederationError(RuntimeError):
@@ -77,10 +78,12 @@ class _PartitionOrderedGrid:
 class ObservedStrategy(Strategy):
     """Delegates to an honest strategy; records per-client results and client failures."""
 
-    def __init__(self, inner: Strategy, *, record: RunRecord, partition_of: dict[int, int]) -> None:
+    def __init__(self, inner: Strategy, *, record: RunRecord, partition_of: dict[int, int],
+                 capture: Capture | None = None) -> None:
         self.inner = inner
         self.record = record
         self.partition_of = partition_of
+        self.capture = capture
         self.failures: list[dict[str, Any]] = []
 
     def summary(self) -> None:
@@ -90,7 +93,10 @@ class ObservedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         view = _PartitionOrderedGrid(grid, self.partition_of)
-        return self.inner.configure_train(server_round, arrays, config, view)  # type: ignore[arg-type]
+        messages = self.inner.configure_train(server_round, arrays, config, view)  # type: ignore[arg-type]
+        if self.capture is not None:
+            messages = self.capture.instruct(server_round, messages, self.partition_of)
+        return messages
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -121,6 +127,8 @@ class ObservedStrategy(Strategy):
                 self.failures.append(failure)
                 self.record.append(kind="client_error", **failure, traceback=msg.error.reason)
                 continue
+            if phase == "train" and self.capture is not None:
+                self.capture.observe(server_round, client, msg)
             metrics = dict(msg.content["metrics"])
             metrics.pop("partition-id", None)
             self.record.append(round=server_round, kind=phase, client=client, **metrics)

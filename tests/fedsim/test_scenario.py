@@ -29,7 +29,7 @@ def test_defaults_fill_in():
         ({"data": {"path": "/no/such/folder"}}, "data.path: data folder not found: /no/such/folder"),
         ({"federation": {"strategy": "fedmagic"}}, "federation.strategy: unknown strategy 'fedmagic' (valid: fedadam, fedavg, fedprox"),
         ({"task": {"model": {"name": "resnet9000"}}}, "task.model.name: unknown model 'resnet9000'"),
-        ({"attacks": [{"name": "telepathy"}]}, "attacks.0.name: unknown attack 'telepathy'"),
+        ({"attacks": [{"name": "telepathy"}]}, "attacks.0: unknown attack 'telepathy'"),
         ({"federation": {"clients": 3}}, "federation.clients: must equal data.sites (2)"),
     ],
 )

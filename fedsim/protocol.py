@@ -1,0 +1,5 @@
+"""Keys of the train instructions the server may add for targeted clients (read by clients/app.py)."""
+
+UPDATE_KEY = "fedsim.update"  # "weights" (default: trained weights) or "gradient" (one batch, FedSGD)
+BATCH_KEY = "fedsim.batch-size"  # batch size the server asks for
+CAPTURE_KEY = "fedsim.capture"  # this round and client are observed: keep the true batch for scoring

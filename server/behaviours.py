@@ -1,0 +1,61 @@
+"""Malicious-server behaviours (`server.behaviours`): what a dishonest server changes in what it sends.
+
+Each behaviour edits the train instructions sent to targeted clients only, is named in the YAML
+and recorded in the report, because a careful client could notice it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from flwr.app import ConfigRecord
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.protocol import BATCH_KEY, UPDATE_KEY
+from fedsim.registry import registry
+from fedsim.scenario import parse_params
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerBehaviour:
+    """Base of behaviours: `modify` edits a targeted client's train config in place."""
+
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, **params: Any) -> None:
+        self.params = parse_params(self.Params, params)
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        parse_params(cls.Params, params)
+
+    def modify(self, config: ConfigRecord) -> None:
+        raise NotImplementedError
+
+
+BEHAVIOURS = registry("behaviour", base=ServerBehaviour)
+
+
+@BEHAVIOURS.register("request_gradient")
+class RequestGradient(ServerBehaviour):
+    """Ask for a one-batch gradient instead of trained weights (FedSGD): the easiest update to invert."""
+
+    def modify(self, config: ConfigRecord) -> None:
+        config[UPDATE_KEY] = "gradient"
+
+
+class BatchSizeParams(NoParams):
+    batch_size: int = Field(1, ge=1)
+
+
+@BEHAVIOURS.register("request_batch_size")
+class RequestBatchSize(ServerBehaviour):
+    """Ask the client to train on smaller batches: fewer images mixed into each gradient."""
+
+    Params = BatchSizeParams
+
+    def modify(self, config: ConfigRecord) -> None:
+        config[BATCH_KEY] = int(self.params.batch_size)

@@ -1,0 +1,81 @@
+"""What the server records for attackers, and how a malicious server changes what it asks for.
+
+For targeted (round, client) pairs it applies the scenario's malicious behaviours to the train
+instructions, asks the client to keep its true batch for scoring, and saves the client's reply
+together with the global model it started from into `observations/` (safetensors + JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from fedsim.protocol import CAPTURE_KEY
+from fedsim.record import observation_name, save_tensors
+from fedsim.scenario import Scenario
+from server.behaviours import BEHAVIOURS, ServerBehaviour
+
+
+class Capture:
+    """Targeting, behaviours and observation records of one run."""
+
+    def __init__(self, scenario: Scenario, run_dir: Path) -> None:
+        self.targets = scenario.server.targets
+        self.enabled = scenario.captures_updates or bool(scenario.server.behaviours)
+        self.record_updates = scenario.captures_updates
+        self.behaviours: list[tuple[str, ServerBehaviour]] = [
+            (b.name, BEHAVIOURS.get(b.name)(**b.params)) for b in scenario.server.behaviours
+        ]
+        self.client_lr = scenario.federation.lr
+        self.run_dir = run_dir
+        self._sent: dict[int, ArrayRecord] = {}
+
+    def targeted(self, server_round: int, client: int) -> bool:
+        t = self.targets
+        return (self.enabled and (t.rounds is None or server_round in t.rounds)
+                and (t.clients is None or client in t.clients))
+
+    def instruct(self, server_round: int, messages: Iterable[Message], partition_of: dict[int, int]) -> list[Message]:
+        """Give each targeted client its own (modified) copy of the train instructions."""
+        out = []
+        for msg in messages:
+            client = partition_of.get(msg.metadata.dst_node_id, -1)
+            if not self.targeted(server_round, client):
+                out.append(msg)
+                continue
+            arrays = msg.content["arrays"]
+            self._sent[server_round] = arrays
+            config = ConfigRecord(dict(msg.content["config"]))
+            for _, behaviour in self.behaviours:
+                behaviour.modify(config)
+            config[CAPTURE_KEY] = self.record_updates
+            out.append(Message(RecordDict({"arrays": arrays, "config": config}),
+                               message_type=msg.metadata.message_type, dst_node_id=msg.metadata.dst_node_id))
+        return out
+
+    def observe(self, server_round: int, client: int, reply: Message) -> None:
+        """Save a targeted reply; turn a gradient into the weights of one SGD step so FedAvg can use it."""
+        if not self.targeted(server_round, client):
+            return
+        sent = self._sent[server_round].to_torch_state_dict()
+        update = reply.content["arrays"].to_torch_state_dict()
+        metrics = dict(reply.content["metrics"])
+        is_gradient = bool(metrics.get("gradient_update", 0))
+        if self.record_updates:
+            meta: dict[str, Any] = {
+                "round": server_round, "client": client,
+                "kind": "gradient" if is_gradient else "weights",
+                "batch_size": metrics.get("batch_size"), "local_steps": metrics.get("local_steps"),
+                "num_examples": metrics.get("num-examples"), "lr": self.client_lr,
+                "behaviours": [name for name, _ in self.behaviours],
+            }
+            folder = self.run_dir / "observations" / observation_name(server_round, client)
+            save_tensors(folder / "update.safetensors", update, meta)
+            save_tensors(folder / "global.safetensors", sent)
+        if is_gradient:
+            stepped = {k: sent[k] - self.client_lr * update[k] if k in update else sent[k] for k in sent}
+            reply.content["arrays"] = ArrayRecord({k: v.to(sent[k].dtype) for k, v in stepped.items()})
