@@ -1,32 +1,104 @@
-"""The Attack base class and its registry (YAML name, `path/to/file.py:Class`, or entry point).
+"""The Attack base class, its threat model, and the observation it is handed.
 
-An attack declares its threat model as class attributes; the observation layer will hand it only
-what that threat model grants (DESIGN.md, "Threat model in code").
+An attack declares its threat model as a `ThreatModel`; the attack runner builds an `Observation`
+holding only what that threat model grants (DESIGN.md, "Threat model in code"). Attacks are
+registered by YAML name; `path/to/file.py:Class` and the entry-point group `fedsim.attacks` also work.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
 
 from fedsim.registry import registry
+from fedsim.scenario import parse_params
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What an attacker needs; anything not asked for is withheld."""
+
+    per_client_updates: bool = True  # False: only the aggregate would do
+    architecture: bool = True  # the model class and task loss (the server ships the model, so usually known)
+    hyperparameters: bool = False  # the client's batch size, local steps and learning rate
+    labels: bool = False  # the true targets of the attacked batch
+    auxiliary: bool = False  # scans from the same population (the server's own held-out set)
+
+    def describe(self) -> str:
+        granted = [name.replace("_", " ") for name, on in vars(self).items() if on]
+        return ", ".join(granted) or "nothing"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One client's reply in one round, as the server saw it, filtered by the threat model."""
+
+    round: int
+    client: int
+    kind: str  # "gradient" (one batch, FedSGD) or "weights" (after local training)
+    update: dict[str, torch.Tensor]
+    global_state: dict[str, torch.Tensor]
+    num_examples: int  # clients report it for weighting, so every server knows it
+    input_shape: tuple[int, ...] | None = None  # one sample, e.g. (1, 32, 32, 32); with the architecture
+    model_factory: Callable[[], nn.Module] | None = None
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    batch_size: int | None = None
+    local_steps: int | None = None
+    lr: float | None = None
+    labels: torch.Tensor | None = None
+    auxiliary: torch.Tensor | None = None
+    behaviours: tuple[str, ...] = ()
+
+    def model(self) -> nn.Module:
+        """The global model the client started from (needs the architecture)."""
+        if self.model_factory is None:
+            raise PermissionError("this attack's threat model does not include the architecture")
+        model = self.model_factory()
+        model.load_state_dict(self.global_state)
+        return model
+
+    def images_in_update(self) -> int:
+        """How many distinct samples went into the update, as far as the attacker can tell."""
+        if self.kind == "gradient":
+            return self.batch_size or self.num_examples
+        if self.batch_size and self.local_steps:
+            return min(self.num_examples, self.batch_size * self.local_steps)
+        return self.num_examples
+
+
+@dataclass
+class Reconstruction:
+    images: torch.Tensor  # (B, C, *spatial), in the model's input space
+    labels: torch.Tensor | None = None  # recovered targets, if the attack recovers them
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable details (objective, iterations)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Attack(ABC):
-    """Base of attacker plug-ins. Subclasses set what they need and implement `run`."""
+    """Base of attacker plug-ins: declare `threat` (and `Params`), implement `reconstruct`."""
 
-    needs_per_client_updates: bool = True
-    knows_architecture: bool = True
-    knows_client_hyperparameters: bool = False
-    knows_labels: bool = False
-    needs_auxiliary_samples: bool = False
+    threat: ClassVar[ThreatModel] = ThreatModel()
+    Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, **params: Any) -> None:
-        self.params = params
+        self.params = parse_params(self.Params, params)
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        parse_params(cls.Params, params)
 
     @abstractmethod
-    def run(self, observation: Any) -> dict[str, Any]:
-        """Attack one observation; return JSON-serialisable results."""
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        """Recover the client's inputs (and targets, if it can) from one observation."""
 
 
 ATTACKS = registry("attack", base=Attack, group="fedsim.attacks")

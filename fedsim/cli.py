@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     lst = sub.add_parser("list", help="list registered plug-ins")
     lst.add_argument("kind", nargs="?", help="only this kind (attack, defense, dataset, ...)")
+    att = sub.add_parser("attack", help="re-run an attacker on a recorded federation (no re-training)")
+    att.add_argument("run_dir", type=Path)
+    att.add_argument("--attack", required=True, help="attack name or path/to/file.py:Class")
+    att.add_argument("--set", dest="overrides", action="append", default=[], metavar="PARAM=VALUE",
+                     help="attack parameter, e.g. iterations=2000 (repeatable)")
     rep = sub.add_parser("report", help="rewrite report.md, metrics.csv and figures of a run folder")
     rep.add_argument("run_dir", type=Path)
     return p
@@ -74,8 +79,41 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{kind}:")
         for name in reg.names() or ["(none yet)"]:
             desc = reg.describe(name) if name != "(none yet)" else ""
-            print(f"  {name:<18} {desc}")
+            print(f"  {name:<26} {desc}")
     return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    import json
+
+    from attacks import ATTACKS
+    from attacks.runner import run_attacks
+    from fedsim.record import atomic_write_text
+    from fedsim.report import write_outputs
+    from fedsim.runner import prepare
+    from fedsim.scenario import PluginSpec, ScenarioError, apply_override, load_scenario
+
+    summary_path = args.run_dir / "summary.json"
+    if not (args.run_dir / "scenario.yaml").is_file() or not summary_path.is_file():
+        return _fail(f"not a run folder (no scenario.yaml / summary.json): {args.run_dir}", EXIT_BAD_INPUT)
+    scenario = load_scenario(args.run_dir / "scenario.yaml")
+    params: dict = {}
+    for item in args.overrides:
+        apply_override(params, item)
+    spec = PluginSpec(name=args.attack, params=params)
+    try:
+        ATTACKS.get(spec.name).check_params(spec.params)
+    except ValueError as exc:
+        raise ScenarioError(f"--attack {spec.name}: {exc}") from None
+    rows = run_attacks(args.run_dir, scenario, [spec], prep=prepare(scenario))
+    summary = json.loads(summary_path.read_text())
+    kept = [r for r in summary.get("attacks", []) if r.get("attack") != spec.name]
+    summary["attacks"] = kept + [{k: v for k, v in r.items() if k != "traceback"} for r in rows]
+    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    write_outputs(args.run_dir)
+    print(f"wrote {args.run_dir / 'attacks'} and {args.run_dir / 'report.md'}")
+    failed = [r for r in rows if r.get("status") == "error"]
+    return _fail(f"attack failed: {failed[0]['error']}", 1) if failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -94,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     from fedsim.scenario import ScenarioError
 
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "report": cmd_report}[args.command]
+    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "attack": cmd_attack,
+               "report": cmd_report}[args.command]
     try:
         code = handler(args)
     except (ScenarioError, PluginError) as exc:

@@ -84,6 +84,7 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         ev = [r[f"val_{key}"] for r in records if r.get("kind") == "evaluate" and r["round"] == rnd]
         lines.append(f"| {rnd} | {_fmt(srv[f'test_{key}'])} | {_fmt(sum(tr) / len(tr)) if tr else '–'} | "
                      f"{_fmt(sum(ev) / len(ev)) if ev else '–'} |")
+    lines += _attack_section(run_dir, scenario, summary)
     errors = [r for r in records if r.get("kind") == "client_error"]
     if errors or summary.get("error"):
         lines += ["", "## Failures"]
@@ -92,3 +93,42 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         lines += [f"- round {e['round']}, client {e['client']} ({e['phase']}): {e['error']}"
                   for e in errors]
     return "\n".join(lines) + "\n"
+
+
+def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """What the server did beyond honest aggregation, and what each attack recovered."""
+    rows = summary.get("attacks") or []
+    behaviours = [b["name"] for b in scenario.get("server", {}).get("behaviours", [])]
+    if not rows and not behaviours:
+        return []
+    targets = scenario.get("server", {}).get("targets", {})
+    lines = ["", "## Server behaviour and attacks",
+             f"- Server: {'malicious: ' + ', '.join(behaviours) if behaviours else 'honest-but-curious (only watches)'}"
+             f"; observed clients {targets.get('clients') or 'all'} in rounds {targets.get('rounds') or 'all'}.",
+             "- Scores compare each reconstruction with the true scan and with the population-mean image (the "
+             "prior an attacker has without attacking); re-identification ranks the true scan among the "
+             "client's data plus the server's population pool.", ""]
+    lines += ["| attack | round | client | update | batch | PSNR dB | prior PSNR | gain | SSIM | prior SSIM "
+              "| re-id top-1 (chance) | target error | s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r.get('attack')} | {r.get('round', '–')} | {r.get('client', '–')} | "
+                         f"{r.get('status')}: {r.get('error') or r.get('reason', '')} |||||||||")
+            continue
+        lines.append(
+            f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | {r['batch_size']} | {r['psnr']:.1f} | "
+            f"{r['prior_psnr']:.1f} | {r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
+            f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | "
+            f"{_fmt(r['target_error']) if 'target_error' in r else '–'} | {r['seconds']:.0f} |")
+    for r in rows:
+        if r.get("status") == "ok":
+            name = f"round{r['round']:03d}_client{r['client']:03d}.png"
+            figure = run_dir / "attacks" / str(r["attack"]).split(":")[-1] / name
+            if figure.exists():
+                lines += ["", f"![{r['attack']} round {r['round']} client {r['client']}]"
+                              f"({figure.relative_to(run_dir)})"]
+    threats = sorted({f"{r['attack']}: {r['threat']}" for r in rows if r.get("threat")})
+    if threats:
+        lines += ["", "Threat models (what each attack was given): " + "; ".join(threats) + "."]
+    return lines

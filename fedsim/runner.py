@@ -11,17 +11,49 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.runner import run_attacks
 from clients.app import ClientPlan, make_client_app
 from fedsim.data.datasets import load_dataset
-from fedsim.data.partition import split_federation
+from fedsim.data.partition import FederationSplit, split_federation
+from fedsim.data.synthetic import Cohort
 from fedsim.engine import EngineError, run_federation
 from fedsim.record import RunRecord
 from fedsim.report import write_outputs
 from fedsim.scenario import Scenario, ScenarioError
 from fedsim.seeding import seed_everything
-from fedsim.tasks import TASKS
+from fedsim.tasks import TASKS, Task
 from server.app import ServerPlan, make_server_app
 from server.strategies import build_strategy
+
+
+@dataclass
+class Prepared:
+    """Everything derived from the scenario before training; rebuilt identically by `fedsim attack`."""
+
+    cohort: Cohort
+    split: FederationSplit
+    task: Task
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def prepare(scenario: Scenario, *, log: Callable[[str], None] = print) -> Prepared:
+    """Load the cohort, split it and build the task (deterministic from the scenario and seed)."""
+    log(f"generating / loading cohort: {scenario.data.dataset}, {scenario.data.n_subjects} subjects at "
+        f"{scenario.data.shape}^3, {scenario.data.sites} sites")
+    cohort = load_dataset(scenario.data, seed=scenario.seed)
+    task_cls = TASKS.get(scenario.task.name)
+    targets = task_cls.targets(cohort)
+    try:
+        split = split_federation(site=cohort.site, age=cohort.age, config=scenario.data,
+                                 n_clients=scenario.federation.clients, seed=scenario.seed)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    train_rows = [i for c in split.clients for i in c.train]
+    mean, std = float(np.mean(targets[train_rows])), float(np.std(targets[train_rows]) or 1.0)
+    task = task_cls(config=scenario.task, target_mean=mean, target_std=std)
+    x_test, y_test = task.tensors(cohort, split.test)
+    return Prepared(cohort=cohort, split=split, task=task, x_test=x_test, y_test=y_test)
 
 
 @dataclass
@@ -46,20 +78,8 @@ def run_scenario(
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
 
-    log(f"generating / loading cohort: {scenario.data.dataset}, {scenario.data.n_subjects} subjects at "
-        f"{scenario.data.shape}^3, {scenario.data.sites} sites")
-    cohort = load_dataset(scenario.data, seed=scenario.seed)
-    task_cls = TASKS.get(scenario.task.name)
-    targets = task_cls.targets(cohort)
-    try:
-        split = split_federation(site=cohort.site, age=cohort.age, config=scenario.data,
-                                 n_clients=scenario.federation.clients, seed=scenario.seed)
-    except ValueError as exc:
-        raise ScenarioError(str(exc)) from None
-    train_rows = [i for c in split.clients for i in c.train]
-    target_mean, target_std = float(np.mean(targets[train_rows])), float(np.std(targets[train_rows]) or 1.0)
-    task = task_cls(config=scenario.task, target_mean=target_mean, target_std=target_std)
-    x_test, y_test = task.tensors(cohort, split.test)
+    prep = prepare(scenario, log=log)
+    cohort, split, task = prep.cohort, prep.split, prep.task
 
     record = RunRecord.create(scenario, out_dir)
     record.write_json("partitions.json", {
@@ -73,7 +93,7 @@ def run_scenario(
     })
     log("partitions: " + ", ".join(f"client {s['client']}: {s['train']} train / {s['val']} val"
                                    for s in split.sizes()) + f"; server test: {len(split.test)}")
-    baseline = task.baseline(target_mean, y_test)
+    baseline = task.baseline(task.target_mean, prep.y_test)
     rounds = scenario.federation.rounds
 
     def on_round(r: int, scores: dict[str, float]) -> None:
@@ -82,10 +102,10 @@ def run_scenario(
         log(f"[{label}] test {key.upper()} {scores[key]:.2f} (predict-the-mean {baseline[key]:.2f}) "
             f"· {record.elapsed():.0f}s")
 
-    server_plan = ServerPlan(scenario=scenario, task=task, x_test=x_test, y_test=y_test, record=record,
+    server_plan = ServerPlan(scenario=scenario, task=task, x_test=prep.x_test, y_test=prep.y_test, record=record,
                              on_round=on_round)
     client_plan = ClientPlan(key=str(record.path), run_dir=str(record.path.resolve()), scenario=scenario, splits=tuple(split.clients),
-                             target_mean=target_mean, target_std=target_std)
+                             target_mean=task.target_mean, target_std=task.target_std)
     error = None
     try:
         run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
@@ -98,8 +118,12 @@ def run_scenario(
     arrays = server_plan.outcome.get("arrays")
     if arrays is not None and scenario.output.save_model:
         record.save_model(arrays.to_torch_state_dict())
+    attack_rows = []
+    if scenario.attacks and error is None:
+        attack_rows = run_attacks(record.path, scenario, scenario.attacks, prep=prep, log=log)
     summary = _summary(scenario, server_plan.outcome, baseline, task.primary_metric, failures, error,
-                       wall_s=time.perf_counter() - t0, target_mean=target_mean)
+                       wall_s=time.perf_counter() - t0, target_mean=task.target_mean)
+    summary["attacks"] = [{k: v for k, v in row.items() if k != "traceback"} for row in attack_rows]
     record.write_json("summary.json", summary)
     write_outputs(record.path)
     return RunResult(run_dir=record.path, summary=summary, failures=failures, error=error)

@@ -18,6 +18,7 @@ from fedsim.scenario import parse_params
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    clients: list[int] | None = Field(None, description="only these targeted clients; none = all targeted")
 
 
 class ServerBehaviour:
@@ -31,6 +32,9 @@ class ServerBehaviour:
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
         parse_params(cls.Params, params)
+
+    def applies_to(self, client: int) -> bool:
+        return self.params.clients is None or client in self.params.clients
 
     def modify(self, config: ConfigRecord) -> None:
         raise NotImplementedError

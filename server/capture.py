@@ -51,7 +51,8 @@ class Capture:
             self._sent[server_round] = arrays
             config = ConfigRecord(dict(msg.content["config"]))
             for _, behaviour in self.behaviours:
-                behaviour.modify(config)
+                if behaviour.applies_to(client):
+                    behaviour.modify(config)
             config[CAPTURE_KEY] = self.record_updates
             out.append(Message(RecordDict({"arrays": arrays, "config": config}),
                                message_type=msg.metadata.message_type, dst_node_id=msg.metadata.dst_node_id))
@@ -71,7 +72,7 @@ class Capture:
                 "kind": "gradient" if is_gradient else "weights",
                 "batch_size": metrics.get("batch_size"), "local_steps": metrics.get("local_steps"),
                 "num_examples": metrics.get("num-examples"), "lr": self.client_lr,
-                "behaviours": [name for name, _ in self.behaviours],
+                "behaviours": [name for name, b in self.behaviours if b.applies_to(client)],
             }
             folder = self.run_dir / "observations" / observation_name(server_round, client)
             save_tensors(folder / "update.safetensors", update, meta)

@@ -19,7 +19,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["FEDSIM_CACHE"] = str(tmp_path_factory.mktemp("fedsim-cache"))
 
 
-def tiny_scenario(**sections: dict) -> dict:
+def tiny_scenario(**sections: object) -> dict:
     """A raw scenario mapping for a 2 client x 2 round federation at 16^3."""
     raw = {
         "name": "tiny",

@@ -12,25 +12,16 @@ on detached copies, and only the candidate inputs (and labels) receive gradients
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from attacks.gradient_inversion.parts import (
-    PCAImage,
-    PixelImage,
-    match_objective,
-    population_mean,
-    total_variation,
-)
+from attacks.gradient_inversion.parts import recover_labels_idlg
+from attacks.gradient_inversion.search import InversionConfig, InversionResult, Simulator, run_search
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Simulator = Callable[[torch.Tensor, torch.Tensor, bool], Sequence[torch.Tensor]]
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -102,3 +93,47 @@ def _predict(model: nn.Module, state: Mapping[str, torch.Tensor] | None, x: torc
         return functional_call(model, {n: t.detach() for n, t in state.items()}, (x,)).detach()
 
 
+
+
+def invert_gradient(
+    model: nn.Module, loss_fn: LossFn, observed_grads: Sequence[torch.Tensor], *,
+    input_shape: Sequence[int], labels: torch.Tensor | None = None, auxiliary: torch.Tensor | None = None,
+    config: InversionConfig = InversionConfig(), verbose: bool = False,
+) -> InversionResult:
+    """Reconstruct a batch of shape ``input_shape`` from its FedSGD gradient (DLG / Inverting Gradients).
+
+    ``observed_grads`` are in the order of the model's trainable parameters (as ``gradients_of``
+    returns them); the model's current weights are the global weights the gradient was taken at.
+    ``auxiliary`` (N, C, *spatial): attacker-held images for the prior / PCA, disjoint from victims.
+    """
+    simulate = _gradient_simulator(model, loss_fn, None)
+    return run_search(simulate, observed_grads, input_shape=input_shape, labels=labels,
+                      guess_labels=lambda x: _predict(model, None, x), auxiliary=auxiliary,
+                      config=config, verbose=verbose)
+
+
+def invert_weight_update(
+    model: nn.Module, loss_fn: LossFn, global_state: Mapping[str, torch.Tensor],
+    updated_state: Mapping[str, torch.Tensor], *, input_shape: Sequence[int], local_steps: int, lr: float,
+    batch_size: int, labels: torch.Tensor | None = None, auxiliary: torch.Tensor | None = None,
+    config: InversionConfig = InversionConfig(), verbose: bool = False,
+) -> InversionResult:
+    """Reconstruct a client's data from its FedAvg update (``updated_state - global_state``).
+
+    The client is simulated as ``local_steps`` plain-SGD steps with learning rate ``lr`` over mini-
+    batches of ``batch_size`` taken cyclically from the ``input_shape[0]`` candidates. Only trainable
+    parameters are compared; buffers come from ``global_state``.
+    """
+    if local_steps < 1 or batch_size < 1:
+        raise ValueError("local_steps and batch_size must be >= 1")
+    names = [n for n, _ in _trainable(model)]
+    observed = [(updated_state[n].detach().float() - global_state[n].detach().float()) for n in names]
+    simulate = _update_simulator(model, loss_fn, global_state, local_steps=local_steps, lr=lr,
+                                 batch_size=batch_size)
+    return run_search(simulate, observed, input_shape=input_shape, labels=labels,
+                      guess_labels=lambda x: _predict(model, global_state, x), auxiliary=auxiliary,
+                      config=config, verbose=verbose)
+
+
+__all__ = ["InversionConfig", "InversionResult", "gradients_of", "invert_gradient", "invert_weight_update",
+           "recover_labels_idlg"]

@@ -62,9 +62,10 @@ class _Labels(nn.Module):
 
     def __init__(self, mode: str, start: torch.Tensor, *, learn: bool) -> None:
         super().__init__()
-        self.register_buffer("start", start.detach().float().clone())
+        start = start.detach().clone()
+        self.register_buffer("start", start.float() if learn else start)
         # one optimiser unit ~ 10% of the target's magnitude, so ages (~60 y) and unit targets move alike
-        self.scale = float(max(1.0, 0.1 * start.abs().mean().item()))
+        self.scale = float(max(1.0, 0.1 * start.float().abs().mean().item()))
         self.offset = nn.Parameter(torch.zeros_like(self.start), requires_grad=learn)
         self.mode = mode
 
@@ -134,7 +135,7 @@ def _restart(simulate: Simulator, observed: Sequence[torch.Tensor], image: nn.Mo
             print(f"[inversion{tag}] iter {it:5d}/{config.iterations} objective {obj.item():.6g}", flush=True)
     x, y = image().detach(), labels().detach()
     final = _regularised(config, x, prior, match_objective(simulate(x, y, False), observed, config.objective))
-    return float(final), image
+    return float(final.detach()), image
 
 
 def run_search(simulate: Simulator, observed: Sequence[torch.Tensor], *, input_shape: Sequence[int],

@@ -24,15 +24,20 @@ class BrainAgeTask(Task):
     """Age regression, MSE loss, MAE in years as the headline metric."""
 
     primary_metric = "mae"
+    spatial_dims = 3
 
     def build_model(self) -> nn.Module:
         cfg = self.config.model
         model_cls = MODELS.get(cfg.name)
         return model_cls(channels=cfg.channels, norm=cfg.norm, dropout=cfg.dropout, out_bias=self.target_mean,
-                         out_scale=self.target_std)
+                         out_scale=self.target_std, spatial_dims=self.spatial_dims)
+
+    def images(self, cohort: Cohort, indices: list[int]) -> np.ndarray:
+        """The network's input images before normalisation: whole volumes here."""
+        return cohort.images[indices]
 
     def tensors(self, cohort: Cohort, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = zscore_volumes(cohort.images[indices])[:, None]
+        x = zscore_volumes(self.images(cohort, indices))[:, None]
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(cohort.age[indices].astype(np.float32))
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -45,3 +50,13 @@ class BrainAgeTask(Task):
     @staticmethod
     def targets(cohort: Cohort) -> np.ndarray:
         return cohort.age.astype(np.float64)
+
+
+@TASKS.register("brain_age_slice")
+class BrainAgeSliceTask(BrainAgeTask):
+    """Age from the central axial slice (2D): the same task at the scale of the 2D attack literature."""
+
+    spatial_dims = 2
+
+    def images(self, cohort: Cohort, indices: list[int]) -> np.ndarray:
+        return cohort.images[indices][..., cohort.images.shape[-1] // 2]

@@ -16,6 +16,7 @@ from attacks.gradient_inversion import (
     invert_weight_update,
     recover_labels_idlg,
 )
+from attacks.gradient_inversion.optimize import _update_simulator
 from attacks.gradient_inversion.parts import PCAImage, match_objective, total_variation
 from attacks.metrics import psnr
 
@@ -119,7 +120,6 @@ def test_weight_update_simulation_is_exact_for_the_true_data() -> None:
     wrong = invert_weight_update(model, mse_loss, global_state, updated, input_shape=x.shape, local_steps=4,
                                  lr=0.1, batch_size=2, labels=y, config=config)
     assert wrong.objective > 1e-6
-    from attacks.gradient_inversion.optimize import _update_simulator
     simulate = _update_simulator(model, mse_loss, global_state, local_steps=4, lr=0.1, batch_size=2)
     names = [n for n, _ in model.named_parameters()]
     delta = [updated[n] - global_state[n] for n in names]
@@ -144,3 +144,13 @@ def test_pca_inversion_runs_in_3d_and_keeps_shape() -> None:
                              labels=y, auxiliary=aux, config=config)
     assert result.images.shape == x.shape and torch.isfinite(result.images).all()
     assert total_variation(result.images).item() >= 0
+
+
+def test_verbose_prints_about_ten_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    model, x, y = tiny_cnn(), torch.randn(1, 1, 8, 8), torch.tensor([[0.7]])
+    grads = gradients_of(model, mse_loss, x, y)
+    invert_gradient(model, mse_loss, grads, input_shape=x.shape, labels=y, config=InversionConfig(iterations=50))
+    assert capsys.readouterr().out == ""
+    invert_gradient(model, mse_loss, grads, input_shape=x.shape, labels=y, config=InversionConfig(iterations=50),
+                    verbose=True)
+    assert 10 <= capsys.readouterr().out.count("[inversion]") <= 12

@@ -30,3 +30,21 @@ def test_task_metrics_and_baseline():
     target = torch.tensor([40.0, 60.0, 70.0])
     assert abs(task.metrics(torch.tensor([42.0, 58.0, 70.0]), target)["mae"] - 4.0 / 3) < 1e-6
     assert abs(task.baseline(50.0, target)["mae"] - 40.0 / 3) < 1e-6
+
+
+def test_slice_task_feeds_2d_slices_to_a_2d_model():
+    import numpy as np
+
+    from fedsim.data.synthetic import Cohort
+    from fedsim.tasks import BrainAgeSliceTask
+
+    n, s = 3, 16
+    images = np.random.default_rng(0).random((n, s, s, s), dtype=np.float32)
+    cohort = Cohort(images=images, labels=np.zeros((n, s, s, s), np.uint8), age=np.array([30, 50, 70], np.float32),
+                    bio_age=np.zeros(n, np.float32), sex=np.zeros(n, np.int8), site=np.zeros(n, np.int16),
+                    site_names=["a"])
+    task = BrainAgeSliceTask(config=TaskConfig(model={"channels": [4, 8]}), target_mean=50.0, target_std=20.0)
+    x, y = task.tensors(cohort, [0, 2])
+    assert x.shape == (2, 1, s, s) and y.tolist() == [30.0, 70.0]
+    assert torch.allclose(x[1, 0].mean(), torch.tensor(0.0), atol=1e-5)  # each slice z-scored on its own
+    assert task.build_model()(x).shape == (2,)

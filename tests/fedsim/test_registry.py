@@ -27,13 +27,13 @@ def test_plugin_from_file(tmp_path: Path):
         "from attacks import Attack\n"
         "class Peek(Attack):\n"
         "    '''Looks at updates.'''\n"
-        "    def run(self, observation):\n"
+        "    def reconstruct(self, observation):\n"
         "        return {'seen': observation}\n"
         "class NotAnAttack:\n"
         "    pass\n"
     )
     cls = ATTACKS.get(f"{plugin}:Peek")
-    assert issubclass(cls, Attack) and cls().run(3) == {"seen": 3}
+    assert issubclass(cls, Attack) and cls().reconstruct(3) == {"seen": 3}
     with pytest.raises(PluginError, match="not a subclass of Attack"):
         ATTACKS.get(f"{plugin}:NotAnAttack")
     with pytest.raises(PluginError, match="has no 'Missing'"):

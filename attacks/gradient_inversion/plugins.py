@@ -1,0 +1,100 @@
+"""The gradient-inversion attacks as scenario plug-ins: `dlg`, `inverting_gradients`,
+`fedavg_update_inversion`. Each declares its threat model; the search itself lives in optimize.py."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
+from attacks.gradient_inversion.optimize import InversionConfig, invert_gradient, invert_weight_update
+
+
+class InversionParams(BaseModel):
+    """The search settings a scenario may set (see InversionConfig for their meaning)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    objective: Literal["l2", "cosine", "abs_cosine"] = "cosine"
+    iterations: int = Field(500, ge=1)
+    lr: float = Field(0.1, gt=0)
+    signed: bool = True
+    lr_schedule: bool = True
+    tv: float = Field(1e-4, ge=0)
+    restarts: int = Field(1, ge=1)
+    prior_pull: float = Field(0.0, ge=0)
+    parameterization: Literal["pixel", "pca"] = "pixel"
+    n_components: int = Field(20, ge=1)
+    label: Literal["known", "joint"] = "known"
+    seed: int = 0
+    verbose: bool = False
+
+
+class DLGParams(InversionParams):
+    objective: Literal["l2", "cosine", "abs_cosine"] = "l2"
+    signed: bool = False
+    tv: float = Field(0.0, ge=0)
+    lr_schedule: bool = False
+    label: Literal["known", "joint"] = "joint"
+
+
+class GradientInversion(Attack):
+    """Shared body: search inputs whose gradient (or local update) matches the observed one."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True, labels=True, auxiliary=True)
+    Params = InversionParams
+
+    def config(self) -> InversionConfig:
+        fields = self.params.model_dump(exclude={"verbose"})
+        return InversionConfig(**fields)
+
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        obs = observation
+        if obs.loss_fn is None or obs.input_shape is None:
+            raise PermissionError("gradient inversion needs the architecture and the task's loss")
+        model = obs.model()
+        labels = obs.labels if self.params.label == "known" else None
+        n = len(labels) if labels is not None else obs.images_in_update()
+        shape = (n, *obs.input_shape)
+        common = dict(input_shape=shape, labels=labels, auxiliary=obs.auxiliary, config=self.config(),
+                      verbose=self.params.verbose)
+        if obs.kind == "gradient":
+            names = [name for name, p in model.named_parameters() if p.requires_grad]
+            result = invert_gradient(model, obs.loss_fn, [obs.update[k] for k in names], **common)
+        else:
+            if not (obs.local_steps and obs.lr and obs.batch_size):
+                raise PermissionError("inverting a weight update needs the client's steps, lr and batch size")
+            result = invert_weight_update(model, obs.loss_fn, obs.global_state, obs.update,
+                                          local_steps=obs.local_steps, lr=obs.lr,
+                                          batch_size=min(obs.batch_size, n), **common)
+        return Reconstruction(images=result.images.detach(), labels=_detached(result.labels),
+                              extra={"objective": result.objective, "iterations": result.iterations,
+                                     "search_seconds": result.seconds})
+
+
+def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()
+
+
+@ATTACKS.register("dlg")
+class DLG(GradientInversion):
+    """DLG: L2 gradient matching, plain Adam, the unknown target optimised jointly (Zhu et al. 2019)."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True)
+    Params = DLGParams
+
+
+@ATTACKS.register("inverting_gradients")
+class InvertingGradients(GradientInversion):
+    """Inverting Gradients: cosine + total variation, signed Adam, restarts; optional PCA population prior."""
+
+
+@ATTACKS.register("fedavg_update_inversion")
+class FedAvgUpdateInversion(GradientInversion):
+    """Invert a weight update by unrolling the client's known local SGD steps (multi-step FedAvg)."""
+
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        if observation.kind != "weights":
+            raise ValueError("fedavg_update_inversion needs a weight update (kind 'weights')")
+        return super().reconstruct(observation)

@@ -1,0 +1,127 @@
+"""Attacks inside real federations: capture, threat-model filtering, scoring, re-runs, crash isolation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attacks import ATTACKS, Attack, Observation, ThreatModel
+from attacks.runner import build_observation, load_observations
+from fedsim.runner import prepare, run_scenario
+from fedsim.scenario import ScenarioError, validate_scenario
+from tests.conftest import REPO, tiny_scenario
+
+pytestmark = pytest.mark.e2e
+
+CRASHING = '''
+from attacks import Attack, ThreatModel
+
+class Crashing(Attack):
+    """Always fails: its error must be recorded while the run's other results survive."""
+    threat = ThreatModel(per_client_updates=True)
+
+    def reconstruct(self, observation):
+        raise RuntimeError("attacker bug")
+'''
+
+
+def _gia(tmp_path: Path, **extra) -> dict:
+    plugin = tmp_path / "crashing.py"
+    plugin.write_text(CRASHING)
+    return tiny_scenario(
+        server={"behaviours": [{"name": "request_gradient"},
+                               {"name": "request_batch_size", "params": {"batch_size": 1}}],
+                "targets": {"clients": [0], "rounds": [1]}},
+        attacks=[{"name": "dlg", "params": {"iterations": 30}},
+                 {"name": f"{plugin}:Crashing"}],
+        **extra,
+    )
+
+
+def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tmp_path: Path):
+    scenario = validate_scenario(_gia(tmp_path))
+    result = run_scenario(scenario, out_dir=tmp_path / "runs", log=lambda _: None)
+    run = result.run_dir
+
+    assert result.error is None and result.summary["status"] == "completed"
+    meta = json.loads((run / "observations/round001_client000/update.json").read_text())
+    assert meta["kind"] == "gradient" and meta["batch_size"] == 1
+    assert meta["behaviours"] == ["request_gradient", "request_batch_size"]
+    assert not (run / "observations/round001_client001").exists()  # client 1 was not targeted
+    assert not (run / "observations/round002_client000").exists()  # nor was round 2
+    assert (run / "private/round001_client000.safetensors").is_file()
+
+    rows = {r["attack"]: r for r in result.summary["attacks"]}
+    dlg = rows["dlg"]
+    assert dlg["status"] == "ok" and dlg["candidates"] > 1
+    assert dlg["psnr"] == pytest.approx(dlg["prior_psnr"] + dlg["psnr_gain"])
+    assert 0 <= dlg["reid_top1"] <= 1 and "target_error" in dlg
+    assert (run / "attacks/dlg/round001_client000.png").is_file()
+    crashed = next(r for name, r in rows.items() if name.endswith(":Crashing"))
+    assert crashed["status"] == "error" and "attacker bug" in crashed["error"]
+    report = (run / "report.md").read_text()
+    assert "request_gradient" in report and "attacker bug" in report and "| dlg | 1 | 0 | gradient | 1 |" in report
+
+    # threat model in code: dlg is not given labels or auxiliary scans, even though they exist
+    prep = prepare(scenario, log=lambda _: None)
+    (meta, folder), = load_observations(run)
+    obs = build_observation(ATTACKS.get("dlg")(), meta, folder, prep=prep)
+    assert obs.labels is None and obs.auxiliary is None and obs.batch_size == 1
+    ig = build_observation(ATTACKS.get("inverting_gradients")(), meta, folder, prep=prep)
+    assert ig.labels is not None and ig.auxiliary is not None
+
+    class Blind(Attack):
+        threat = ThreatModel(architecture=False)
+
+        def reconstruct(self, observation: Observation):
+            return observation.model()
+
+    blind = build_observation(Blind(), meta, folder, prep=prep)
+    assert blind.model_factory is None and blind.input_shape is None and blind.batch_size is None
+    with pytest.raises(PermissionError):
+        blind.model()
+
+    # the documented example attacker runs on the recording as it is
+    example = REPO / "docs/examples/nearest_gradient_attack.py"
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "attack", str(run), "--attack",
+                           f"{example}:NearestGradient", "--set", "max_candidates=4"],
+                          capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    example_row = next(r for r in json.loads((run / "summary.json").read_text())["attacks"]
+                       if r["attack"].endswith("NearestGradient"))
+    assert example_row["status"] == "ok" and 0 < example_row["best_cosine"] <= 1
+
+    # fedsim attack re-runs an attacker on the recorded federation without training again
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "attack", str(run), "--attack", "dlg",
+                           "--set", "iterations=5"], capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert sum(r["attack"] == "dlg" for r in summary["attacks"]) == 1
+    assert summary["rounds_completed"] == 2  # training results untouched
+
+
+def test_bad_attack_input_fails_before_training(tmp_path: Path):
+    cases = [
+        ({"attacks": [{"name": "nope"}]}, "attacks.0: unknown attack 'nope'"),
+        ({"attacks": [{"name": f"{tmp_path}/missing.py:X"}]}, "attack plug-in file not found"),
+        ({"attacks": [{"name": "dlg", "params": {"iterations": 0}}]}, "attacks.0: params.iterations"),
+        ({"server": {"targets": {"clients": [7]}}}, "server.targets.clients: client 7 does not exist"),
+        ({"server": {"behaviours": [{"name": "request_batch_size", "params": {"batch_size": 0}}]}},
+         "server.behaviours.0: params.batch_size"),
+    ]
+    not_attack = tmp_path / "plain.py"
+    not_attack.write_text("class Plain:\n    pass\n")
+    cases.append(({"attacks": [{"name": f"{not_attack}:Plain"}]}, "is not a subclass of Attack"))
+    for change, message in cases:
+        with pytest.raises(ScenarioError, match=message.replace("(", r"\(")):
+            validate_scenario(tiny_scenario(**change))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(tiny_scenario(attacks=[{"name": "nope"}])))
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", str(bad)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown attack 'nope'" in proc.stderr
