@@ -83,14 +83,14 @@ def run_attacks(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *, p
     observations = load_observations(run_dir)
     rows: list[dict[str, Any]] = []
     for spec in specs:
-        out_dir = run_dir / "attacks" / _safe(spec.name)
+        out_dir = run_dir / "attacks" / _safe(spec.key)
         lines = []
         for meta, folder in observations:
             row = _attack_one(spec, meta, folder, prep=prep, out_dir=out_dir, log=log)
             lines.append(json.dumps(row))
             rows.append(row)
         if not observations:
-            rows.append({"attack": spec.name, "status": "skipped",
+            rows.append({"attack": spec.key, "status": "skipped",
                          "reason": "no client updates were recorded (check server.targets)"})
             lines.append(json.dumps(rows[-1]))
         atomic_write_text(out_dir / "results.jsonl", "\n".join(lines) + "\n")
@@ -99,14 +99,14 @@ def run_attacks(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *, p
 
 def _attack_one(spec: PluginSpec, meta: dict[str, Any], folder: Path, *, prep: Any, out_dir: Path,
                 log: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"attack": spec.name, "round": meta["round"], "client": meta["client"],
+    row: dict[str, Any] = {"attack": spec.key, "round": meta["round"], "client": meta["client"],
                            "kind": meta["kind"], "batch_size": meta.get("batch_size"),
                            "local_steps": meta.get("local_steps"), "behaviours": meta.get("behaviours", [])}
     start = time.perf_counter()
     try:
         attack = ATTACKS.get(spec.name)(**spec.params)
         row["threat"] = type(attack).threat.describe()
-        log(f"[attack {spec.name}] round {meta['round']} client {meta['client']} ({meta['kind']}, "
+        log(f"[attack {spec.key}] round {meta['round']} client {meta['client']} ({meta['kind']}, "
             f"batch {meta.get('batch_size')}) ...")
         recon = attack.reconstruct(build_observation(attack, meta, folder, prep=prep))
         truth = _truth(folder)
@@ -117,10 +117,10 @@ def _attack_one(spec: PluginSpec, meta: dict[str, Any], folder: Path, *, prep: A
                               out_dir / f"{name}.png")
     except Exception as exc:  # one attacker's crash must not lose the run's results
         row.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
-        log(f"[attack {spec.name}] failed: {type(exc).__name__}: {exc}")
+        log(f"[attack {spec.key}] failed: {type(exc).__name__}: {exc}")
     row["seconds"] = time.perf_counter() - start
     if row["status"] == "ok":
-        log(f"[attack {spec.name}] PSNR {row['psnr']:.1f} dB (prior {row['prior_psnr']:.1f}, gain "
+        log(f"[attack {spec.key}] PSNR {row['psnr']:.1f} dB (prior {row['prior_psnr']:.1f}, gain "
             f"{row['psnr_gain']:+.1f}) SSIM {row['ssim']:.3f} re-id top-1 {row['reid_top1']:.0%} "
             f"· {row['seconds']:.0f}s")
     return row

@@ -8,11 +8,16 @@ beside the population-mean prior (gain) and re-identification among the client's
 pool of ~100 other subjects; the prior / PCA comes from auxiliary subjects disjoint from both.
 
     python benchmarks/gia_quality.py [--dims 2,3 --batch-sizes 1,2,4,8 --steps 1,5 --attack ig_pca
-                                      --iterations 300 --subjects 2 --slice 64]
+                                      --iterations 300 --subjects 2 --slice 64 --model brain_age_cnn]
+    python benchmarks/gia_quality.py --model lenet --attack ig_short --iterations 100 --slice 32
+
+Models: brain_age_cnn (global average pooling: the brain-age literature's design) and lenet (the
+sigmoid LeNet of the DLG / Inverting Gradients papers, no global pooling).
 
 Attacks: dlg = l2 matching, pixels, joint (unknown) age; ig = Inverting Gradients (cosine, TV,
 signed Adam, known age); ig_pca = |cosine| on a 20-component PCA of the auxiliary scans, L2 pull to
-the mean (label-free at batch 1, known age otherwise).
+the mean (label-free at batch 1, known age otherwise); ig_short = Inverting Gradients with a short,
+small-step walk from the population mean (known age).
 """
 
 from __future__ import annotations
@@ -30,13 +35,16 @@ from attacks.gradient_inversion import InversionConfig, gradients_of, invert_gra
 from attacks.metrics import score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.models.brain_age import BrainAgeCNN
+from fedsim.models.lenet import LeNet
 from fedsim.tasks.brain_age import zscore_volumes
 
 N_AUX, N_POOL = 100, 100
 
 
 def attack_config(name: str, *, iterations: int, batch: int, seed: int) -> InversionConfig:
-    """The three attacks; settings from tuning on these models (see the module docstring)."""
+    """The attacks; settings from tuning on these models (see the module docstring)."""
+    if name == "ig_short":  # a short signed-Adam walk from the population mean: best PSNR on lenet
+        return InversionConfig(objective="cosine", lr=0.03, tv=1e-4, iterations=iterations, seed=seed)
     if name == "dlg":
         return InversionConfig(objective="l2", lr=0.1, tv=0.0, label="joint", iterations=iterations, seed=seed)
     if name == "ig":
@@ -60,8 +68,11 @@ def load_images(dims: int, side: int, n_victims: int) -> dict[str, torch.Tensor 
             "pool": x[n_victims + N_AUX:], "age_mean": float(age[aux].mean()), "age_std": float(age[aux].std())}
 
 
-def make_model(dims: int, data: dict) -> nn.Module:
+def make_model(dims: int, data: dict, name: str = "brain_age_cnn") -> nn.Module:
+    """The attacked network at its (untrained) global weights: brain_age_cnn pools globally, lenet does not."""
     torch.manual_seed(0)
+    if name == "lenet":
+        return LeNet(spatial_dims=dims, out_bias=data["age_mean"], out_scale=data["age_std"])
     return BrainAgeCNN(channels=[8, 16, 32], norm="instance", spatial_dims=dims,
                        out_bias=data["age_mean"], out_scale=data["age_std"])
 
@@ -122,21 +133,22 @@ def main() -> None:
     parser.add_argument("--dims", default="2,3")
     parser.add_argument("--batch-sizes", default="1,2,4,8")
     parser.add_argument("--steps", default="1,5")
-    parser.add_argument("--attack", choices=["dlg", "ig", "ig_pca"], default="ig_pca")
+    parser.add_argument("--attack", choices=["dlg", "ig", "ig_pca", "ig_short"], default="ig_pca")
+    parser.add_argument("--model", choices=["brain_age_cnn", "lenet"], default="brain_age_cnn")
     parser.add_argument("--slice", type=int, default=64, choices=[32, 64], help="2D slice side")
     parser.add_argument("--client-lr", type=float, default=1e-4, help="client's plain-SGD learning rate")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    print(f"attack={args.attack} iterations={args.iterations} subjects/cell={args.subjects} "
+    print(f"model={args.model} attack={args.attack} iterations={args.iterations} subjects/cell={args.subjects} "
           f"threads={args.threads} pool={N_POOL} aux={N_AUX}\n")
     print("| dims | batch | steps | PSNR | prior PSNR | gain dB | SSIM | prior SSIM | re-id top-1 | chance "
           "| median rank | age err (y) | seconds | iter/(fwd+bwd) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for dims in (int(d) for d in args.dims.split(",")):
         data = load_images(dims, args.slice, args.subjects * max(batches))
-        model = make_model(dims, data)
+        model = make_model(dims, data, args.model)
         warm = attack_config(args.attack, iterations=2, batch=1, seed=0)  # first-call set-up off the clock
         attack_once(model, data["victims"][:1], data["victim_age"][:1], data, steps=1, config=warm,
                     client_lr=args.client_lr)

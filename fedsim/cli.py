@@ -107,7 +107,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         raise ScenarioError(f"--attack {spec.name}: {exc}") from None
     rows = run_attacks(args.run_dir, scenario, [spec], prep=prepare(scenario))
     summary = json.loads(summary_path.read_text())
-    kept = [r for r in summary.get("attacks", []) if r.get("attack") != spec.name]
+    kept = [r for r in summary.get("attacks", []) if r.get("attack") != spec.key]
     summary["attacks"] = kept + [{k: v for k, v in r.items() if k != "traceback"} for r in rows]
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     write_outputs(args.run_dir)

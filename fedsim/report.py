@@ -124,7 +124,8 @@ def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, 
     for r in rows:
         if r.get("status") == "ok":
             name = f"round{r['round']:03d}_client{r['client']:03d}.png"
-            figure = run_dir / "attacks" / str(r["attack"]).split(":")[-1] / name
+            folder = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in str(r["attack"]).split(":")[-1])
+            figure = run_dir / "attacks" / folder / name
             if figure.exists():
                 lines += ["", f"![{r['attack']} round {r['round']} client {r['client']}]"
                               f"({figure.relative_to(run_dir)})"]

@@ -62,7 +62,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "brain_age_cnn"
     channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1, max_length=8)
-    norm: Literal["instance", "group"] = "instance"
+    norm: Literal["instance", "group", "none"] = Field("instance", description="none: for lenet")
     dropout: float = Field(0.0, ge=0, lt=1)
 
     @field_validator("channels")
@@ -109,6 +109,13 @@ class OutputConfig(Section):
 class PluginSpec(Section):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                              description="name of this entry in results (default: the plug-in name)")
+
+    @property
+    def key(self) -> str:
+        """How results of this entry are named: its label, else the plug-in name."""
+        return self.label or self.name
 
 
 class TargetConfig(Section):

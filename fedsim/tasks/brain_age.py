@@ -29,8 +29,9 @@ class BrainAgeTask(Task):
     def build_model(self) -> nn.Module:
         cfg = self.config.model
         model_cls = MODELS.get(cfg.name)
-        return model_cls(channels=cfg.channels, norm=cfg.norm, dropout=cfg.dropout, out_bias=self.target_mean,
-                         out_scale=self.target_std, spatial_dims=self.spatial_dims)
+        kwargs = {"norm": cfg.norm} if cfg.norm != "none" else {}  # lenet takes no norm
+        return model_cls(channels=cfg.channels, dropout=cfg.dropout, out_bias=self.target_mean,
+                         out_scale=self.target_std, spatial_dims=self.spatial_dims, **kwargs)
 
     def images(self, cohort: Cohort, indices: list[int]) -> np.ndarray:
         """The network's input images before normalisation: whole volumes here."""

@@ -48,3 +48,22 @@ def test_slice_task_feeds_2d_slices_to_a_2d_model():
     assert x.shape == (2, 1, s, s) and y.tolist() == [30.0, 70.0]
     assert torch.allclose(x[1, 0].mean(), torch.tensor(0.0), atol=1e-5)  # each slice z-scored on its own
     assert task.build_model()(x).shape == (2,)
+
+
+def test_lenet_keeps_spatial_detail_and_starts_at_the_mean():
+    from fedsim.models import LeNet
+
+    for dims, side in ((3, 32), (2, 32), (3, 16)):
+        model = LeNet(spatial_dims=dims, out_bias=60.0, out_scale=10.0)
+        x = torch.randn(2, 1, *(side,) * dims)
+        assert model(x).shape == (2,)
+        assert model.head.in_features == 12 * 8**dims  # no global pooling: an 8^d grid reaches the head
+    torch.nn.init.zeros_(model.head.weight)
+    assert torch.allclose(model(torch.randn(1, 1, 16, 16, 16)), torch.tensor([60.0]))
+
+
+def test_lenet_is_selectable_from_the_scenario():
+    task = BrainAgeTask(config=TaskConfig(model={"name": "lenet", "channels": [6, 6, 6], "norm": "none"}),
+                        target_mean=50.0, target_std=10.0)
+    model = task.build_model()
+    assert type(model).__name__ == "LeNet" and model.head.in_features == 6 * 8**3
