@@ -32,10 +32,11 @@ def reconstruction_figure(truth: torch.Tensor, recon: torch.Tensor, prior: torch
     n_views = len(_views(truth[0]))
     fig, axes = plt.subplots(n, 3 * n_views, figsize=(1.6 * 3 * n_views, 1.7 * n + 0.6), squeeze=False)
     for i in range(n):
+        lo, hi = float(truth[i].min()), float(truth[i].max())  # one grey scale per row: the truth's
         for j, (label, stack) in enumerate(columns):
             for k, panel in enumerate(_views(stack[i].detach().float())):
                 ax = axes[i, j * n_views + k]
-                ax.imshow(panel.T.numpy(), cmap="gray", origin="lower")
+                ax.imshow(panel.T.numpy(), cmap="gray", origin="lower", vmin=lo, vmax=hi)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0 and k == 0:

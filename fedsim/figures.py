@@ -15,7 +15,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 def learning_curves(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> Path | None:
     """Test metric per round (server) and validation metric per client, beside the predict-the-mean line."""
     key = summary.get("primary_metric", "mae")
-    server = sorted((r["round"], r[f"test_{key}"]) for r in records if r.get("kind") == "server")
+    server = sorted((r["round"], r[f"test_{key}"]) for r in records
+                    if r.get("kind") == "server" and r.get(f"test_{key}") is not None)
     if not server:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -23,7 +24,7 @@ def learning_curves(records: list[dict[str, Any]], summary: dict[str, Any], out:
     clients = sorted({r["client"] for r in records if r.get("kind") == "evaluate"})
     for c in clients:
         pts = sorted((r["round"], r[f"val_{key}"]) for r in records
-                     if r.get("kind") == "evaluate" and r["client"] == c and f"val_{key}" in r)
+                     if r.get("kind") == "evaluate" and r["client"] == c and r.get(f"val_{key}") is not None)
         if pts:
             ax.plot(*zip(*pts), ".--", alpha=0.7, label=f"client {c} validation")
     base = summary.get("baseline_predict_mean", {}).get(key)

@@ -36,6 +36,8 @@ def _csv(records: list[dict[str, Any]]) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"  # non-finite values are stored as null
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
@@ -80,9 +82,11 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
               f"| round | test {key.upper()} | mean train loss | mean client val {key.upper()} |", "|---|---|---|---|"]
     for rnd in sorted({r["round"] for r in records if r.get("kind") == "server"}):
         srv = next(r for r in records if r.get("kind") == "server" and r["round"] == rnd)
-        tr = [r["train_loss"] for r in records if r.get("kind") == "train" and r["round"] == rnd]
-        ev = [r[f"val_{key}"] for r in records if r.get("kind") == "evaluate" and r["round"] == rnd]
-        lines.append(f"| {rnd} | {_fmt(srv[f'test_{key}'])} | {_fmt(sum(tr) / len(tr)) if tr else '–'} | "
+        tr = [r["train_loss"] for r in records if r.get("kind") == "train" and r["round"] == rnd
+              and r.get("train_loss") is not None]
+        ev = [r[f"val_{key}"] for r in records if r.get("kind") == "evaluate" and r["round"] == rnd
+              and r.get(f"val_{key}") is not None]
+        lines.append(f"| {rnd} | {_fmt(srv.get(f'test_{key}'))} | {_fmt(sum(tr) / len(tr)) if tr else '–'} | "
                      f"{_fmt(sum(ev) / len(ev)) if ev else '–'} |")
     lines += _attack_section(run_dir, scenario, summary)
     errors = [r for r in records if r.get("kind") == "client_error"]

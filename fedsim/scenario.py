@@ -257,6 +257,10 @@ def _check_plugins(scenario: Scenario) -> None:
                     check(spec.params)
             except (PluginError, ValueError, TypeError) as exc:
                 raise ScenarioError(f"{where}.{i}: {exc}") from None
+            threat = getattr(plugin, "threat", None)
+            if kind == "attack" and threat is not None and threat.per_client_updates and not scenario.captures_updates:
+                raise ScenarioError(f"attacks.{i}: {spec.name} needs per-client updates, but server.capture "
+                                    "is false, so the server keeps none")
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:

@@ -111,6 +111,8 @@ def test_bad_attack_input_fails_before_training(tmp_path: Path):
         ({"attacks": [{"name": f"{tmp_path}/missing.py:X"}]}, "attack plug-in file not found"),
         ({"attacks": [{"name": "dlg", "params": {"iterations": 0}}]}, "attacks.0: params.iterations"),
         ({"server": {"targets": {"clients": [7]}}}, "server.targets.clients: client 7 does not exist"),
+        ({"attacks": [{"name": "dlg"}], "server": {"capture": False}},
+         "attacks.0: dlg needs per-client updates, but server.capture is false"),
         ({"server": {"behaviours": [{"name": "request_batch_size", "params": {"batch_size": 0}}]}},
          "server.behaviours.0: params.batch_size"),
     ]

@@ -59,3 +59,14 @@ def test_proximal_term_keeps_weights_closer_to_global():
         train_local(model, x, y, task=task, config=cfg, rng=np.random.default_rng(2), proximal_mu=mu)
         drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
     assert drift[10.0] < drift[0.0]
+
+
+def test_divergence_is_a_clear_error_not_silent_nans():
+    import pytest
+
+    x, y = _data(8)
+    task = _task()
+    model = task.build_model()
+    cfg = FederationConfig(local_steps=50, batch_size=4, lr=10.0, optimizer="sgd", momentum=0.0)
+    with pytest.raises(FloatingPointError, match="lower federation.lr"):
+        train_local(model, x, y, task=task, config=cfg, rng=np.random.default_rng(0))
