@@ -60,7 +60,7 @@ def train_local(
             prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
             loss = loss + 0.5 * proximal_mu * prox
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"local training diverged (loss {float(loss)} at step {step + 1}); "
+            raise FloatingPointError(f"local training diverged (loss {float(loss.detach())} at step {step + 1}); "
                                      "lower federation.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
