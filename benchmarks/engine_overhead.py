@@ -105,7 +105,7 @@ def main() -> None:
         rows.append((name, statistics.median(starts), statistics.median(rounds)))
     print(f"\nworkload: {args.clients} clients x {args.rounds} rounds x {args.steps} local steps, "
           f"batch 8, {args.shape}^3, {args.repeats} repeat(s); medians\n")
-    print(f"| {'engine':<36} | start-up s | s / round (steady) | round ratio vs fedsim |")
+    print(f"| {'engine':<36} | start-up s | s / round (steady) | fedsim s/round ÷ this |")
     print(f"|{'-' * 38}|-----------:|-------------------:|----------------------:|")
     fed_round = rows[0][2]
     for name, start, per_round in rows:
