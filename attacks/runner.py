@@ -71,8 +71,12 @@ def score(recon: Reconstruction, truth: dict[str, Any], *, prep: Any, client: in
     out = score_reconstruction(images, x_true, prior=prior, candidates=candidates, true_index=true_index)
     out["candidates"] = len(candidates)
     if recon.labels is not None and len(recon.labels) >= n:
-        perm = match_batch(images, x_true)
-        out["target_error"] = float((recon.labels[perm].float() - y_true.float()).abs().mean())
+        if y_true.dtype.is_floating_point:  # regression: how far off the recovered age is
+            perm = match_batch(images, x_true)
+            out["target_error"] = float((recon.labels[perm].float() - y_true.float()).abs().mean())
+        else:  # classes: compared as multisets, since iDLG recovers them without their order
+            recovered, true = sorted(recon.labels[:n].tolist()), sorted(y_true.tolist())
+            out["label_accuracy"] = sum(a == b for a, b in zip(recovered, true)) / max(n, 1)
     return out
 
 

@@ -68,7 +68,7 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         "## Result",
         f"| | test {key.upper()} |",
         "|---|---|",
-        f"| predict the mean training target | {_fmt(summary['baseline_predict_mean'].get(key))} |",
+        f"| baseline: mean training target (majority class) | {_fmt(summary['baseline_predict_mean'].get(key))} |",
         f"| initial global model | {_fmt(summary.get('initial', {}).get(key))} |",
         f"| final global model (round {summary['rounds_completed']}) | {_fmt(summary.get('final', {}).get(key))} |",
         "",
@@ -99,6 +99,14 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
     return "\n".join(lines) + "\n"
 
 
+def _target_column(row: dict[str, Any]) -> str:
+    if "target_error" in row:
+        return f"{row['target_error']:.1f}"
+    if "label_accuracy" in row:
+        return f"{row['label_accuracy']:.0%} of labels"
+    return "–"
+
+
 def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """What the server did beyond honest aggregation, and what each attack recovered."""
     rows = summary.get("attacks") or []
@@ -113,7 +121,7 @@ def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, 
              "prior an attacker has without attacking); re-identification ranks the true scan among the "
              "client's data plus the server's population pool.", ""]
     lines += ["| attack | round | client | update | batch | PSNR dB | prior PSNR | gain | SSIM | prior SSIM "
-              "| re-id top-1 (chance) | target error | s |",
+              "| re-id top-1 (chance) | target error / label acc. | s |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("status") != "ok":
@@ -124,7 +132,7 @@ def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, 
             f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | {r['batch_size']} | {r['psnr']:.1f} | "
             f"{r['prior_psnr']:.1f} | {r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
             f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | "
-            f"{_fmt(r['target_error']) if 'target_error' in r else '–'} | {r['seconds']:.0f} |")
+            f"{_target_column(r)} | {r['seconds']:.0f} |")
     for r in rows:
         if r.get("status") == "ok":
             name = f"round{r['round']:03d}_client{r['client']:03d}.png"

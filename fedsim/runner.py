@@ -99,7 +99,7 @@ def run_scenario(
     def on_round(r: int, scores: dict[str, float]) -> None:
         key = task.primary_metric
         label = "initial" if r == 0 else f"round {r}/{rounds}"
-        log(f"[{label}] test {key.upper()} {scores[key]:.2f} (predict-the-mean {baseline[key]:.2f}) "
+        log(f"[{label}] test {key.upper()} {scores[key]:.2f} (baseline {baseline[key]:.2f}) "
             f"· {record.elapsed():.0f}s")
 
     server_plan = ServerPlan(scenario=scenario, task=task, x_test=prep.x_test, y_test=prep.y_test, record=record,

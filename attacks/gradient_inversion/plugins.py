@@ -9,7 +9,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
-from attacks.gradient_inversion.optimize import InversionConfig, invert_gradient, invert_weight_update
+from attacks.gradient_inversion.optimize import (
+    InversionConfig,
+    invert_gradient,
+    invert_weight_update,
+    recover_labels_idlg,
+)
 
 
 class InversionParams(BaseModel):
@@ -26,7 +31,7 @@ class InversionParams(BaseModel):
     prior_pull: float = Field(0.0, ge=0)
     parameterization: Literal["pixel", "pca"] = "pixel"
     n_components: int = Field(20, ge=1)
-    label: Literal["known", "joint"] = "known"
+    label: Literal["known", "joint", "idlg"] = "known"  # idlg: read classes from the gradient (classification)
     seed: int = 0
     verbose: bool = False
 
@@ -47,6 +52,8 @@ class GradientInversion(Attack):
 
     def config(self) -> InversionConfig:
         fields = self.params.model_dump(exclude={"verbose"})
+        if fields["label"] == "idlg":
+            fields["label"] = "known"  # the recovered classes are then used as known labels
         return InversionConfig(**fields)
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
@@ -56,6 +63,8 @@ class GradientInversion(Attack):
         model = obs.model()
         labels = obs.labels if self.params.label == "known" else None
         n = len(labels) if labels is not None else obs.images_in_update()
+        if self.params.label == "idlg":
+            labels = idlg_labels(model, obs, n)
         shape = (n, *obs.input_shape)
         common = dict(input_shape=shape, labels=labels, auxiliary=obs.auxiliary, config=self.config(),
                       verbose=self.params.verbose)
@@ -73,6 +82,17 @@ class GradientInversion(Attack):
                                      "search_seconds": result.seconds})
 
 
+def idlg_labels(model: torch.nn.Module, obs: Observation, n: int) -> torch.Tensor:
+    """iDLG: the batch's classes from the gradient of the last layer's weight (cross-entropy heads)."""
+    if obs.kind != "gradient":
+        raise ValueError("label 'idlg' needs a one-batch gradient (kind 'gradient')")
+    last = [name for name, p in model.named_parameters() if p.requires_grad and name.endswith("weight")][-1]
+    grad = obs.update[last]
+    if grad.shape[0] < 2:
+        raise ValueError("label 'idlg' needs a classification head (several output classes)")
+    return recover_labels_idlg(grad.flatten(1), batch_size=n)
+
+
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach()
 
@@ -83,6 +103,18 @@ class DLG(GradientInversion):
 
     threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True)
     Params = DLGParams
+
+
+class IDLGParams(DLGParams):
+    label: Literal["known", "joint", "idlg"] = "idlg"
+
+
+@ATTACKS.register("idlg")
+class IDLG(GradientInversion):
+    """iDLG: DLG on a classification head, with the class read exactly from the gradient (Zhao et al. 2020)."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True)
+    Params = IDLGParams
 
 
 @ATTACKS.register("inverting_gradients")

@@ -42,6 +42,7 @@ class BrainAgeCNN(nn.Module):
         spatial_dims: int = 3,
         out_bias: float = 0.0,
         out_scale: float = 1.0,
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
@@ -64,10 +65,10 @@ class BrainAgeCNN(nn.Module):
         self.pool = Pool["adaptiveavg", spatial_dims](1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.head = conv(prev, 1, kernel_size=1)
+        self.head = conv(prev, out_channels, kernel_size=1)  # out_channels > 1: class logits
         self.out_scale = float(out_scale)
         nn.init.constant_(self.head.bias, out_bias / self.out_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.dropout(self.pool(self.features(x)))).flatten(1).squeeze(1)
-        return out * self.out_scale
+        out = self.head(self.dropout(self.pool(self.features(x)))).flatten(1)
+        return (out.squeeze(1) if out.shape[1] == 1 else out) * self.out_scale

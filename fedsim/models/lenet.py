@@ -29,6 +29,7 @@ class LeNet(nn.Module):
         out_scale: float = 1.0,
         grid: int = 8,
         dropout: float = 0.0,
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
@@ -39,9 +40,10 @@ class LeNet(nn.Module):
             layers += [conv(prev, width, kernel_size=5, stride=2 if i < 2 else 1, padding=2), nn.Sigmoid()]
             prev = width
         self.features = nn.Sequential(*layers, pool(grid), nn.Flatten(), nn.Dropout(dropout))
-        self.head = nn.Linear(prev * grid**spatial_dims, 1)
+        self.head = nn.Linear(prev * grid**spatial_dims, out_channels)  # out_channels > 1: class logits
         self.out_scale = float(out_scale)
         nn.init.constant_(self.head.bias, out_bias / self.out_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).squeeze(1) * self.out_scale
+        out = self.head(self.features(x))
+        return (out.squeeze(1) if out.shape[1] == 1 else out) * self.out_scale

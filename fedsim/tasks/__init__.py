@@ -2,5 +2,6 @@
 
 from fedsim.tasks.base import TASKS, Task
 from fedsim.tasks.brain_age import BrainAgeSliceTask, BrainAgeTask
+from fedsim.tasks.sex import SexClassificationTask
 
-__all__ = ["TASKS", "Task", "BrainAgeTask", "BrainAgeSliceTask"]
+__all__ = ["TASKS", "Task", "BrainAgeTask", "BrainAgeSliceTask", "SexClassificationTask"]

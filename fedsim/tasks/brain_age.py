@@ -26,9 +26,12 @@ class BrainAgeTask(Task):
     primary_metric = "mae"
     spatial_dims = 3
 
+    def _model_cls(self) -> type[nn.Module]:
+        return MODELS.get(self.config.model.name)
+
     def build_model(self) -> nn.Module:
         cfg = self.config.model
-        model_cls = MODELS.get(cfg.name)
+        model_cls = self._model_cls()
         kwargs = {"norm": cfg.norm} if cfg.norm != "none" else {}  # lenet takes no norm
         return model_cls(channels=cfg.channels, dropout=cfg.dropout, out_bias=self.target_mean,
                          out_scale=self.target_std, spatial_dims=self.spatial_dims, **kwargs)

@@ -127,3 +127,20 @@ def test_bad_attack_input_fails_before_training(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "fedsim", "run", str(bad)], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown attack 'nope'" in proc.stderr
+
+
+def test_idlg_reads_the_class_out_of_a_classification_gradient(tmp_path: Path):
+    raw = tiny_scenario(
+        task={"name": "sex_classification", "model": {"channels": [4, 8]}},
+        federation={"rounds": 1},
+        server={"behaviours": [{"name": "request_gradient"},
+                               {"name": "request_batch_size", "params": {"batch_size": 1}}],
+                "targets": {"clients": [0, 1], "rounds": [1]}},
+        attacks=[{"name": "idlg", "params": {"iterations": 10}}],
+    )
+    result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
+    rows = [r for r in result.summary["attacks"] if r["attack"] == "idlg"]
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["label_accuracy"] == 1.0 for r in rows)
+    assert "threat" in rows[0] and "labels" not in rows[0]["threat"]  # iDLG is not given the labels
+    assert result.summary["primary_metric"] == "error_rate"

@@ -67,3 +67,16 @@ def test_lenet_is_selectable_from_the_scenario():
                         target_mean=50.0, target_std=10.0)
     model = task.build_model()
     assert type(model).__name__ == "LeNet" and model.head.in_features == 6 * 8**3
+
+
+def test_sex_classification_task_scores_logits_and_majority_baseline():
+    from fedsim.tasks import SexClassificationTask
+
+    task = SexClassificationTask(config=TaskConfig(model={"channels": [4, 8]}), target_mean=0.7, target_std=0.5)
+    model = task.build_model()
+    logits = model(torch.randn(4, 1, 16, 16, 16))
+    assert logits.shape == (4, 2)
+    target = torch.tensor([1, 1, 0, 1])
+    assert task.metrics(torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]), target)["error_rate"] == 0.25
+    assert task.baseline(0.7, target)["error_rate"] == 0.25  # always "1", the majority
+    assert float(task.loss(logits, target).detach()) > 0
