@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from fedsim.plugin import Configurable
 from fedsim.registry import registry
-from fedsim.scenario import parse_params
 
 
 @dataclass(frozen=True)
@@ -79,22 +78,10 @@ class Reconstruction:
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable details (objective, iterations)
 
 
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Attack(ABC):
+class Attack(Configurable, ABC):
     """Base of attacker plug-ins: declare `threat` (and `Params`), implement `reconstruct`."""
 
     threat: ClassVar[ThreatModel] = ThreatModel()
-    Params: ClassVar[type[BaseModel]] = NoParams
-
-    def __init__(self, **params: Any) -> None:
-        self.params = parse_params(self.Params, params)
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> None:
-        parse_params(cls.Params, params)
 
     @abstractmethod
     def reconstruct(self, observation: Observation) -> Reconstruction:

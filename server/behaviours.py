@@ -6,32 +6,24 @@ and recorded in the report, because a careful client could notice it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from flwr.app import ConfigRecord
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from fedsim.plugin import Configurable, NoParams
 from fedsim.protocol import BATCH_KEY, UPDATE_KEY
 from fedsim.registry import registry
-from fedsim.scenario import parse_params
 
 
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class BehaviourParams(NoParams):
     clients: list[int] | None = Field(None, description="only these targeted clients; none = all targeted")
 
 
-class ServerBehaviour:
+class ServerBehaviour(Configurable):
     """Base of behaviours: `modify` edits a targeted client's train config in place."""
 
-    Params: ClassVar[type[BaseModel]] = NoParams
-
-    def __init__(self, **params: Any) -> None:
-        self.params = parse_params(self.Params, params)
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> None:
-        parse_params(cls.Params, params)
+    Params: ClassVar[type[BaseModel]] = BehaviourParams
 
     def applies_to(self, client: int) -> bool:
         return self.params.clients is None or client in self.params.clients
@@ -51,7 +43,7 @@ class RequestGradient(ServerBehaviour):
         config[UPDATE_KEY] = "gradient"
 
 
-class BatchSizeParams(NoParams):
+class BatchSizeParams(BehaviourParams):
     batch_size: int = Field(1, ge=1)
 
 
