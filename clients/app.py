@@ -29,8 +29,8 @@ from fedsim.tasks import TASKS, Task
 class ClientPlan:
     """What every client needs to know, small enough to ship with each message."""
 
-    key: str  # identifies the run, so an actor reused across runs never serves stale data
-    run_dir: str  # where an observed client keeps its true batch (private/, for scoring only)
+    run_dir: str  # identifies the run (an actor reused across runs never serves stale data), and is
+    # where an observed client keeps its true batch (private/, for scoring only)
     scenario: Scenario
     splits: tuple[ClientSplit, ...]
     target_mean: float
@@ -52,10 +52,10 @@ _STATE: dict[tuple[str, int], _ClientData] = {}
 
 def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
     """This client's tensors, built once per actor process and run."""
-    cached = _STATE.get((plan.key, partition_id))
+    cached = _STATE.get((plan.run_dir, partition_id))
     if cached is not None:
         return cached
-    if any(key != plan.key for key, _ in _STATE):
+    if any(run != plan.run_dir for run, _ in _STATE):
         _STATE.clear()
     sc = plan.scenario
     cohort = load_dataset(sc.data, seed=sc.seed)
@@ -63,7 +63,7 @@ def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
     split = plan.splits[partition_id]
     x_train, y_train = task.tensors(cohort, split.train)
     x_val, y_val = task.tensors(cohort, split.val or split.train)
-    data = _STATE[(plan.key, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val,
+    data = _STATE[(plan.run_dir, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val,
                                                               list(split.train))
     return data
 

@@ -29,7 +29,7 @@ def learning_curves(records: list[dict[str, Any]], summary: dict[str, Any], out:
             ax.plot(*zip(*pts), ".--", alpha=0.7, label=f"client {c} validation")
     base = summary.get("baseline_predict_mean", {}).get(key)
     if base is not None:
-        ax.axhline(base, color="grey", linestyle=":", label="predict the mean")
+        ax.axhline(base, color="grey", linestyle=":", label=summary.get("baseline_name", "predict the mean"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(key.upper() + (" (years)" if key == "mae" else ""))

@@ -68,7 +68,8 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         "## Result",
         f"| | test {key.upper()} |",
         "|---|---|",
-        f"| baseline: mean training target (majority class) | {_fmt(summary['baseline_predict_mean'].get(key))} |",
+        f"| baseline: {summary.get('baseline_name', 'predict the mean')} | "
+        f"{_fmt(summary['baseline_predict_mean'].get(key))} |",
         f"| initial global model | {_fmt(summary.get('initial', {}).get(key))} |",
         f"| final global model (round {summary['rounds_completed']}) | {_fmt(summary.get('final', {}).get(key))} |",
         "",

@@ -99,12 +99,12 @@ def run_scenario(
     def on_round(r: int, scores: dict[str, float]) -> None:
         key = task.primary_metric
         label = "initial" if r == 0 else f"round {r}/{rounds}"
-        log(f"[{label}] test {key.upper()} {scores[key]:.2f} (baseline {baseline[key]:.2f}) "
+        log(f"[{label}] test {key.upper()} {scores[key]:.2f} ({task.baseline_name} {baseline[key]:.2f}) "
             f"· {record.elapsed():.0f}s")
 
     server_plan = ServerPlan(scenario=scenario, task=task, x_test=prep.x_test, y_test=prep.y_test, record=record,
                              on_round=on_round)
-    client_plan = ClientPlan(key=str(record.path), run_dir=str(record.path.resolve()), scenario=scenario, splits=tuple(split.clients),
+    client_plan = ClientPlan(run_dir=str(record.path.resolve()), scenario=scenario, splits=tuple(split.clients),
                              target_mean=task.target_mean, target_std=task.target_std)
     error = None
     try:
@@ -123,6 +123,7 @@ def run_scenario(
         attack_rows = run_attacks(record.path, scenario, scenario.attacks, prep=prep, log=log)
     summary = _summary(scenario, server_plan.outcome, baseline, task.primary_metric, failures, error,
                        wall_s=time.perf_counter() - t0, target_mean=task.target_mean)
+    summary["baseline_name"] = task.baseline_name
     summary["attacks"] = [{k: v for k, v in row.items() if k != "traceback"} for row in attack_rows]
     record.write_json("summary.json", summary)
     write_outputs(record.path)

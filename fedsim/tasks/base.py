@@ -20,6 +20,7 @@ class Task(ABC):
     them before training (they initialise and scale a regression head)."""
 
     primary_metric: str = "loss"
+    baseline_name: str = "predict the mean"  # what `baseline` does, for logs and reports
 
     def __init__(self, *, config: TaskConfig, target_mean: float, target_std: float = 1.0) -> None:
         self.config = config

@@ -17,6 +17,7 @@ class SexClassificationTask(BrainAgeTask):
     """Female / male from the volume (head size and shape differ a little); cross-entropy, error rate."""
 
     primary_metric = "error_rate"
+    baseline_name = "majority class"
     n_classes = 2
 
     def build_model(self) -> nn.Module:
