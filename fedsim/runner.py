@@ -80,6 +80,8 @@ def run_scenario(
 
     prep = prepare(scenario, log=log)
     cohort, split, task = prep.cohort, prep.split, prep.task
+    if scenario.resources.num_gpus > 0 and not scenario.resources.ray_address and not torch.cuda.is_available():
+        log("resources.num_gpus: no GPU on this machine; clients train on CPU")
 
     record = RunRecord.create(scenario, out_dir)
     record.write_json("partitions.json", {
@@ -109,7 +111,8 @@ def run_scenario(
     error = None
     try:
         run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
-                       num_clients=scenario.federation.clients, resources=scenario.resources)
+                       num_clients=scenario.federation.clients, resources=scenario.resources,
+                       log_file=record.path / "flower.log")
     except EngineError as exc:
         error = str(exc)
 

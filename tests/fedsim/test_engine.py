@@ -17,3 +17,10 @@ def test_ray_address_joins_that_cluster_without_resizing_it():
     assert cfg["init_args"]["address"] == "ray://head:10001"
     assert "num_cpus" not in cfg["init_args"] and "num_gpus" not in cfg["init_args"]
     assert cfg["client_resources"]["num_gpus"] == 0.25
+
+
+def test_gpu_request_without_a_local_gpu_falls_back_to_cpu():
+    cpu_only = backend_config(ResourcesConfig(num_gpus=0.5), total_cpus=2, local_gpus=0)
+    assert cpu_only["client_resources"]["num_gpus"] == 0.0  # else Ray could never schedule a client
+    with_gpu = backend_config(ResourcesConfig(num_gpus=0.5), total_cpus=2, local_gpus=1)
+    assert with_gpu["client_resources"]["num_gpus"] == 0.5 and with_gpu["init_args"]["num_gpus"] == 1
