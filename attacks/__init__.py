@@ -1,6 +1,16 @@
 """Attack plug-ins (the `attacks:` list of a scenario). Built-in attacks register on import."""
 
-from attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
+from attacks.base import (
+    ATTACKS,
+    Attack,
+    MembershipAttack,
+    MembershipTarget,
+    Observation,
+    Reconstruction,
+    ThreatModel,
+)
 from attacks.gradient_inversion import plugins as _gradient_inversion  # noqa: F401  (registers dlg, ...)
+from attacks.membership import plugins as _membership  # noqa: F401  (registers mia_*)
 
-__all__ = ["ATTACKS", "Attack", "Observation", "Reconstruction", "ThreatModel"]
+__all__ = ["ATTACKS", "Attack", "MembershipAttack", "MembershipTarget", "Observation", "Reconstruction",
+           "ThreatModel"]

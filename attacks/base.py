@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -78,14 +79,42 @@ class Reconstruction:
     extra: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable details (objective, iterations)
 
 
-class Attack(Configurable, ABC):
-    """Base of attacker plug-ins: declare `threat` (and `Params`), implement `reconstruct`."""
+class Attack(Configurable):
+    """Base of attacker plug-ins: declare `threat` (and `Params`) and implement `reconstruct`
+    (reconstruction attacks on recorded updates), or subclass MembershipAttack instead."""
 
     threat: ClassVar[ThreatModel] = ThreatModel()
 
-    @abstractmethod
     def reconstruct(self, observation: Observation) -> Reconstruction:
         """Recover the client's inputs (and targets, if it can) from one observation."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement reconstruct()")
+
+
+@dataclass(frozen=True)
+class MembershipTarget:
+    """A model whose training data is in question, as the threat model lets the attacker see it."""
+
+    name: str  # "centralized", "global_model" or "client_update"
+    predict: Callable[[torch.Tensor], torch.Tensor]  # query access: always granted
+    model: nn.Module | None = None  # white box: the parameters (architecture)
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    global_state: dict[str, torch.Tensor] | None = None  # client_update: what the server sent ...
+    update_state: dict[str, torch.Tensor] | None = None  # ... and what the client sent back
+    train_fn: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None  # the training recipe
+    aux_members: tuple[torch.Tensor, torch.Tensor] | None = None  # leaked samples known to be members
+    aux_nonmembers: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and known non-members
+    seed: int = 0
+
+
+class MembershipAttack(Attack, ABC):
+    """Base of membership-inference attacks: a member score (higher = member) for each candidate."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True)
+    targets: ClassVar[tuple[str, ...]] = ("centralized", "global_model", "client_update")
+
+    @abstractmethod
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """Scores for candidates (x, y); the runner turns them into ROC, AUC and TPR at low FPR."""
 
 
 ATTACKS = registry("attack", base=Attack, group="fedsim.attacks")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from attacks.base import ATTACKS, Attack, Observation, Reconstruction
+from attacks.base import ATTACKS, Attack, MembershipAttack, Observation, Reconstruction
 from attacks.figures import reconstruction_figure
 from attacks.metrics import match_batch, score_reconstruction
 from fedsim.record import atomic_write_text, save_tensors
@@ -87,6 +87,8 @@ def run_attacks(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *, p
     observations = load_observations(run_dir)
     rows: list[dict[str, Any]] = []
     for spec in specs:
+        if issubclass(ATTACKS.get(spec.name), MembershipAttack):
+            continue  # scored on member / non-member sets by attacks.membership.evaluation
         out_dir = run_dir / "attacks" / _safe(spec.key)
         lines = []
         for meta, folder in observations:

@@ -86,7 +86,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_attack(args: argparse.Namespace) -> int:
     import json
 
-    from attacks import ATTACKS
+    from safetensors.torch import load_file
+
+    from attacks import ATTACKS, MembershipAttack
+    from attacks.membership.evaluation import run_membership
     from attacks.runner import run_attacks
     from fedsim.record import atomic_write_text
     from fedsim.report import write_outputs
@@ -105,10 +108,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
         ATTACKS.get(spec.name).check_params(spec.params)
     except ValueError as exc:
         raise ScenarioError(f"--attack {spec.name}: {exc}") from None
-    rows = run_attacks(args.run_dir, scenario, [spec], prep=prepare(scenario))
+    prep = prepare(scenario)
     summary = json.loads(summary_path.read_text())
-    kept = [r for r in summary.get("attacks", []) if r.get("attack") != spec.key]
-    summary["attacks"] = kept + [{k: v for k, v in r.items() if k != "traceback"} for r in rows]
+    if issubclass(ATTACKS.get(spec.name), MembershipAttack):
+        model = args.run_dir / "model.safetensors"
+        final_state = load_file(model) if model.is_file() else None
+        rows, section = run_membership(args.run_dir, scenario, [spec], prep=prep, final_state=final_state), "membership"
+    else:
+        rows, section = run_attacks(args.run_dir, scenario, [spec], prep=prep), "attacks"
+    kept = [r for r in summary.get(section, []) if r.get("attack") != spec.key]
+    summary[section] = kept + [{k: v for k, v in r.items() if k != "traceback"} for r in rows]
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     write_outputs(args.run_dir)
     print(f"wrote {args.run_dir / 'attacks'} and {args.run_dir / 'report.md'}")

@@ -90,6 +90,7 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         lines.append(f"| {rnd} | {_fmt(srv.get(f'test_{key}'))} | {_fmt(sum(tr) / len(tr)) if tr else '–'} | "
                      f"{_fmt(sum(ev) / len(ev)) if ev else '–'} |")
     lines += _attack_section(run_dir, scenario, summary)
+    lines += _membership_section(run_dir, summary)
     errors = [r for r in records if r.get("kind") == "client_error"]
     if errors or summary.get("error"):
         lines += ["", "## Failures"]
@@ -145,4 +146,31 @@ def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, 
     threats = sorted({f"{r['attack']}: {r['threat']}" for r in rows if r.get("threat")})
     if threats:
         lines += ["", "Threat models (what each attack was given): " + "; ".join(threats) + "."]
+    return lines
+
+
+def _membership_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """Membership inference per target model: ROC summary numbers beside the target's overfitting."""
+    rows = summary.get("membership") or []
+    if not rows:
+        return []
+    key = summary.get("primary_metric", "mae")
+    lines = ["", "## Membership inference",
+             "Balanced evaluation sets (members = scans the target trained on, non-members = scans it never "
+             "saw); leaked samples given to the attacker are disjoint from both. Balanced accuracy is at the "
+             "best threshold; the empirical epsilon is a 95%-confidence lower bound from the ROC.", "",
+             f"| target | attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | empirical ε ≥ "
+             f"| train {key.upper()} | test {key.upper()} | members / non-members | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['target']} | {r['attack']} | {r.get('status')}: {r.get('error') or r.get('reason', '')} "
+                         "||||||||")
+            continue
+        lines.append(f"| {r['target']} | {r['attack']} | {r['auc']:.3f} | {r['balanced_accuracy']:.3f} | "
+                     f"{r['tpr_at_1pct_fpr']:.3f} | {r['tpr_at_0_1pct_fpr']:.3f} | {r['empirical_epsilon']:.2f} | "
+                     f"{_fmt(r.get(f'train_{key}'))} | {_fmt(r.get(f'test_{key}'))} | "
+                     f"{r['members']} / {r['nonmembers']} | {r['seconds']:.0f} |")
+    for roc in sorted((run_dir / "attacks" / "membership").glob("roc_*.png")):
+        lines += ["", f"![{roc.stem}]({roc.relative_to(run_dir)})"]
     return lines

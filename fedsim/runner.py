@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from attacks.membership.evaluation import check_membership, run_membership
 from attacks.runner import run_attacks
 from clients.app import ClientPlan, make_client_app
 from fedsim.data.datasets import load_dataset
@@ -80,6 +81,7 @@ def run_scenario(
 
     prep = prepare(scenario, log=log)
     cohort, split, task = prep.cohort, prep.split, prep.task
+    check_membership(scenario, prep)
     if scenario.resources.num_gpus > 0 and not scenario.resources.ray_address and not torch.cuda.is_available():
         log("resources.num_gpus: no GPU on this machine; clients train on CPU")
 
@@ -121,13 +123,17 @@ def run_scenario(
     arrays = server_plan.outcome.get("arrays")
     if arrays is not None and scenario.output.save_model:
         record.save_model(arrays.to_torch_state_dict())
-    attack_rows = []
+    attack_rows, membership_rows = [], []
     if scenario.attacks and error is None:
         attack_rows = run_attacks(record.path, scenario, scenario.attacks, prep=prep, log=log)
+        final_state = arrays.to_torch_state_dict() if arrays is not None else None
+        membership_rows = run_membership(record.path, scenario, scenario.attacks, prep=prep,
+                                         final_state=final_state, log=log)
     summary = _summary(scenario, server_plan.outcome, baseline, task.primary_metric, failures, error,
                        wall_s=time.perf_counter() - t0, target_mean=task.target_mean)
     summary["baseline_name"] = task.baseline_name
     summary["attacks"] = [{k: v for k, v in row.items() if k != "traceback"} for row in attack_rows]
+    summary["membership"] = [{k: v for k, v in row.items() if k != "traceback"} for row in membership_rows]
     record.write_json("summary.json", summary)
     write_outputs(record.path)
     return RunResult(run_dir=record.path, summary=summary, failures=failures, error=error)

@@ -131,6 +131,18 @@ class ServerConfig(Section):
     capture: bool | None = Field(None, description="record targeted updates; default: when attacks are listed")
 
 
+class MembershipConfig(Section):
+    """Membership-inference evaluation: balanced member / non-member sets, leaked samples, targets."""
+
+    eval_size: int = Field(40, ge=2, description="members + non-members scored (half each)")
+    aux_samples: int = Field(40, ge=0, description="leaked samples the attacker holds (half members)")
+    targets: list[Literal["centralized", "global_model", "client_update"]] = Field(
+        default_factory=lambda: ["global_model"])
+    client: int = Field(0, ge=0, description="client whose update is the client_update target")
+    round: int = Field(1, ge=1, description="round of that update")
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta for the empirical epsilon lower bound")
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -141,6 +153,7 @@ class Scenario(Section):
     resources: ResourcesConfig = ResourcesConfig()
     output: OutputConfig = OutputConfig()
     server: ServerConfig = ServerConfig()
+    membership: MembershipConfig = MembershipConfig()
     attacks: list[PluginSpec] = Field(default_factory=list)
     defenses: list[PluginSpec] = Field(default_factory=list)
 
@@ -158,6 +171,16 @@ class Scenario(Section):
         for r in self.server.targets.rounds or []:
             if not 1 <= r <= self.federation.rounds:
                 raise ValueError(f"server.targets.rounds: round {r} is outside 1..{self.federation.rounds}")
+        m, t = self.membership, self.server.targets
+        if "client_update" in m.targets:
+            if m.client >= self.federation.clients:
+                raise ValueError(f"membership.client: client {m.client} does not exist "
+                                 f"(clients are 0..{self.federation.clients - 1})")
+            if m.round > self.federation.rounds:
+                raise ValueError(f"membership.round: round {m.round} is outside 1..{self.federation.rounds}")
+            if (t.clients is not None and m.client not in t.clients) or (t.rounds is not None and m.round not in t.rounds):
+                raise ValueError(f"membership.client: the server does not observe client {m.client} in round "
+                                 f"{m.round}; add them to server.targets")
         return self
 
     @property
@@ -258,6 +281,10 @@ def _check_plugins(scenario: Scenario) -> None:
             except (PluginError, ValueError, TypeError) as exc:
                 raise ScenarioError(f"{where}.{i}: {exc}") from None
             threat = getattr(plugin, "threat", None)
+            is_membership = kind == "attack" and hasattr(plugin, "membership_scores")
+            if is_membership and threat.auxiliary and scenario.membership.aux_samples < 2:
+                raise ScenarioError(f"attacks.{i}: {spec.name} needs leaked samples, but membership.aux_samples "
+                                    f"is {scenario.membership.aux_samples}")
             if kind == "attack" and threat is not None and threat.per_client_updates and not scenario.captures_updates:
                 raise ScenarioError(f"attacks.{i}: {spec.name} needs per-client updates, but server.capture "
                                     "is false, so the server keeps none")

@@ -1,0 +1,103 @@
+"""Membership-inference attacks as scenario plug-ins; each declares what it is given.
+
+Black box (predictions only): `mia_loss_threshold`, `mia_shadow`, `mia_lira`. White box (the
+parameters): `mia_whitebox`. On one client's update as the server sees it: `mia_update_alignment`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from attacks.base import ATTACKS, MembershipAttack, MembershipTarget, ThreatModel
+from attacks.membership.blackbox import lira_scores, shadow_attack, threshold_attack
+from attacks.membership.whitebox import update_alignment_scores, whitebox_attack
+from fedsim.plugin import NoParams
+
+
+def _leaked(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if target.aux_members is None or target.aux_nonmembers is None:
+        raise ValueError("this attack needs leaked samples (membership.aux_samples > 0)")
+    return (*target.aux_members, *target.aux_nonmembers)
+
+
+def _pooled(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor]:
+    mx, my, nx, ny = _leaked(target)
+    return torch.cat([mx, nx]), torch.cat([my, ny])
+
+
+@ATTACKS.register("mia_loss_threshold")
+class LossThreshold(MembershipAttack):
+    """Black box: a threshold on the per-sample error, calibrated on leaked members and non-members."""
+
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        mx, my, nx, ny = _leaked(target)
+        return threshold_attack(target.predict, x, y, aux_member_x=mx, aux_member_y=my, aux_non_x=nx, aux_non_y=ny)
+
+
+class ShadowParams(NoParams):
+    n_shadows: int = Field(4, ge=1, le=64)
+
+
+@ATTACKS.register("mia_shadow")
+class Shadow(MembershipAttack):
+    """Black box: shadow models trained on leaked data with the known recipe; a classifier on their errors."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True,
+                                                hyperparameters=True)
+    Params = ShadowParams
+
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        ax, ay = _pooled(target)
+        return shadow_attack(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
+                             n_shadows=self.params.n_shadows, seed=target.seed)
+
+
+class LiraParams(NoParams):
+    n_shadows: int = Field(8, ge=2, le=256)
+    online: bool = False
+
+
+@ATTACKS.register("mia_lira")
+class LiRA(MembershipAttack):
+    """Black box: likelihood-ratio attack with per-example Gaussians from shadow models (offline or online)."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True,
+                                                hyperparameters=True)
+    Params = LiraParams
+
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        ax, ay = _pooled(target)
+        return lira_scores(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
+                           n_shadows=self.params.n_shadows, online=self.params.online, seed=target.seed)
+
+
+@ATTACKS.register("mia_whitebox")
+class WhiteBox(MembershipAttack):
+    """White box: per-sample loss and per-layer gradient norms, a classifier fitted on leaked samples."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=True, auxiliary=True)
+
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        mx, my, nx, ny = _leaked(target)
+        return whitebox_attack(target.model, target.loss_fn, x, y, aux_member_x=mx, aux_member_y=my,
+                               aux_non_x=nx, aux_non_y=ny)
+
+
+@ATTACKS.register("mia_update_alignment")
+class UpdateAlignment(MembershipAttack):
+    """On a client's update: does this scan's gradient at the global model point along the update?"""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True)
+    targets: ClassVar[tuple[str, ...]] = ("client_update",)
+
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        if target.global_state is None or target.update_state is None or target.model is None:
+            raise ValueError("needs the client's update and the global model it started from")
+        model = copy.deepcopy(target.model)
+        model.load_state_dict(target.global_state)
+        return update_alignment_scores(model, target.loss_fn, target.global_state, target.update_state, x, y)

@@ -1,0 +1,76 @@
+"""Membership inference inside a real federation: targets, balanced sets, threat models, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attacks.membership.evaluation import membership_sets
+from fedsim.runner import run_scenario
+from fedsim.scenario import ScenarioError, validate_scenario
+from tests.conftest import tiny_scenario
+
+
+def _mia(**extra) -> dict:
+    return tiny_scenario(
+        data={"n_subjects": 40},
+        federation={"rounds": 2, "local_steps": 6},
+        server={"targets": {"clients": [0], "rounds": [1]}},
+        membership={"eval_size": 8, "aux_samples": 4, "targets": ["centralized", "global_model", "client_update"]},
+        attacks=[{"name": "mia_loss_threshold"}, {"name": "mia_whitebox"}, {"name": "mia_update_alignment"},
+                 {"name": "mia_shadow", "params": {"n_shadows": 2}}],
+        **extra,
+    )
+
+
+@pytest.mark.e2e
+def test_membership_attacks_score_every_target(tmp_path: Path):
+    result = run_scenario(validate_scenario(_mia()), out_dir=tmp_path, log=lambda _: None)
+    rows = result.summary["membership"]
+    by = {(r["target"], r["attack"]): r for r in rows}
+    assert {t for t, _ in by} == {"centralized", "global_model", "client_update"}
+    for (target, attack), r in by.items():
+        if attack == "mia_update_alignment" and target != "client_update":
+            assert r["status"] == "skipped"
+            continue
+        assert r["status"] == "ok", r
+        assert 0.0 <= r["auc"] <= 1.0 and r["members"] == r["nonmembers"] == 4
+        assert r["empirical_epsilon"] >= 0 and "train_mae" in r and "test_mae" in r
+    assert "architecture" not in by[("global_model", "mia_loss_threshold")]["threat"]  # black box: no weights
+    assert (result.run_dir / "attacks/membership/roc_global_model.png").is_file()
+    assert "## Membership inference" in (result.run_dir / "report.md").read_text()
+
+
+def test_sets_are_balanced_disjoint_and_deterministic():
+    members, nonmembers = list(range(0, 50)), list(range(100, 130))
+    a = membership_sets(members, nonmembers, eval_size=20, aux_samples=10, seed=1)
+    b = membership_sets(members, nonmembers, eval_size=20, aux_samples=10, seed=1)
+    assert a.eval_rows == b.eval_rows and a.aux_members == b.aux_members and (a.is_member == b.is_member).all()
+    assert a.is_member.sum() == 10 and (~a.is_member).sum() == 10
+    assert not set(a.eval_rows) & set(a.aux_members + a.aux_nonmembers)
+    assert set(np.array(a.eval_rows)[a.is_member]) <= set(members) and set(a.aux_nonmembers) <= set(nonmembers)
+    with pytest.raises(ScenarioError, match="membership.eval_size: 20 non-members to score plus 15 leaked"):
+        membership_sets(members, nonmembers, eval_size=40, aux_samples=30, seed=1)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"membership": {"aux_samples": 0}}, "attacks.0: mia_loss_threshold needs leaked samples"),
+    ({"membership": {"client": 5, "targets": ["client_update"]}}, "membership.client: client 5 does not exist"),
+    ({"membership": {"round": 2, "targets": ["client_update"]}}, "the server does not observe client 0 in round 2"),
+])
+def test_bad_membership_input_is_one_line(change, message):
+    raw = _mia()
+    raw["membership"] = {**raw["membership"], **change["membership"]}
+    with pytest.raises(ScenarioError, match=message):
+        validate_scenario(raw)
+
+
+def test_eval_set_larger_than_the_members_fails_before_training(tmp_path: Path):
+    raw = _mia()
+    raw["membership"]["eval_size"] = 400
+    with pytest.raises(ScenarioError, match="membership.eval_size"):
+        run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
+    assert not (tmp_path / "tiny").exists() or not any((tmp_path / "tiny").iterdir())
