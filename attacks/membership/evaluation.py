@@ -145,7 +145,6 @@ def membership_target(attack: MembershipAttack, target: TargetModel, sets: Membe
                       train_fn: Callable[..., Any], seed: int) -> MembershipTarget:
     """What this attack's threat model grants of one target model, and nothing more."""
     threat = type(attack).threat
-    tensors = prep.task.tensors
     return MembershipTarget(
         name=target.name,
         predict=lambda q: predict(target.model, q),
@@ -154,10 +153,14 @@ def membership_target(attack: MembershipAttack, target: TargetModel, sets: Membe
         global_state=target.global_state if threat.per_client_updates else None,
         update_state=target.update_state if threat.per_client_updates else None,
         train_fn=train_fn if threat.hyperparameters else None,
-        aux_members=tensors(prep.cohort, sets.aux_members) if threat.auxiliary and sets.aux_members else None,
-        aux_nonmembers=tensors(prep.cohort, sets.aux_nonmembers) if threat.auxiliary and sets.aux_members else None,
+        aux_members=_leaked(prep, sets.aux_members) if threat.auxiliary else None,
+        aux_nonmembers=_leaked(prep, sets.aux_nonmembers) if threat.auxiliary else None,
         seed=seed,
     )
+
+
+def _leaked(prep: Any, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return prep.task.tensors(prep.cohort, rows) if rows else None
 
 
 def run_membership(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *, prep: Any,
