@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from attacks.base import ATTACKS, Attack, MembershipAttack, Observation, Reconstruction
 from attacks.figures import reconstruction_figure
 from attacks.metrics import match_batch, score_reconstruction
-from fedsim.record import atomic_write_text, save_tensors
+from fedsim.record import atomic_write_text, safe_name, save_tensors
 from fedsim.scenario import PluginSpec, Scenario
 
 
@@ -89,7 +89,7 @@ def run_attacks(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *, p
     for spec in specs:
         if issubclass(ATTACKS.get(spec.name), MembershipAttack):
             continue  # scored on member / non-member sets by attacks.membership.evaluation
-        out_dir = run_dir / "attacks" / _safe(spec.key)
+        out_dir = run_dir / "attacks" / safe_name(spec.key)
         lines = []
         for meta, folder in observations:
             row = _attack_one(spec, meta, folder, prep=prep, out_dir=out_dir, log=log)
@@ -131,6 +131,3 @@ def _attack_one(spec: PluginSpec, meta: dict[str, Any], folder: Path, *, prep: A
             f"· {row['seconds']:.0f}s")
     return row
 
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in Path(name.split(":")[-1]).name)

@@ -21,12 +21,10 @@ import torch
 
 from clients.training import predict, train_local
 from fedsim.data.datasets import load_dataset
-from fedsim.data.partition import split_federation
 from fedsim.record import read_metrics
-from fedsim.runner import run_scenario
+from fedsim.runner import prepare, run_scenario
 from fedsim.scenario import Scenario, validate_scenario
 from fedsim.seeding import derive_seed
-from fedsim.tasks import TASKS
 
 
 def scenario(args: argparse.Namespace) -> Scenario:
@@ -55,14 +53,9 @@ def run_plain(sc: Scenario, threads: int) -> tuple[float, list[float]]:
     """The same rounds in one process: sequential clients, FedAvg by hand."""
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    cohort = load_dataset(sc.data, seed=sc.seed)
-    task_cls = TASKS.get(sc.task.name)
-    split = split_federation(site=cohort.site, age=cohort.age, config=sc.data, n_clients=sc.federation.clients,
-                             seed=sc.seed)
-    train_ages = cohort.age[[i for c in split.clients for i in c.train]]
-    task = task_cls(config=sc.task, target_mean=float(np.mean(train_ages)), target_std=float(np.std(train_ages)))
-    data = [task.tensors(cohort, c.train) for c in split.clients]
-    x_test, y_test = task.tensors(cohort, split.test)
+    prep = prepare(sc, log=lambda _: None)  # the same cohort, split and task as fedsim's runner
+    task, x_test, y_test = prep.task, prep.x_test, prep.y_test
+    data = [task.tensors(prep.cohort, c.train) for c in prep.split.clients]
     global_model = task.build_model()
     task.metrics(predict(global_model, x_test), y_test)
     marks = [time.perf_counter() - t0]

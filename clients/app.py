@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.training import LocalResult, one_batch_gradient, predict, train_local
+from defenses import DEFENSES
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
 from fedsim.protocol import BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
@@ -106,14 +107,17 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         rng = np.random.default_rng(seed)
         gradient_requested = str(config.get(UPDATE_KEY, "weights")) == "gradient"
         if gradient_requested:
-            grads, used, loss = one_batch_gradient(model, data.x_train, data.y_train, task=data.task,
-                                                   batch_size=batch_size, rng=rng)
+            update, used, loss = one_batch_gradient(model, data.x_train, data.y_train, task=data.task,
+                                                    batch_size=batch_size, rng=rng)
             result = LocalResult(loss=loss, steps=1, examples=len(used), used=used)
-            arrays = ArrayRecord(grads)
         else:
             result = train_local(model, data.x_train, data.y_train, task=data.task, config=fed, rng=rng,
                                  proximal_mu=float(config.get("proximal-mu", 0.0)), batch_size=batch_size)
-            arrays = ArrayRecord(model.cpu().state_dict())
+            update = model.cpu().state_dict()
+        # built here, in the worker: a defense from path/to/file.py must be imported where it runs
+        for spec in plan.scenario.defenses:  # YAML order; what leaves the client is what the server sees
+            update = DEFENSES.get(spec.name)(**spec.params).transform_update(update, kind="gradient" if gradient_requested else "weights")
+        arrays = ArrayRecord(update)
         if bool(config.get(CAPTURE_KEY, False)):
             write_ground_truth(plan.run_dir, server_round, pid, inputs=data.x_train[result.used],
                                targets=data.y_train[result.used], rows=[data.rows[i] for i in result.used])

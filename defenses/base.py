@@ -6,19 +6,21 @@ update (DESIGN.md, "Defenses"); each subclass overrides the hooks it needs, the 
 
 from __future__ import annotations
 
-from typing import Any
+import torch
 
+from fedsim.plugin import Configurable
 from fedsim.registry import registry
 
 
-class Defense:
-    """Base of defense plug-ins; the default hooks change nothing."""
+class Defense(Configurable):
+    """Base of defense plug-ins; the default hooks change nothing.
 
-    def __init__(self, **params: Any) -> None:
-        self.params = params
+    Hook wired so far: `transform_update`, applied by every client, in YAML order, to what it sends
+    (trained weights, or a one-batch gradient when the server asked for one). The data and
+    training-step hooks arrive with the built-in defenses (issue 5)."""
 
-    def transform_update(self, update: dict[str, Any]) -> dict[str, Any]:
-        """Change the outgoing update (weights or gradient) before it leaves the client."""
+    def transform_update(self, update: dict[str, torch.Tensor], *, kind: str) -> dict[str, torch.Tensor]:
+        """Change the outgoing update (`kind` is "weights" or "gradient") before it leaves the client."""
         return update
 
 

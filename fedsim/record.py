@@ -102,6 +102,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def safe_name(name: str) -> str:
+    """A plug-in name or `path/file.py:Class` as a folder name (attacks/<name>/)."""
+    return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in Path(name.split(":")[-1]).name)
+
+
 def observation_name(server_round: int, client: int) -> str:
     return f"round{server_round:03d}_client{client:03d}"
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from fedsim.figures import learning_curves
-from fedsim.record import atomic_write_text, read_metrics
+from fedsim.record import atomic_write_text, read_metrics, safe_name
 
 
 def write_outputs(run_dir: Path) -> None:
@@ -138,8 +138,7 @@ def _attack_section(run_dir: Path, scenario: dict[str, Any], summary: dict[str, 
     for r in rows:
         if r.get("status") == "ok":
             name = f"round{r['round']:03d}_client{r['client']:03d}.png"
-            folder = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in str(r["attack"]).split(":")[-1])
-            figure = run_dir / "attacks" / folder / name
+            figure = run_dir / "attacks" / safe_name(str(r["attack"])) / name
             if figure.exists():
                 lines += ["", f"![{r['attack']} round {r['round']} client {r['client']}]"
                               f"({figure.relative_to(run_dir)})"]

@@ -61,7 +61,7 @@ def membership_sets(members: list[int], nonmembers: list[int], *, eval_size: int
 def check_membership(scenario: Scenario, prep: Any) -> None:
     """Fail before training when the evaluation and leaked sets cannot be drawn (ScenarioError)."""
     cfg = scenario.membership
-    if not any(hasattr(ATTACKS.get(s.name), "membership_scores") for s in scenario.attacks):
+    if not any(issubclass(ATTACKS.get(s.name), MembershipAttack) for s in scenario.attacks):
         return
     pools = {"centralized": [i for c in prep.split.clients for i in c.train],
              "global_model": [i for c in prep.split.clients for i in c.train],

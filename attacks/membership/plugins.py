@@ -43,12 +43,15 @@ class ShadowParams(NoParams):
     n_shadows: int = Field(4, ge=1, le=64)
 
 
+SHADOW_THREAT = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True, hyperparameters=True)
+"""Predictions, leaked samples, and the training recipe (to train shadow models)."""
+
+
 @ATTACKS.register("mia_shadow")
 class Shadow(MembershipAttack):
     """Black box: shadow models trained on leaked data with the known recipe; a classifier on their errors."""
 
-    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True,
-                                                hyperparameters=True)
+    threat: ClassVar[ThreatModel] = SHADOW_THREAT
     Params = ShadowParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -66,8 +69,7 @@ class LiraParams(NoParams):
 class LiRA(MembershipAttack):
     """Black box: likelihood-ratio attack with per-example Gaussians from shadow models (offline or online)."""
 
-    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True,
-                                                hyperparameters=True)
+    threat: ClassVar[ThreatModel] = SHADOW_THREAT
     Params = LiraParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
