@@ -15,8 +15,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.training import LocalResult, one_batch_gradient, predict, train_local
-from defenses import DEFENSES
+from clients.training import one_batch_gradient, predict, train_local
+from defenses import DEFENSES, Defense
+from defenses.base import ClientRound
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
 from fedsim.protocol import BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
@@ -80,6 +81,31 @@ def _model(plan: ClientPlan, data: _ClientData, msg: Message) -> torch.nn.Module
     return model.to(_device(plan))
 
 
+_DEFENSE_STATE = "fedsim-defense-state"
+
+
+def _defenses(plan: ClientPlan, context: Context, task: Task, pid: int, server_round: int) -> list[tuple[Defense, ClientRound]]:
+    """The scenario's defenses with their per-round context; each one's state is restored from earlier rounds.
+
+    Built here, in the worker: a defense from path/to/file.py must be imported where it runs."""
+    saved = dict(context.state[_DEFENSE_STATE]) if _DEFENSE_STATE in context.state else {}
+    out = []
+    for i, spec in enumerate(plan.scenario.defenses):
+        state = {k.split(".", 1)[1]: float(v) for k, v in saved.items() if k.split(".", 1)[0] == str(i)}
+        ctx = ClientRound(client=pid, server_round=server_round, task=task, config=plan.scenario.federation,
+                          rng=np.random.default_rng(derive_seed(plan.scenario.seed, "defense", server_round, pid, i)),
+                          state=state)
+        out.append((DEFENSES.get(spec.name)(**spec.params), ctx))
+    return out
+
+
+def _keep_defense_state(context: Context, defenses: list[tuple[Defense, ClientRound]]) -> None:
+    """Persist what each defense remembers (Flower keeps a node's context across rounds)."""
+    flat = {f"{i}.{k}": float(v) for i, (_, ctx) in enumerate(defenses) for k, v in ctx.state.items()}
+    if flat:
+        context.state[_DEFENSE_STATE] = MetricRecord(flat)
+
+
 def make_client_app(plan: ClientPlan) -> ClientApp:
     """Build the ClientApp for a scenario; `plan` is closed over and shipped to the actors."""
     app = ClientApp()
@@ -102,21 +128,29 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         seed_everything(seed)
         data = _client_data(plan, pid)
         model = _model(plan, data, msg)
+        reference = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         fed = plan.scenario.federation
         batch_size = int(config.get(BATCH_KEY, fed.batch_size))
         rng = np.random.default_rng(seed)
+        defenses = _defenses(plan, context, data.task, pid, server_round)
+        x, y = data.x_train, data.y_train
+        for defense, ctx in defenses:
+            x, y = defense.transform_data(x, y, ctx=ctx)
+        wrappers = [(d, ctx) for d, ctx in defenses if d.wraps_training]
         gradient_requested = str(config.get(UPDATE_KEY, "weights")) == "gradient"
         if gradient_requested:
-            update, used, loss = one_batch_gradient(model, data.x_train, data.y_train, task=data.task,
-                                                    batch_size=batch_size, rng=rng)
-            result = LocalResult(loss=loss, steps=1, examples=len(used), used=used)
+            update, result = one_batch_gradient(model, x, y, task=data.task, batch_size=batch_size, rng=rng,
+                                                defenses=wrappers)
         else:
-            result = train_local(model, data.x_train, data.y_train, task=data.task, config=fed, rng=rng,
+            result = train_local(model, x, y, task=data.task, config=fed, rng=rng, defenses=wrappers,
                                  proximal_mu=float(config.get("proximal-mu", 0.0)), batch_size=batch_size)
-            update = model.cpu().state_dict()
-        # built here, in the worker: a defense from path/to/file.py must be imported where it runs
-        for spec in plan.scenario.defenses:  # YAML order; what leaves the client is what the server sees
-            update = DEFENSES.get(spec.name)(**spec.params).transform_update(update, kind="gradient" if gradient_requested else "weights")
+            update = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        kind = "gradient" if gradient_requested else "weights"
+        defense_metrics: dict[str, float] = {}
+        for defense, ctx in defenses:  # YAML order; what leaves the client is what the server sees
+            update = defense.transform_update(update, kind=kind, reference=reference, ctx=ctx)
+            defense_metrics.update(defense.round_metrics(ctx=ctx))
+        _keep_defense_state(context, defenses)
         arrays = ArrayRecord(update)
         if bool(config.get(CAPTURE_KEY, False)):
             write_ground_truth(plan.run_dir, server_round, pid, inputs=data.x_train[result.used],
@@ -129,6 +163,7 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
             "batch_size": min(batch_size, len(data.y_train)),
             "gradient_update": int(gradient_requested),
             "seconds": time.perf_counter() - start,
+            **defense_metrics,
         }
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
 

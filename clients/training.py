@@ -1,13 +1,20 @@
-"""The local training loop, readable top to bottom: shuffle, batch, step; optional FedProx term."""
+"""The local training loop, readable top to bottom: shuffle, batch, step; optional FedProx term.
+
+Batches come from a DataLoader yielding (inputs, targets, local row indices), so a defense's
+training hook (DP-SGD through Opacus) can wrap the model, optimizer and loader without a second loop.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from defenses.base import ClientRound, Defense
 from fedsim.scenario import FederationConfig
 from fedsim.tasks import Task
 
@@ -20,11 +27,31 @@ class LocalResult:
     used: list[int]  # local rows that entered at least one batch, in first-use order
 
 
+class PermutationBatches(Sampler[list[int]]):
+    """A fresh seeded permutation each epoch, cut into full batches (the ragged tail is dropped:
+    norm layers dislike size-1 tails)."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator, *, batches: int | None = None) -> None:
+        self.n, self.batch_size, self.rng = n, min(batch_size, n), rng
+        self.batches = batches or max(1, n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.rng.permutation(self.n)
+        for b in range(self.batches):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
 def make_optimizer(model: nn.Module, config: FederationConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+Wrappers = Sequence[tuple[Defense, ClientRound]]
 
 
 def train_local(
@@ -37,50 +64,75 @@ def train_local(
     rng: np.random.Generator,
     proximal_mu: float = 0.0,
     batch_size: int | None = None,
+    defenses: Wrappers = (),
 ) -> LocalResult:
-    """Train for `local_steps` batches if set, else `local_epochs` passes over (x, y)."""
-    device = next(model.parameters()).device
+    """Train `model` in place for `local_steps` batches if set, else `local_epochs` passes over (x, y)."""
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(x))),
+                        batch_sampler=PermutationBatches(len(x), batch_size or config.batch_size, rng))
     optimizer = make_optimizer(model, config)
+    total_steps = config.local_steps or config.local_epochs * len(loader)
+    return run_steps(model, optimizer, loader, total_steps, task=task, proximal_mu=proximal_mu, defenses=defenses)
+
+
+def run_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    total_steps: int,
+    *,
+    task: Task,
+    proximal_mu: float = 0.0,
+    defenses: Wrappers = (),
+) -> LocalResult:
+    """`total_steps` optimizer steps over `loader` (restarted as needed), through the defenses' wrappers."""
+    device = next(model.parameters()).device
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    for defense, ctx in defenses:
+        model, optimizer, loader = defense.wrap_training(model, optimizer, loader, ctx=ctx)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    n, bs = len(x), min(batch_size or config.batch_size, len(x))
-    batches_per_epoch = max(1, n // bs)  # drop the ragged last batch: norm layers dislike size-1 tails
-    total_steps = config.local_steps or config.local_epochs * batches_per_epoch
     model.train()
     losses: list[float] = []
     used: dict[int, None] = {}
-    order = np.empty(0, dtype=int)
-    for step in range(total_steps):
-        if step % batches_per_epoch == 0:
-            order = rng.permutation(n)
-        idx = order[(step % batches_per_epoch) * bs:][:bs]
-        used.update(dict.fromkeys(idx.tolist()))
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        loss = task.loss(model(xb), yb)
-        if proximal_mu > 0:
-            prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
-            loss = loss + 0.5 * proximal_mu * prox
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"local training diverged (loss {float(loss.detach())} at step {step + 1}); "
-                                     "lower federation.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    return LocalResult(loss=float(np.mean(losses)), steps=total_steps, examples=n, used=list(used))
+    step = 0
+    while step < total_steps:
+        for xb, yb, ib in loader:
+            if step == total_steps:
+                break
+            step += 1
+            optimizer.zero_grad(set_to_none=True)
+            if len(ib) == 0:  # a Poisson-sampled batch may be empty; the (noise-only) step still counts
+                optimizer.step()
+                continue
+            used.update(dict.fromkeys(ib.tolist()))
+            loss = task.loss(model(xb.to(device)), yb.to(device))
+            if proximal_mu > 0:
+                prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+                loss = loss + 0.5 * proximal_mu * prox
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"local training diverged (loss {float(loss.detach())} at step {step}); "
+                                         "lower federation.lr")
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    return LocalResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=total_steps, examples=n,
+                       used=list(used))
 
 
 def one_batch_gradient(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: Task, batch_size: int, rng: np.random.Generator
-) -> tuple[dict[str, torch.Tensor], list[int], float]:
-    """FedSGD: the gradient of the loss on one random batch (what a malicious server may ask for)."""
-    device = next(model.parameters()).device
-    idx = rng.permutation(len(x))[: min(batch_size, len(x))]
-    model.train()
-    model.zero_grad(set_to_none=True)
-    loss = task.loss(model(x[idx].to(device)), y[idx].to(device))
-    loss.backward()
-    grads = {name: p.grad.detach().cpu().clone() for name, p in model.named_parameters()}
-    return grads, idx.tolist(), float(loss.detach())
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: Task, batch_size: int, rng: np.random.Generator,
+    defenses: Wrappers = (),
+) -> tuple[dict[str, torch.Tensor], LocalResult]:
+    """FedSGD: the gradient of the loss on one random batch (what a malicious server may ask for).
+
+    Taken from one plain SGD step through the training defenses' wrappers, so DP-SGD's per-sample
+    clipping and noise shape the gradient exactly as they shape training."""
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(x))),
+                        batch_sampler=PermutationBatches(len(x), batch_size, rng, batches=1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    result = run_steps(model, optimizer, loader, 1, task=task, defenses=defenses)
+    grads = {name: (p.grad.detach().cpu().clone() if p.grad is not None else torch.zeros_like(p, device="cpu"))
+             for name, p in model.named_parameters()}
+    return grads, result
 
 
 @torch.no_grad()

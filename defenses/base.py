@@ -1,27 +1,96 @@
 """The Defense base class and its registry.
 
-A defense hooks at named points of a client's work: its data, its training step, or its outgoing
-update (DESIGN.md, "Defenses"); each subclass overrides the hooks it needs, the rest pass through.
+A defense hooks at named points of a client's work (DESIGN.md, "Defenses"): its data and labels,
+its training step (model / optimizer / loader), its outgoing update, and the server's aggregation.
+Each subclass overrides the hooks it needs; the rest pass through unchanged. Defenses run in the
+order the scenario lists them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
 import torch
+from pydantic import BaseModel
+from torch import nn
+from torch.utils.data import DataLoader
 
 from fedsim.plugin import Configurable
 from fedsim.registry import registry
+
+if TYPE_CHECKING:
+    from fedsim.scenario import FederationConfig, Scenario
+    from fedsim.tasks import Task
+
+
+@dataclass
+class ClientRound:
+    """What a defense may know about the client's round it runs in."""
+
+    client: int  # partition id
+    server_round: int
+    task: Task
+    config: FederationConfig  # the client's hyper-parameters (batch size, epochs, lr, ...)
+    rng: np.random.Generator  # seeded from (scenario seed, round, client, defense index)
+    state: dict[str, float] = field(default_factory=dict)  # this defense's memory of earlier rounds for
+    # this client (e.g. DP steps taken); persisted by the client app in Flower's context.state
 
 
 class Defense(Configurable):
     """Base of defense plug-ins; the default hooks change nothing.
 
-    Hook wired so far: `transform_update`, applied by every client, in YAML order, to what it sends
-    (trained weights, or a one-batch gradient when the server asked for one). The data and
-    training-step hooks arrive with the built-in defenses (issue 5)."""
+    Class flags the runner reads:
+    - `once`: the defense may be listed at most once (e.g. DP-SGD: one privacy engine per model).
+    - `hides_client_updates`: the server (and so every attacker) sees only the round's aggregate,
+      never one client's update (secure aggregation).
+    """
 
-    def transform_update(self, update: dict[str, torch.Tensor], *, kind: str) -> dict[str, torch.Tensor]:
-        """Change the outgoing update (`kind` is "weights" or "gradient") before it leaves the client."""
+    once: ClassVar[bool] = False
+    hides_client_updates: ClassVar[bool] = False
+
+    @classmethod
+    def check_scenario(cls, params: BaseModel, scenario: Scenario) -> None:
+        """Raise ValueError (one line) when this defense cannot work in `scenario`; runs before training."""
+
+    def transform_data(self, x: torch.Tensor, y: torch.Tensor, *, ctx: ClientRound) -> tuple[torch.Tensor, torch.Tensor]:
+        """Data and labels hook: what the client trains on this round (label noise changes `y`)."""
+        return x, y
+
+    def wrap_training(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, ctx: ClientRound
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        """Training-step hook: may wrap the model, optimizer and loader (DP-SGD does, through Opacus).
+
+        The loader yields (inputs, targets, local row indices). The client keeps sending the
+        original model's weights, so a wrapper must train the original parameters in place."""
+        return model, optimizer, loader
+
+    def transform_update(
+        self,
+        update: dict[str, torch.Tensor],
+        *,
+        kind: str,
+        reference: dict[str, torch.Tensor],
+        ctx: ClientRound,
+    ) -> dict[str, torch.Tensor]:
+        """Outgoing-update hook. `kind` is "weights" (trained weights; `reference` holds the global
+        weights the client received, so `update[k] - reference[k]` is its change) or "gradient" (a
+        one-batch gradient the server asked for; it is itself the change)."""
         return update
+
+    def round_metrics(self, *, ctx: ClientRound) -> dict[str, float]:
+        """Numbers the client reports with its update this round (e.g. DP epsilon spent so far)."""
+        return {}
+
+    @property
+    def wraps_training(self) -> bool:
+        return type(self).wrap_training is not Defense.wrap_training
+
+    def describe(self) -> dict[str, Any]:
+        """The defense's parameters, for the run folder and report."""
+        return self.params.model_dump(mode="json")
 
 
 DEFENSES = registry("defense", base=Defense, group="fedsim.defenses")

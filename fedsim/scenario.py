@@ -280,6 +280,8 @@ def _check_plugins(scenario: Scenario) -> None:
                     check(spec.params)
             except (PluginError, ValueError, TypeError) as exc:
                 raise ScenarioError(f"{where}.{i}: {exc}") from None
+            if kind == "defense":
+                _check_defense(plugin, spec, i, scenario)
             threat = getattr(plugin, "threat", None)
             is_membership = kind == "attack" and hasattr(plugin, "membership_scores")
             if is_membership and threat.auxiliary and scenario.membership.aux_samples < 2:
@@ -288,6 +290,16 @@ def _check_plugins(scenario: Scenario) -> None:
             if kind == "attack" and threat is not None and threat.per_client_updates and not scenario.captures_updates:
                 raise ScenarioError(f"attacks.{i}: {spec.name} needs per-client updates, but server.capture "
                                     "is false, so the server keeps none")
+
+
+def _check_defense(plugin: Any, spec: PluginSpec, i: int, scenario: Scenario) -> None:
+    """A defense listed twice when it may appear once, or one that cannot work in this scenario."""
+    if plugin.once and sum(s.name == spec.name for s in scenario.defenses) > 1:
+        raise ScenarioError(f"defenses.{i}: {spec.name} may be listed only once")
+    try:
+        plugin.check_scenario(parse_params(plugin.Params, spec.params), scenario)
+    except ValueError as exc:
+        raise ScenarioError(f"defenses.{i}: {spec.name}: {exc}") from None
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:

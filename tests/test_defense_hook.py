@@ -24,7 +24,7 @@ class Scale(Defense):
     """Multiplies every outgoing tensor (a stand-in for noise / clipping with an exact, checkable effect)."""
     Params = Params
 
-    def transform_update(self, update, *, kind):
+    def transform_update(self, update, *, kind, reference, ctx):
         return {k: v * self.params.factor for k, v in update.items()}
 '''
 
