@@ -20,8 +20,12 @@ from safetensors.torch import load_file
 from attacks.base import ATTACKS, Attack, MembershipAttack, Observation, Reconstruction
 from attacks.figures import reconstruction_figure
 from attacks.metrics import match_batch, score_reconstruction
+from defenses.base import hides_client_updates
 from fedsim.record import atomic_write_text, safe_name, save_tensors
 from fedsim.scenario import PluginSpec, Scenario
+
+SECURE_AGGREGATION_SKIP = ("needs one client's update, but secure aggregation leaves the server only "
+                           "each round's aggregate")
 
 
 def load_observations(run_dir: Path) -> list[tuple[dict[str, Any], Path]]:
@@ -91,6 +95,11 @@ def run_attacks(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *, p
             continue  # scored on member / non-member sets by attacks.membership.evaluation
         out_dir = run_dir / "attacks" / safe_name(spec.key)
         lines = []
+        if hides_client_updates(scenario) and ATTACKS.get(spec.name).threat.per_client_updates:
+            rows.append({"attack": spec.key, "status": "skipped", "reason": SECURE_AGGREGATION_SKIP})
+            log(f"[attack {spec.key}] skipped: {SECURE_AGGREGATION_SKIP}")
+            atomic_write_text(out_dir / "results.jsonl", json.dumps(rows[-1]) + "\n")
+            continue
         for meta, folder in observations:
             row = _attack_one(spec, meta, folder, prep=prep, out_dir=out_dir, log=log)
             lines.append(json.dumps(row))

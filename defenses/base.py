@@ -94,3 +94,8 @@ class Defense(Configurable):
 
 
 DEFENSES = registry("defense", base=Defense, group="fedsim.defenses")
+
+
+def hides_client_updates(scenario: Scenario) -> bool:
+    """Whether a listed defense (secure aggregation) leaves the server only the round's aggregate."""
+    return any(DEFENSES.get(spec.name).hides_client_updates for spec in scenario.defenses)

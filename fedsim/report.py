@@ -89,6 +89,7 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
               and r.get(f"val_{key}") is not None]
         lines.append(f"| {rnd} | {_fmt(srv.get(f'test_{key}'))} | {_fmt(sum(tr) / len(tr)) if tr else '–'} | "
                      f"{_fmt(sum(ev) / len(ev)) if ev else '–'} |")
+    lines += _defense_section(scenario, records)
     lines += _attack_section(run_dir, scenario, summary)
     lines += _membership_section(run_dir, summary)
     errors = [r for r in records if r.get("kind") == "client_error"]
@@ -99,6 +100,65 @@ def render_report(run_dir: Path, records: list[dict[str, Any]], summary: dict[st
         lines += [f"- round {e['round']}, client {e['client']} ({e['phase']}): {e['error']}"
                   for e in errors]
     return "\n".join(lines) + "\n"
+
+
+TRAIN_KEYS = {"round", "kind", "client", "num-examples", "train_loss", "local_steps", "batch_size",
+              "gradient_update", "seconds"}
+
+
+def defense_metric_names(records: list[dict[str, Any]]) -> list[str]:
+    """Numbers the defenses reported with the clients' updates (everything a train record has beyond training's own)."""
+    names: list[str] = []
+    for r in records:
+        if r.get("kind") == "train":
+            names += [k for k in r if k not in TRAIN_KEYS and k not in names]
+    return names
+
+
+def final_dp_epsilon(records: list[dict[str, Any]]) -> float | None:
+    """The largest privacy budget any client had spent by its last round (DP-SGD's accountant), or None."""
+    last: dict[int, float] = {}
+    for r in sorted((r for r in records if r.get("kind") == "train" and r.get("dp_epsilon") is not None),
+                    key=lambda r: r["round"]):
+        last[r["client"]] = r["dp_epsilon"]
+    return max(last.values()) if last else None
+
+
+def _defense_section(scenario: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """The defenses in the order applied, what they reported per round, and DP's budget per client."""
+    specs = scenario.get("defenses") or []
+    if not specs:
+        return []
+    lines = ["", "## Defenses", "Applied by every client in this order:"]
+    for i, spec in enumerate(specs, 1):
+        params = ", ".join(f"{k} {v}" for k, v in (spec.get("params") or {}).items())
+        lines.append(f"{i}. `{spec['name']}`" + (f" ({params})" if params else ""))
+        if spec["name"] == "secure_aggregation":
+            lines[-1] += (" — the server, and every attacker, sees only each round's aggregate (simulated in "
+                          "fedsim's observation layer, not a cryptographic protocol)")
+    train = [r for r in records if r.get("kind") == "train"]
+    names = defense_metric_names(records)
+    if names:
+        lines += ["", "Mean over clients, per round:", "| round | " + " | ".join(names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        for rnd in sorted({r["round"] for r in train}):
+            cells = []
+            for name in names:
+                vals = [r[name] for r in train if r["round"] == rnd and isinstance(r.get(name), (int, float))]
+                cells.append(_fmt(sum(vals) / len(vals)) if vals else "–")
+            lines.append(f"| {rnd} | " + " | ".join(cells) + " |")
+    eps = final_dp_epsilon(records)
+    if eps is not None:
+        delta = next(r.get("dp_delta") for r in train if r.get("dp_epsilon") is not None)
+        lines += ["", f"DP-SGD privacy budget spent (Opacus accountant): ε = {eps:.2f} at δ = {delta:g} for the "
+                      "most exposed client after its last round. Per client:", "| client | " +
+                  " | ".join(f"round {r}" for r in sorted({r['round'] for r in train})) + " |"]
+        rounds = sorted({r["round"] for r in train})
+        lines.append("|---" * (len(rounds) + 1) + "|")
+        for client in sorted({r["client"] for r in train}):
+            by_round = {r["round"]: r.get("dp_epsilon") for r in train if r["client"] == client}
+            lines.append(f"| {client} | " + " | ".join(_fmt(by_round.get(rnd)) for rnd in rounds) + " |")
+    return lines
 
 
 def _target_column(row: dict[str, Any]) -> str:
@@ -157,7 +217,9 @@ def _membership_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     lines = ["", "## Membership inference",
              "Balanced evaluation sets (members = scans the target trained on, non-members = scans it never "
              "saw); leaked samples given to the attacker are disjoint from both. Balanced accuracy is at the "
-             "best threshold; the empirical epsilon is a 95%-confidence lower bound from the ROC.", "",
+             "best threshold; the empirical epsilon is a 95%-confidence lower bound from the ROC"
+             + (f" (the DP-SGD accountant's ε is {summary['dp_epsilon']:.2f}; a correct accountant's ε is never "
+                "below it)" if summary.get("dp_epsilon") is not None else "") + ".", "",
              f"| target | attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | empirical ε ≥ "
              f"| train {key.upper()} | test {key.upper()} | members / non-members | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

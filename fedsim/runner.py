@@ -18,8 +18,8 @@ from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import FederationSplit, split_federation
 from fedsim.data.synthetic import Cohort
 from fedsim.engine import EngineError, run_federation
-from fedsim.record import RunRecord
-from fedsim.report import write_outputs
+from fedsim.record import RunRecord, read_metrics
+from fedsim.report import final_dp_epsilon, write_outputs
 from fedsim.scenario import Scenario, ScenarioError
 from fedsim.seeding import seed_everything
 from fedsim.tasks import TASKS, Task
@@ -132,6 +132,8 @@ def run_scenario(
     summary = _summary(scenario, server_plan.outcome, baseline, task.primary_metric, failures, error,
                        wall_s=time.perf_counter() - t0, target_mean=task.target_mean)
     summary["baseline_name"] = task.baseline_name
+    summary["defenses"] = [spec.key for spec in scenario.defenses]
+    summary["dp_epsilon"] = final_dp_epsilon(read_metrics(record.path))
     summary["attacks"] = [{k: v for k, v in row.items() if k != "traceback"} for row in attack_rows]
     summary["membership"] = [{k: v for k, v in row.items() if k != "traceback"} for row in membership_rows]
     record.write_json("summary.json", summary)

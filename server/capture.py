@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from defenses.base import hides_client_updates
 from fedsim.protocol import CAPTURE_KEY
 from fedsim.record import observation_name, save_tensors
 from fedsim.scenario import Scenario
@@ -26,7 +27,8 @@ class Capture:
     def __init__(self, scenario: Scenario, run_dir: Path) -> None:
         self.targets = scenario.server.targets
         self.enabled = scenario.captures_updates or bool(scenario.server.behaviours)
-        self.record_updates = scenario.captures_updates
+        self.hidden = hides_client_updates(scenario)  # secure aggregation: only round aggregates are seen
+        self.record_updates = scenario.captures_updates and not self.hidden
         self.behaviours: list[tuple[str, ServerBehaviour]] = [
             (b.name, BEHAVIOURS.get(b.name)(**b.params)) for b in scenario.server.behaviours
         ]
@@ -57,6 +59,15 @@ class Capture:
             out.append(Message(RecordDict({"arrays": arrays, "config": config}),
                                message_type=msg.metadata.message_type, dst_node_id=msg.metadata.dst_node_id))
         return out
+
+    def observe_aggregate(self, server_round: int, arrays: ArrayRecord | None) -> None:
+        """Under secure aggregation, a targeted round leaves the server its aggregate and nothing else."""
+        if not (self.hidden and self.enabled and server_round in self._sent and arrays is not None):
+            return
+        folder = self.run_dir / "observations" / f"round{server_round:03d}_aggregate"
+        save_tensors(folder / "update.safetensors", arrays.to_torch_state_dict(),
+                     {"round": server_round, "kind": "aggregate", "lr": self.client_lr})
+        save_tensors(folder / "global.safetensors", self._sent[server_round].to_torch_state_dict())
 
     def observe(self, server_round: int, client: int, reply: Message) -> None:
         """Save a targeted reply; turn a gradient into the weights of one SGD step so FedAvg can use it."""

@@ -111,6 +111,8 @@ class ObservedStrategy(Strategy):
         if ordered and all(m.has_error() for m in ordered):
             raise FederationError(f"round {server_round}: every client failed; first: {self.failures[-1]['error']}")
         arrays, metrics = self.inner.aggregate_train(server_round, ordered)
+        if self.capture is not None:
+            self.capture.observe_aggregate(server_round, arrays)
         return arrays, _drop_per_client(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
