@@ -1,4 +1,4 @@
-"""`fedsim` command line: run, validate, list, report.
+"""`fedsim` command line: run, sweep, validate, list, attack, report.
 
 Bad input prints one line naming the key or file and exits 2 (no traceback); a failed run exits 1
 after its run folder is written.
@@ -22,6 +22,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="root folder for runs (default: output.dir)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario value, e.g. federation.rounds=5 (repeatable)")
+    swp = sub.add_parser("sweep", help="run a grid of scenario variants; write a table and a privacy-utility plot")
+    swp.add_argument("scenario", type=Path)
+    swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="values of one key, e.g. defenses.0.params.noise_multiplier=0.5,1,2 (repeatable; "
+                          "added to the scenario's sweep.grid)")
+    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    swp.add_argument("--out", type=Path, default=None, help="root folder (default: output.dir)")
+    swp.add_argument("--attack-metric", default=None, help="column on the plot's privacy axis")
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("scenarios", type=Path, nargs="+")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -56,6 +64,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"{len(result.failures)} client update(s) failed; first: round {first['round']} "
                      f"client {first['client']}: {first['error']} (see {result.run_dir / 'report.md'})", 1)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim.scenario import ScenarioError
+    from fedsim.sweep import expand, parse_grid, run_sweep
+
+    if not args.scenario.is_file():
+        raise ScenarioError(f"scenario file not found: {args.scenario}")
+    points = expand(args.scenario, grid=parse_grid(args.grid), overrides=args.overrides)
+    print(f"sweep: {len(points)} points")
+    folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric)
+    print((folder / "sweep.md").read_text())
+    print(f"sweep folder: {folder}")
+    failed = sum(r.get("status") == "failed" for r in rows)
+    return _fail(f"{failed} sweep point(s) failed (see {folder / 'sweep.csv'})", 1) if failed else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -141,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     from fedsim.scenario import ScenarioError
 
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "attack": cmd_attack,
+    handler = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "attack": cmd_attack,
                "report": cmd_report}[args.command]
     try:
         code = handler(args)
@@ -151,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail("interrupted", 130)
     sys.stdout.flush()
     sys.stderr.flush()
-    if code != 0 and args.command == "run":
+    if code != 0 and args.command in ("run", "sweep"):
         os._exit(code)  # Flower's server thread is not a daemon: never hang after a failed simulation
     sys.exit(code)
 

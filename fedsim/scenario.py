@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedsim.registry import PluginError, load_builtins, registry
 
 
+KEY_PATH = r"[A-Za-z_]\w*(\.(\w+))*"  # a.b.c, with numbers picking list entries: defenses.0.params.sigma
+
+
 class ScenarioError(ValueError):
     """Bad scenario input; the message is one line naming the key path or file."""
 
@@ -143,6 +146,25 @@ class MembershipConfig(Section):
     delta: float = Field(1e-5, gt=0, lt=1, description="delta for the empirical epsilon lower bound")
 
 
+class SweepConfig(Section):
+    """A grid of scenario variants that `fedsim sweep` runs (plain `fedsim run` ignores it)."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="key.path -> values; the cartesian "
+                                       "product is run, the last key varying fastest (one curve per other key)")
+    attack_metric: str | None = Field(None, description="column on the privacy axis of the plot "
+                                      "(default: the first membership AUC, else the first PSNR gain)")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not re.fullmatch(KEY_PATH, key) or key.split(".")[0] in ("sweep", "name"):
+                raise ValueError(f"{key}: not a scenario key path")
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+        return v
+
+
 class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -156,6 +178,7 @@ class Scenario(Section):
     membership: MembershipConfig = MembershipConfig()
     attacks: list[PluginSpec] = Field(default_factory=list)
     defenses: list[PluginSpec] = Field(default_factory=list)
+    sweep: SweepConfig = SweepConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -224,18 +247,34 @@ def validate_scenario(raw: dict[str, Any]) -> Scenario:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``--set a.b.c=value`` to the raw mapping; the value is parsed as YAML."""
+    """Apply one ``--set a.b.c=value`` to the raw mapping; the value is parsed as YAML.
+
+    A number picks an entry of a list: ``defenses.0.params.sigma=0.05``."""
     key, sep, value = item.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+    if not sep or not re.fullmatch(KEY_PATH, key.strip()):
         raise ScenarioError(f"--set {item}: expected key.path=value")
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ScenarioError(f"--set {item}: '{part}' is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    set_path(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+
+
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `value` at a dotted key path of a raw scenario, creating sections on the way."""
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ScenarioError(f"{key}: '{'.'.join(parts[:i])}' has no entry {part}")
+            if last:
+                node[int(part)] = value
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ScenarioError(f"{key}: '{'.'.join(parts[:i])}' is not a section")
 
 
 def parse_params(model: type[BaseModel], params: dict[str, Any]) -> Any:

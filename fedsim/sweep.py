@@ -1,0 +1,149 @@
+"""`fedsim sweep`: run a grid of scenario variants and put utility beside attack success.
+
+Every grid point is validated before the first one trains (bad input fails fast, exit 2); a point
+whose run fails is recorded as failed and the sweep goes on. Output: `<out>/<name>-sweep/<time>/`
+with each point's run folder under `points/`, `sweep.csv`, `sweep.md` and `privacy_utility.png`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsim.record import atomic_write_text
+from fedsim.scenario import Scenario, ScenarioError, apply_override, set_path, validate_scenario
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    values: dict[str, Any]  # grid key -> value
+    scenario: Scenario
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.values.items()) or "base"
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """`--grid key=v1,v2,v3` options into a grid (values parsed as YAML); a value list that itself holds
+    commas is written as a YAML list: `--grid 'defenses=[[], [{name: prune, params: {keep: 0.1}}]]'`."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values.strip():
+            raise ScenarioError(f"--grid {item}: expected key.path=v1,v2,...")
+        try:
+            parsed = yaml.safe_load(values) if values.strip().startswith("[") else [
+                yaml.safe_load(v) for v in values.split(",")]
+        except yaml.YAMLError:
+            raise ScenarioError(f"--grid {item}: values are not valid YAML") from None
+        if not isinstance(parsed, list) or not parsed:
+            raise ScenarioError(f"--grid {item}: expected a list of values")
+        grid[key.strip()] = parsed
+    return grid
+
+
+def expand(path: Path, *, grid: dict[str, list[Any]], overrides: list[str]) -> list[SweepPoint]:
+    """Every point of the scenario's `sweep.grid` plus `grid` (cartesian product), validated."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: a scenario must be a mapping of sections")
+    for item in overrides:
+        apply_override(raw, item)
+    full = {**validate_scenario(raw).sweep.grid, **grid}
+    if not full:
+        raise ScenarioError(f"{path}: nothing to sweep (add a sweep.grid section or --grid key=v1,v2)")
+    points = []
+    for combo in itertools.product(*full.values()):
+        values = dict(zip(full, combo))
+        variant = copy.deepcopy(raw)
+        variant.pop("sweep", None)
+        try:
+            for key, value in values.items():
+                set_path(variant, key, value)
+            points.append(SweepPoint(values, validate_scenario(variant)))
+        except ScenarioError as exc:
+            raise ScenarioError(f"sweep point {values}: {exc}") from None
+    return points
+
+
+def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One table row: the grid values, utility, cost, privacy budget and each attack's success."""
+    key = summary.get("primary_metric", "mae")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    client_s = [r["seconds"] for r in records if r.get("kind") == "train" and r.get("seconds") is not None]
+    row: dict[str, Any] = {**point.values, "status": summary.get("status"),
+                           f"test_{key}": summary.get("final", {}).get(key),
+                           f"baseline_{key}": summary.get("baseline_predict_mean", {}).get(key),
+                           "client_s_per_round": sum(client_s) / len(client_s) if client_s else None,
+                           "dp_epsilon": summary.get("dp_epsilon"), "run": str(run_dir)}
+    by_attack: dict[str, list[dict[str, Any]]] = {}
+    for r in summary.get("attacks", []):
+        by_attack.setdefault(r["attack"], []).append(r)
+    for name, rows in by_attack.items():
+        ok = [r for r in rows if r.get("status") == "ok"]
+        for metric in ("psnr_gain", "reid_top1"):
+            row[f"{name}.{metric}"] = sum(r[metric] for r in ok) / len(ok) if ok else None
+        if not ok:
+            row[f"{name}.status"] = rows[0].get("reason") or rows[0].get("error") or rows[0].get("status")
+    for r in summary.get("membership", []):
+        prefix = f"{r['attack']}@{r['target']}"
+        for metric in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "empirical_epsilon"):
+            row[f"{prefix}.{metric}"] = r.get(metric) if r.get("status") == "ok" else None
+    return row
+
+
+def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_metric: str | None = None,
+              log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
+    """Run every point in turn; returns the sweep folder and the table's rows."""
+    from fedsim.runner import run_scenario  # the engine is imported only when something runs
+    from fedsim.sweep_figure import privacy_utility_figure
+
+    base = points[0].scenario
+    folder = Path(out_dir or base.output.dir) / f"{base.name}-sweep" / time.strftime("%Y%m%d-%H%M%S")
+    rows = []
+    for i, point in enumerate(points, 1):
+        log(f"[sweep {i}/{len(points)}] {point.label}")
+        try:
+            result = run_scenario(point.scenario, out_dir=folder / "points", log=lambda m: log(f"  {m}"))
+            rows.append(point_row(point, result.summary, result.run_dir))
+        except Exception as exc:  # one failed point must not lose the others
+            rows.append({**point.values, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            log(f"[sweep {i}/{len(points)}] failed: {type(exc).__name__}: {exc}")
+        write_tables(folder, rows, list(points[0].values))
+    metric = attack_metric or base.sweep.attack_metric
+    privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
+    return folder, rows
+
+
+def write_tables(folder: Path, rows: list[dict[str, Any]], grid_keys: list[str]) -> None:
+    """sweep.csv (every column) and sweep.md (the grid, utility, cost, budget and attack columns)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(folder / "sweep.csv", buf.getvalue())
+    shown = [c for c in columns if c not in ("run",)]
+    lines = ["| " + " | ".join(shown) + " |", "|---" * len(shown) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in shown) + " |")
+    atomic_write_text(folder / "sweep.md", "\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
