@@ -31,7 +31,20 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.values.items()) or "base"
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.shown.items()) or "base"
+
+    @property
+    def shown(self) -> dict[str, Any]:
+        """Grid values as table cells: a plug-in list reads `dp_sgd(noise_multiplier=1.0)`, not a dict dump."""
+        return {k: show_value(v) for k, v in self.values.items()}
+
+
+def show_value(value: Any) -> Any:
+    if isinstance(value, list) and all(isinstance(v, dict) and "name" in v for v in value):
+        parts = [v.get("label") or v["name"] + "(" + ", ".join(f"{k}={x}" for k, x in (v.get("params") or {}).items())
+                 + ")" for v in value]
+        return " + ".join(p.removesuffix("()") for p in parts) or "none"
+    return value
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -82,7 +95,7 @@ def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict
     key = summary.get("primary_metric", "mae")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     client_s = [r["seconds"] for r in records if r.get("kind") == "train" and r.get("seconds") is not None]
-    row: dict[str, Any] = {**point.values, "status": summary.get("status"),
+    row: dict[str, Any] = {**point.shown, "status": summary.get("status"),
                            f"test_{key}": summary.get("final", {}).get(key),
                            f"baseline_{key}": summary.get("baseline_predict_mean", {}).get(key),
                            "client_s_per_round": sum(client_s) / len(client_s) if client_s else None,
@@ -118,7 +131,7 @@ def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_m
             result = run_scenario(point.scenario, out_dir=folder / "points", log=lambda m: log(f"  {m}"))
             rows.append(point_row(point, result.summary, result.run_dir))
         except Exception as exc:  # one failed point must not lose the others
-            rows.append({**point.values, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            rows.append({**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             log(f"[sweep {i}/{len(points)}] failed: {type(exc).__name__}: {exc}")
         write_tables(folder, rows, list(points[0].values))
     metric = attack_metric or base.sweep.attack_metric
