@@ -110,6 +110,9 @@ def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict
         if not ok:
             row[f"{name}.status"] = rows[0].get("reason") or rows[0].get("error") or rows[0].get("status")
     for r in summary.get("membership", []):
+        for fit in (f"train_{key}", f"test_{key}"):  # the target's overfitting gap, beside its leakage
+            if r.get(fit) is not None:
+                row[f"{r['target']}.{fit}"] = r[fit]
         prefix = f"{r['attack']}@{r['target']}"
         for metric in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "empirical_epsilon"):
             row[f"{prefix}.{metric}"] = r.get(metric) if r.get("status") == "ok" else None
