@@ -110,6 +110,8 @@ def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict
         if not ok:
             row[f"{name}.status"] = rows[0].get("reason") or rows[0].get("error") or rows[0].get("status")
     for r in summary.get("membership", []):
+        if r.get("status") == "skipped" and "does not apply" in str(r.get("reason")):
+            continue  # e.g. update alignment on a global model: not a column worth having
         for fit in (f"train_{key}", f"test_{key}"):  # the target's overfitting gap, beside its leakage
             if r.get(fit) is not None:
                 row[f"{r['target']}.{fit}"] = r[fit]
