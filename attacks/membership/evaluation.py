@@ -23,7 +23,9 @@ from torch import nn
 
 from attacks.base import ATTACKS, MembershipAttack, MembershipTarget
 from attacks.membership.metrics import best_empirical_epsilon, membership_metrics, roc_figure
+from attacks.runner import SECURE_AGGREGATION_SKIP
 from clients.training import predict, train_local
+from defenses.base import hides_client_updates
 from fedsim.record import atomic_write_text, observation_name
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.seeding import derive_seed
@@ -128,7 +130,7 @@ def build_targets(run_dir: Path, scenario: Scenario, prep: Any, final_state: dic
             x, y = prep.task.tensors(prep.cohort, all_members)
             model = train_model(prep, scenario, x, y, seed=derive_seed(scenario.seed, "centralized"), epochs=epochs)
             targets.append(TargetModel(name, model, all_members))
-        elif name == "client_update":
+        elif name == "client_update" and not hides_client_updates(scenario):
             folder = Path(run_dir) / "observations" / observation_name(m.round, m.client)
             meta = json.loads((folder / "update.json").read_text())
             if meta["kind"] != "weights":
@@ -171,6 +173,9 @@ def run_membership(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *
         return []
     out_dir, cfg, rows = Path(run_dir) / "attacks" / "membership", scenario.membership, []
     nonmembers = nonmember_pool(prep)
+    if "client_update" in cfg.targets and hides_client_updates(scenario):
+        rows += [{"attack": s.key, "target": "client_update", "status": "skipped", "reason": SECURE_AGGREGATION_SKIP}
+                 for s in specs]
     for target in build_targets(run_dir, scenario, prep, final_state, log=log):
         try:
             sets = membership_sets(target.members, nonmembers, eval_size=cfg.eval_size,
