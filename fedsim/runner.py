@@ -15,7 +15,7 @@ from attacks.membership.evaluation import check_membership, run_membership
 from attacks.runner import run_attacks
 from clients.app import ClientPlan, make_client_app
 from fedsim.data.datasets import load_dataset
-from fedsim.data.partition import FederationSplit, split_federation
+from fedsim.data.partition import FederationSplit, cohort_metadata, split_federation
 from fedsim.data.synthetic import Cohort
 from fedsim.engine import EngineError, run_federation
 from fedsim.record import RunRecord, read_metrics
@@ -47,7 +47,8 @@ def prepare(scenario: Scenario, *, log: Callable[[str], None] = print) -> Prepar
     targets = task_cls.targets(cohort)
     try:
         split = split_federation(site=cohort.site, age=cohort.age, config=scenario.data,
-                                 n_clients=scenario.federation.clients, seed=scenario.seed)
+                                 n_clients=scenario.federation.clients, seed=scenario.seed,
+                                 **cohort_metadata(cohort))
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
     train_rows = [i for c in split.clients for i in c.train]

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fedsim.registry import PluginError, load_builtins, registry
 
@@ -30,22 +38,61 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DISK_DATASETS = ("ixi", "ixi_tiny", "msd", "bids", "nifti_csv")  # read from data.path (fedsim/data/loaders.py)
+
+
 class PartitionConfig(Section):
-    by: Literal["site", "iid", "dirichlet"] = "site"
+    by: Literal["site", "iid", "dirichlet", "column", "file"] = "site"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skew)")
     age_bins: int = Field(5, ge=2, le=50)
     min_size: int = Field(4, ge=1, description="smallest client training set accepted")
+    column: str | None = Field(None, validate_default=True, description="by: column - the metadata column "
+                               "(site, scanner, ...)")
+    file: Path | None = Field(None, validate_default=True, description="by: file - CSV or JSON of subject -> "
+                              "client (or 'test')")
+    test_column: str | None = Field(None, description="metadata column whose value 'test' marks the "
+                                    "server's test set (e.g. Fed-IXITiny's split); default: a random share")
+
+    @field_validator("column", mode="after")
+    @classmethod
+    def _column(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("by") == "column":
+            raise ValueError("required when by is 'column' (e.g. column: manufacturer)")
+        return v
+
+    @field_validator("file", mode="after")
+    @classmethod
+    def _file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None and info.data.get("by") == "file":
+            raise ValueError("required when by is 'file' (a CSV or JSON of subject -> client)")
+        if v is not None and not v.expanduser().is_file():
+            raise ValueError(f"partition file not found: {v}")
+        return v
 
 
 class DataConfig(Section):
     dataset: str = "synthetic_brain"
-    n_subjects: int = Field(150, ge=8, le=100_000)
+    n_subjects: int = Field(150, ge=8, le=100_000, description="synthetic cohorts only (see max_subjects)")
     shape: int = Field(32, description="volume side in voxels (16, 32, 48 or 64)")
-    sites: int = Field(3, ge=1, le=8)
-    path: Path | None = Field(None, description="data folder, for datasets read from disk")
+    sites: int = Field(3, ge=1, le=8, description="synthetic cohorts only; real data has its own sites")
+    path: Path | None = Field(None, validate_default=True, description="data folder, for datasets read from disk")
     test_fraction: float = Field(0.2, gt=0, lt=0.9)
     val_fraction: float = Field(0.15, ge=0, lt=0.9)
     partition: PartitionConfig = PartitionConfig()
+    # on-disk datasets only (docs/datasets.md)
+    max_subjects: int | None = Field(None, ge=2, description="cap on subjects read, balanced over sites")
+    spacing: float | None = Field(None, gt=0, le=20, description="isotropic voxel size in mm; "
+                                  "default: whatever fits the field of view into shape^3")
+    normalize: Literal["auto", "zscore", "percentile", "window"] = Field(
+        "auto", description="per-volume intensity scaling; auto: CT -> window, else zscore")
+    window: tuple[float, float] | None = Field(None, description="intensity window [low, high] "
+                                               "(CT in HU; default -175..250 soft tissue)")
+    strict: bool = Field(False, description="a corrupt or mismatched file is an error, not skipped")
+    csv: str = Field("subjects.csv", description="nifti_csv: the table's file name inside data.path")
+    target_column: str | None = Field("age", description="nifti_csv: the age column (null: none)")
+    age_column: str = Field("age", description="bids: participants.tsv column holding the age")
+    site_column: str | None = Field(None, description="bids / nifti_csv: column naming the site "
+                                    "(default: 'site' when present, else one site)")
 
     @field_validator("shape")
     @classmethod
@@ -56,10 +103,26 @@ class DataConfig(Section):
 
     @field_validator("path")
     @classmethod
-    def _path_exists(cls, v: Path | None) -> Path | None:
+    def _path_exists(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        dataset = info.data.get("dataset")
+        if v is None and dataset in DISK_DATASETS:
+            raise ValueError(f"required for dataset '{dataset}' (a folder you already have): set it, "
+                             "e.g. --set data.path=/path/to/data")
         if v is not None and not v.expanduser().is_dir():
             raise ValueError(f"data folder not found: {v}")
         return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError("must be [low, high] with low < high")
+        return v
+
+    @property
+    def from_disk(self) -> bool:
+        """Whether the cohort is read from data.path, so that sites come from the data, not data.sites."""
+        return self.dataset in DISK_DATASETS
 
 
 class ModelConfig(Section):
@@ -182,7 +245,8 @@ class Scenario(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
-        if self.data.partition.by == "site" and self.federation.clients != self.data.sites:
+        by_site = self.data.partition.by == "site" and not self.data.from_disk  # real data: checked on its sites
+        if by_site and self.federation.clients != self.data.sites:
             raise ValueError(
                 f"federation.clients: must equal data.sites ({self.data.sites}) "
                 "when data.partition.by is 'site'"
@@ -308,6 +372,12 @@ def _check_plugins(scenario: Scenario) -> None:
             registry(kind).get(value)
         except PluginError as exc:
             raise ScenarioError(f"{'.'.join(path)}: {exc}") from None
+    check_data = getattr(registries["dataset"].get(scenario.data.dataset), "check_scenario", None)
+    if check_data is not None:  # on-disk layouts: the folder holds matching files, sites match clients
+        try:
+            check_data(scenario)
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
     lists = (("attacks", "attack", scenario.attacks), ("defenses", "defense", scenario.defenses),
              ("server.behaviours", "behaviour", scenario.server.behaviours))
     for where, kind, specs in lists:
