@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from fedsim.data.synthetic import Cohort, CohortSpec, load_cohort
+from fedsim.data.synthetic_ct import CTSpec, load_ct_cohort
 from fedsim.registry import registry
 from fedsim.scenario import DataConfig
 
@@ -27,6 +28,15 @@ class SyntheticBrain(Dataset):
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
         spec = CohortSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
         return load_cohort(spec)  # cached under $FEDSIM_CACHE (or ~/.cache/fedsim)
+
+
+@DATASETS.register("synthetic_head_ct")
+class SyntheticHeadCT(Dataset):
+    """Embedded synthetic head CT of the same subjects (skull, HU tissues, brain window, per-site noise)."""
+
+    def load(self, config: DataConfig, *, seed: int) -> Cohort:
+        spec = CTSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
+        return load_ct_cohort(spec)  # cached beside the MRI cohort it is made from
 
 
 def load_dataset(config: DataConfig, *, seed: int) -> Cohort:

@@ -2,5 +2,6 @@
 
 from fedsim.models.brain_age import MODELS, BrainAgeCNN
 from fedsim.models.lenet import LeNet
+from fedsim.models.segmentation import SegResNetModel, SegUNet
 
-__all__ = ["MODELS", "BrainAgeCNN", "LeNet"]
+__all__ = ["MODELS", "BrainAgeCNN", "LeNet", "SegUNet", "SegResNetModel"]
