@@ -53,6 +53,7 @@ def quiet_logs(log_file: Path | None = None) -> None:
 
     Flower's own log (with any traceback) goes to `log_file` instead of the terminal."""
     logger = logging.getLogger("flwr")
+    logger.propagate = False  # Opacus calls logging.basicConfig on import: the root logger would print it all
     for handler in logger.handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.CRITICAL + 1)

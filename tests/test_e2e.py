@@ -99,6 +99,8 @@ def test_one_failing_client_keeps_the_run_and_exits_nonzero(tmp_path: Path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed_with_client_failures" and summary["rounds_completed"] == 2
     assert "RuntimeError: boom once" in (run_dir / "report.md").read_text()
+    assert "aggregate_train" not in proc.stdout + proc.stderr  # Flower's own log stays in flower.log
+    assert "aggregate_train" in (run_dir / "flower.log").read_text()
 
 
 def test_all_clients_failing_ends_the_process_quickly_with_a_clear_error(tmp_path: Path):
