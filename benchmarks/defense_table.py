@@ -33,6 +33,9 @@ STRENGTHS: list[tuple[str, str, list[dict[str, Any]]]] = [  # (defense, strength
     ("clip_update", "C=1,z=0.01", [{"name": "clip_update", "params": {"max_norm": 1.0, "noise_multiplier": 0.01}}]),
     ("model_noise", "σ=0.02", [{"name": "model_noise", "params": {"sigma": 0.02}}]),
     ("model_noise", "σ=0.05", [{"name": "model_noise", "params": {"sigma": 0.05}}]),
+    # absolute sigma is tiny beside a years^2 loss's gradients: noise relative to the update's p95 too
+    ("model_noise", "σ0=0.1·p95", [{"name": "model_noise", "params": {"sigma0": 0.1}}]),
+    ("model_noise", "σ0=1·p95", [{"name": "model_noise", "params": {"sigma0": 1.0}}]),
     ("prune", "keep 10%", [{"name": "prune", "params": {"keep": 0.1}}]),
     ("prune", "keep 1%", [{"name": "prune", "params": {"keep": 0.01}}]),
     ("label_noise", "5 y", [{"name": "label_noise", "params": {"scale": 5.0}}]),
@@ -64,11 +67,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one or two strengths per defense")
     ap.add_argument("--only", nargs="*", help="defenses to run (always with 'none' as the reference)")
+    ap.add_argument("--strengths", nargs="*", help="only these strength labels (plus 'none')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     args = ap.parse_args()
     configs = [c for c in STRENGTHS if (not args.quick or c[1] in QUICK)
-               and (not args.only or c[0] in args.only or c[0] == "none")]
+               and (not args.only or c[0] in args.only or c[0] == "none")
+               and (not args.strengths or c[1] in args.strengths or c[0] == "none")]
     seed = [f"seed={args.seed}"]
     utility = _runs("scenarios/defense_brain_age.yaml", configs, seed, args.out)
     inversion = _runs("scenarios/gia_fedsgd.yaml", configs, seed + INVERSION, args.out)
