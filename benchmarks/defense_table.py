@@ -98,10 +98,10 @@ def main() -> None:
     if skipped:
         print(f"\ninversion skipped for: {', '.join(sorted(set(skipped)))} "
               f"({next(g['inverting_gradients.status'] for g in inversion if g.get('inverting_gradients.status'))})")
-    plot = [{"defense": r["defense"], "strength": r["strength"], "test_mae": r["test_mae"], "membership AUC": r["auc"]}
+    plot = [{"defense": r["defense"], "strength": r["strength"], "test_mae": r["test_mae"], "membership.auc": r["auc"]}
             for r in table]
     figure = privacy_utility_figure(plot, ["defense", "strength"], args.out / "defense_privacy_utility.png",
-                                    attack_metric="membership AUC")
+                                    attack_metric="membership.auc")
     print(f"\nplot: {figure}; client seconds per round without a defense: {base_s:.2f} (each row's "
           f"value is the mean over its clients and rounds); runs under {args.out}")
 
