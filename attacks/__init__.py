@@ -10,6 +10,7 @@ from attacks.base import (
     ThreatModel,
 )
 from attacks.gradient_inversion import plugins as _gradient_inversion  # noqa: F401  (registers dlg, ...)
+from attacks import imprint as _imprint  # noqa: F401  (registers imprint)
 from attacks.membership import plugins as _membership  # noqa: F401  (registers mia_*)
 
 __all__ = ["ATTACKS", "Attack", "MembershipAttack", "MembershipTarget", "Observation", "Reconstruction",

@@ -137,9 +137,11 @@ def score_reconstruction(
     matched = recon.detach()[perm]
     prior_b = (prior.detach() if prior.dim() == truth.dim() else prior.detach()[None]).expand_as(truth)
     ranks = reidentification_ranks(matched, candidates, true_index).double()
+    item_psnr = psnr(matched, truth).clamp(max=PSNR_CAP)
     scores = {
         "mse": mse(matched, truth).mean(),
-        "psnr": psnr(matched, truth).clamp(max=PSNR_CAP).mean(),
+        "psnr": item_psnr.mean(),
+        "recovered_30db": (item_psnr > 30).double().mean(),  # fraction of the batch rebuilt above 30 dB
         "ssim": ssim(matched, truth).mean(),
         "prior_mse": mse(prior_b, truth).mean(),
         "prior_psnr": psnr(prior_b, truth).clamp(max=PSNR_CAP).mean(),

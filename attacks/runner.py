@@ -22,10 +22,22 @@ from attacks.figures import reconstruction_figure
 from attacks.metrics import match_batch, score_reconstruction
 from defenses.base import hides_client_updates
 from fedsim.record import atomic_write_text, safe_name, save_tensors
-from fedsim.scenario import PluginSpec, Scenario
+from fedsim.scenario import PluginSpec, Scenario, ScenarioError, parse_params
 
 SECURE_AGGREGATION_SKIP = ("needs one client's update, but secure aggregation leaves the server only "
                            "each round's aggregate")
+
+
+def check_attacks(scenario: Scenario, prep: Any) -> None:
+    """Fail before training when an attack cannot work with the auxiliary scans this run gives it."""
+    for i, spec in enumerate(scenario.attacks):
+        plugin = ATTACKS.get(spec.name)
+        check = getattr(plugin, "check_auxiliary", None)
+        if check is not None and plugin.threat.auxiliary:
+            try:
+                check(parse_params(plugin.Params, spec.params), len(prep.x_test))
+            except ValueError as exc:
+                raise ScenarioError(f"attacks.{i}: {spec.name}: {exc}") from None
 
 
 def load_observations(run_dir: Path) -> list[tuple[dict[str, Any], Path]]:

@@ -20,7 +20,8 @@ from defenses import DEFENSES, Defense
 from defenses.base import ClientRound
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
-from fedsim.protocol import BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
+from fedsim.models.imprint import build_received
+from fedsim.protocol import ARCH_KEY, BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
 from fedsim.record import write_ground_truth
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
@@ -76,7 +77,10 @@ def _device(plan: ClientPlan) -> torch.device:
 
 
 def _model(plan: ClientPlan, data: _ClientData, msg: Message) -> torch.nn.Module:
-    model = data.task.build_model()
+    """The model the server sent: the agreed network, or the architecture its descriptor names
+    (a tampering server's); like a real client, it trains whatever it receives unless a defense vets it."""
+    config = msg.content["config"] if "config" in msg.content else {}
+    model = build_received(data.task.build_model(), str(config.get(ARCH_KEY, "")) or None)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model.to(_device(plan))
 
@@ -128,11 +132,13 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         seed_everything(seed)
         data = _client_data(plan, pid)
         model = _model(plan, data, msg)
+        defenses = _defenses(plan, context, data.task, pid, server_round)
+        for defense, ctx in defenses:  # e.g. model_vetting: refuse a tampered model before training on it
+            defense.inspect_model(model, config=dict(config), ctx=ctx)
         reference = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         fed = plan.scenario.federation
         batch_size = int(config.get(BATCH_KEY, fed.batch_size))
         rng = np.random.default_rng(seed)
-        defenses = _defenses(plan, context, data.task, pid, server_round)
         x, y = data.x_train, data.y_train
         for defense, ctx in defenses:
             x, y = defense.transform_data(x, y, ctx=ctx)

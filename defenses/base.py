@@ -54,6 +54,11 @@ class Defense(Configurable):
     def check_scenario(cls, params: BaseModel, scenario: Scenario) -> None:
         """Raise ValueError (one line) when this defense cannot work in `scenario`; runs before training."""
 
+    def inspect_model(self, model: nn.Module, *, config: dict[str, Any], ctx: ClientRound) -> None:
+        """Received-model hook, before any training: raise (one line) to refuse the round, e.g. when
+        the server sent another architecture than the one agreed (`model_vetting`). `model` is what
+        the client built from the message; `config` is the server's train instructions."""
+
     def transform_data(self, x: torch.Tensor, y: torch.Tensor, *, ctx: ClientRound) -> tuple[torch.Tensor, torch.Tensor]:
         """Data and labels hook: what the client trains on this round (label noise changes `y`)."""
         return x, y

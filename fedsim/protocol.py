@@ -3,3 +3,4 @@
 UPDATE_KEY = "fedsim.update"  # "weights" (default: trained weights) or "gradient" (one batch, FedSGD)
 BATCH_KEY = "fedsim.batch-size"  # batch size the server asks for
 CAPTURE_KEY = "fedsim.capture"  # this round and client are observed: keep the true batch for scoring
+ARCH_KEY = "fedsim.architecture"  # JSON descriptor of a model the server changed (absent: the agreed model)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from attacks.membership.evaluation import check_membership, run_membership
-from attacks.runner import run_attacks
+from attacks.runner import check_attacks, run_attacks
 from clients.app import ClientPlan, make_client_app
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import FederationSplit, cohort_metadata, split_federation
@@ -83,6 +83,7 @@ def run_scenario(
     prep = prepare(scenario, log=log)
     cohort, split, task = prep.cohort, prep.split, prep.task
     check_membership(scenario, prep)
+    check_attacks(scenario, prep)
     if scenario.resources.num_gpus > 0 and not scenario.resources.ray_address and not torch.cuda.is_available():
         log("resources.num_gpus: no GPU on this machine; clients train on CPU")
 

@@ -51,7 +51,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         seed_everything(derive_seed(sc.seed, "server"))
         partition_of = discover_partitions(grid, sc.federation.clients, sc.resources.timeout_s)
         strategy = ObservedStrategy(build_strategy(sc.federation), record=plan.record, partition_of=partition_of,
-                                    capture=Capture(sc, plan.record.path))
+                                    capture=Capture(sc, plan.record.path, auxiliary=plan.x_test))
         plan.outcome["strategy"] = strategy
         torch.manual_seed(derive_seed(sc.seed, "init"))
         initial = plan.task.build_model()

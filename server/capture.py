@@ -1,8 +1,10 @@
 """What the server records for attackers, and how a malicious server changes what it asks for.
 
 For targeted (round, client) pairs it applies the scenario's malicious behaviours to the train
-instructions, asks the client to keep its true batch for scoring, and saves the client's reply
-together with the global model it started from into `observations/` (safetensors + JSON).
+instructions (config and, for model tampering, the arrays), asks the client to keep its true batch
+for scoring, and saves the client's reply together with the model it was sent into `observations/`
+(safetensors + JSON). A tampered reply is recorded whole for the attacker, then mapped back to the
+agreed architecture so the honest strategy aggregates it like any other.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 from defenses.base import hides_client_updates
-from fedsim.protocol import CAPTURE_KEY
+from fedsim.protocol import ARCH_KEY, CAPTURE_KEY
 from fedsim.record import observation_name, save_tensors
 from fedsim.scenario import Scenario
 from server.behaviours import BEHAVIOURS, ServerBehaviour
@@ -24,7 +26,8 @@ from server.behaviours import BEHAVIOURS, ServerBehaviour
 class Capture:
     """Targeting, behaviours and observation records of one run."""
 
-    def __init__(self, scenario: Scenario, run_dir: Path) -> None:
+    def __init__(self, scenario: Scenario, run_dir: Path, *, auxiliary: torch.Tensor | None = None) -> None:
+        """`auxiliary`: the server's own scans (its test set), for behaviours that fit the population."""
         self.targets = scenario.server.targets
         self.enabled = scenario.captures_updates or bool(scenario.server.behaviours)
         self.hidden = hides_client_updates(scenario)  # secure aggregation: only round aggregates are seen
@@ -32,9 +35,12 @@ class Capture:
         self.behaviours: list[tuple[str, ServerBehaviour]] = [
             (b.name, BEHAVIOURS.get(b.name)(**b.params)) for b in scenario.server.behaviours
         ]
+        for _, behaviour in self.behaviours:
+            behaviour.prepare(scenario=scenario, auxiliary=auxiliary)
         self.client_lr = scenario.federation.lr
         self.run_dir = run_dir
-        self._sent: dict[int, ArrayRecord] = {}
+        self._sent: dict[int, ArrayRecord] = {}  # the honest global model of each targeted round
+        self._tampered: dict[tuple[int, int], tuple[ArrayRecord, str | None]] = {}  # (round, client): sent, arch
 
     def targeted(self, server_round: int, client: int) -> bool:
         t = self.targets
@@ -52,9 +58,16 @@ class Capture:
             arrays = msg.content["arrays"]
             self._sent[server_round] = arrays
             config = ConfigRecord(dict(msg.content["config"]))
-            for _, behaviour in self.behaviours:
-                if behaviour.applies_to(client):
-                    behaviour.modify(config)
+            active = [b for _, b in self.behaviours if b.applies_to(client)]
+            for behaviour in active:
+                behaviour.modify(config)
+            if any(b.edits_arrays for b in active):  # model tampering: this client gets its own arrays
+                state = arrays.to_torch_state_dict()
+                for behaviour in active:
+                    state = behaviour.modify_arrays(state, config, server_round=server_round, client=client)
+                arrays = ArrayRecord(state)
+                self._tampered = {k: v for k, v in self._tampered.items() if k[0] == server_round}
+                self._tampered[(server_round, client)] = (arrays, config.get(ARCH_KEY))
             config[CAPTURE_KEY] = self.record_updates
             out.append(Message(RecordDict({"arrays": arrays, "config": config}),
                                message_type=msg.metadata.message_type, dst_node_id=msg.metadata.dst_node_id))
@@ -70,10 +83,12 @@ class Capture:
         save_tensors(folder / "global.safetensors", self._sent[server_round].to_torch_state_dict())
 
     def observe(self, server_round: int, client: int, reply: Message) -> None:
-        """Save a targeted reply; turn a gradient into the weights of one SGD step so FedAvg can use it."""
+        """Save a targeted reply whole, map a tampered one back to the agreed architecture, and turn a
+        gradient into the weights of one SGD step, so that the honest strategy can aggregate it."""
         if not self.targeted(server_round, client):
             return
         sent = self._sent[server_round].to_torch_state_dict()
+        tampered, arch = self._tampered.pop((server_round, client), (None, None))
         update = reply.content["arrays"].to_torch_state_dict()
         metrics = dict(reply.content["metrics"])
         is_gradient = bool(metrics.get("gradient_update", 0))
@@ -85,9 +100,16 @@ class Capture:
                 "num_examples": metrics.get("num-examples"), "lr": self.client_lr,
                 "behaviours": [name for name, b in self.behaviours if b.applies_to(client)],
             }
+            if arch is not None:
+                meta["architecture"] = arch
             folder = self.run_dir / "observations" / observation_name(server_round, client)
             save_tensors(folder / "update.safetensors", update, meta)
-            save_tensors(folder / "global.safetensors", sent)
+            save_tensors(folder / "global.safetensors", tampered.to_torch_state_dict() if tampered else sent)
+        if tampered is not None:
+            for _, behaviour in reversed(self.behaviours):
+                if behaviour.applies_to(client):
+                    update = behaviour.restore_update(update)
         if is_gradient:
-            stepped = {k: sent[k] - self.client_lr * update[k] if k in update else sent[k] for k in sent}
-            reply.content["arrays"] = ArrayRecord({k: v.to(sent[k].dtype) for k, v in stepped.items()})
+            update = {k: sent[k] - self.client_lr * update[k] if k in update else sent[k] for k in sent}
+        if is_gradient or tampered is not None:
+            reply.content["arrays"] = ArrayRecord({k: update[k].to(sent[k].dtype) for k in sent})

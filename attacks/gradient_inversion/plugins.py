@@ -50,6 +50,14 @@ class GradientInversion(Attack):
     threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True, labels=True, auxiliary=True)
     Params = InversionParams
 
+    @classmethod
+    def check_auxiliary(cls, params: InversionParams, n_auxiliary: int) -> None:
+        """A PCA prior on N centred scans has at most N - 1 components: refuse before training."""
+        if params.parameterization == "pca" and n_auxiliary <= params.n_components:
+            raise ValueError(f"params.n_components: a {params.n_components}-component PCA prior needs at least "
+                             f"{params.n_components + 1} auxiliary scans, but the server holds {n_auxiliary} (its "
+                             "test set: raise data.n_subjects or data.test_fraction, or lower n_components)")
+
     def config(self) -> InversionConfig:
         fields = self.params.model_dump(exclude={"verbose"})
         if fields["label"] == "idlg":
