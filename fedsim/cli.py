@@ -59,9 +59,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run folder: {result.run_dir}")
     if result.error:
         return _fail(f"run failed: {result.error} (results so far are in {result.run_dir})", 1)
-    if result.failures:
-        first = result.failures[0]
-        return _fail(f"{len(result.failures)} client update(s) failed; first: round {first['round']} "
+    refused = [f for f in result.failures if f["error"].startswith("TamperedModelError")]
+    if refused:  # the model-vetting defense doing its job, not a failure of the run
+        print(f"{len(refused)} client update(s) refused a tampered model (model_vetting); see "
+              f"{result.run_dir / 'report.md'}")
+    failures = [f for f in result.failures if f not in refused]
+    if failures:
+        first = failures[0]
+        return _fail(f"{len(failures)} client update(s) failed; first: round {first['round']} "
                      f"client {first['client']}: {first['error']} (see {result.run_dir / 'report.md'})", 1)
     return 0
 
