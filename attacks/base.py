@@ -103,6 +103,7 @@ class MembershipTarget:
     train_fn: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None  # the training recipe
     aux_members: tuple[torch.Tensor, torch.Tensor] | None = None  # leaked samples known to be members
     aux_nonmembers: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and known non-members
+    population: tuple[torch.Tensor, torch.Tensor] | None = None  # more known non-members (auxiliary)
     seed: int = 0
 
 

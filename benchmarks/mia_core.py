@@ -2,13 +2,16 @@
 
 Synthetic 32^3 cohort (3 sites). Per model: a target trained on 60 subjects (30 scored members +
 30 leaked members), scored against 30 non-members; the attacker also holds 30 leaked non-members and
-60 further subjects (the shadow pool = the 120 leaked/extra subjects, disjoint from the scored 60).
-Shadows copy the target's recipe (architecture, Adam, batch 8) with fewer epochs to stay fast.
-Attacks: calibrated loss threshold, 4-shadow classifier, offline LiRA (8 shadows), white-box
-gradient features. Empirical epsilon: 95% Clopper-Pearson lower bound over all ROC thresholds
-(Bonferroni-corrected), delta 1e-5.
+60 further non-members (population; the shadow pool = these 120 subjects, disjoint from the scored 60).
+Shadows copy the target's recipe (architecture, Adam, batch 8) and budget: the target's optimizer
+steps, but no more passes over their data than the target made. Attacks: calibrated loss threshold,
+4-shadow classifier, LiRA with 8 shadows (online: each candidate IN for half; offline with --lira;
+both calibrated on the known non-members), white-box gradient features (with / without features
+against the non-members' mean gradient). Empirical epsilon: 95% Clopper-Pearson lower bound over
+all ROC thresholds (Bonferroni-corrected), delta 1e-5.
 
-    python benchmarks/mia_core.py [--models wide,narrow --out /tmp/mia_core.md --roc-dir /tmp]
+    python benchmarks/mia_core.py [--models wide,narrow --lira online,offline --out /tmp/mia_core.md
+                                   --roc-dir /tmp]
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.scenario import FederationConfig, ModelConfig, TaskConfig
 from fedsim.tasks.brain_age import BrainAgeTask
 
-# name -> (channels, Adam lr, target epochs, shadow epochs); narrow needs the larger lr to learn at all
-MODELS = {"wide": ([8, 16, 32, 64], 1e-3, 60, 25), "narrow": ([4, 8, 16], 3e-3, 60, 25)}
+# name -> (channels, Adam lr, target epochs); narrow needs the larger lr to learn at all
+MODELS = {"wide": ([8, 16, 32, 64], 1e-3, 60), "narrow": ([4, 8, 16], 3e-3, 60)}
 N_EVAL, N_LEAK, N_EXTRA = 30, 30, 60
 DELTA = 1e-5
 
@@ -48,25 +51,28 @@ def split(cohort_size: int) -> dict[str, list[int]]:
     return {name: list(range(edges[i], edges[i + 1])) for i, name in enumerate(names)}
 
 
-def make_trainer(channels: list[int], *, lr: float, epochs: int):
-    """train(x, y, seed) -> (model, task): the recipe, shared by target and shadows."""
+def make_trainer(channels: list[int], *, lr: float, epochs: int, max_steps: int | None = None):
+    """train(x, y, seed) -> (model, task): the recipe, shared by target and shadows; with `max_steps`,
+    min(max_steps, `epochs` passes) optimizer steps (the shadows' budget)."""
     def train(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.nn.Module, BrainAgeTask]:
         task = BrainAgeTask(config=TaskConfig(model=ModelConfig(channels=channels)),
                             target_mean=float(y.mean()), target_std=float(y.std()))
         torch.manual_seed(seed)
         model = task.build_model()
-        config = FederationConfig(local_epochs=epochs, batch_size=8, lr=lr, optimizer="adam")
+        steps = min(max_steps, int(np.ceil(epochs * len(x) / 8))) if max_steps else None
+        config = FederationConfig(local_epochs=epochs, local_steps=steps, batch_size=8, lr=lr, optimizer="adam")
         train_local(model, x, y, task=task, config=config, rng=np.random.default_rng(seed))
         return model, task
     return train
 
 
-def run_model(name: str, x: torch.Tensor, y: torch.Tensor, rows: dict[str, list[int]]) -> tuple[list[str], dict]:
-    channels, lr, epochs, shadow_epochs = MODELS[name]
+def run_model(name: str, x: torch.Tensor, y: torch.Tensor, rows: dict[str, list[int]],
+              lira: list[str]) -> tuple[list[str], dict]:
+    channels, lr, epochs = MODELS[name]
     t0 = time.time()
     members = rows["eval_in"] + rows["leak_in"]
     target, task = make_trainer(channels, lr=lr, epochs=epochs)(x[members], y[members], 0)
-    shadow_train = make_trainer(channels, lr=lr, epochs=shadow_epochs)
+    shadow_train = make_trainer(channels, lr=lr, epochs=epochs, max_steps=epochs * (len(members) // 8))
 
     def train_fn(xs: torch.Tensor, ys: torch.Tensor, seed: int):
         model = shadow_train(xs, ys, seed)[0]
@@ -84,15 +90,23 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, rows: dict[str, list[
     ev = rows["eval_in"] + rows["eval_out"]
     is_member = np.r_[np.ones(N_EVAL), np.zeros(N_EVAL)]
     aux_idx = rows["leak_in"] + rows["leak_out"] + rows["extra"]
+    aux_is_member = np.r_[np.ones(N_LEAK, dtype=bool), np.zeros(N_LEAK + N_EXTRA, dtype=bool)]
     leaked = dict(aux_member_x=x[rows["leak_in"]], aux_member_y=y[rows["leak_in"]],
                   aux_non_x=x[rows["leak_out"]], aux_non_y=y[rows["leak_out"]])
+    population = (x[rows["extra"]], y[rows["extra"]])
+
+    def lira_run(online: bool):
+        return lambda: lira_scores(train_fn, target_predict, x[ev], y[ev], aux_x=x[aux_idx], aux_y=y[aux_idx],
+                                   aux_is_member=aux_is_member, n_shadows=8, online=online)
+
     attacks = {
         "threshold": lambda: threshold_attack(target_predict, x[ev], y[ev], **leaked),
         "shadow (4)": lambda: shadow_attack(train_fn, target_predict, x[ev], y[ev], aux_x=x[aux_idx],
                                             aux_y=y[aux_idx], n_shadows=4),
-        "LiRA offline (8)": lambda: lira_scores(train_fn, target_predict, x[ev], y[ev], aux_x=x[aux_idx],
-                                                aux_y=y[aux_idx], n_shadows=8),
-        "white-box": lambda: whitebox_attack(target, task.loss, x[ev], y[ev], **leaked),
+        **{f"LiRA {mode} (8)": lira_run(mode == "online") for mode in lira},
+        "white-box": lambda: whitebox_attack(target, task.loss, x[ev], y[ev], **leaked, population=population),
+        "white-box + reference": lambda: whitebox_attack(target, task.loss, x[ev], y[ev], **leaked,
+                                                         population=population, reference=True),
     }
     lines, curves = [], {}
     for attack, run in attacks.items():
@@ -111,6 +125,7 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, rows: dict[str, list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="wide,narrow")
+    parser.add_argument("--lira", default="online", help="LiRA modes to run: online, offline or both")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mia_core.md"))
     parser.add_argument("--roc-dir", type=Path, default=None, help="write one log-log ROC png per model here")
     args = parser.parse_args()
@@ -125,7 +140,7 @@ def main() -> None:
     table = ["| model | train MAE | test MAE | attack | AUC | bal. acc | TPR@1%FPR | eps LB (δ=1e-5) |",
              "|---|---|---|---|---|---|---|---|"]
     for name in args.models.split(","):
-        lines, curves = run_model(name, x, y, rows)
+        lines, curves = run_model(name, x, y, rows, args.lira.split(","))
         table += lines
         if args.roc_dir:
             roc_figure(curves, args.roc_dir / f"mia_core_{name}.png", f"membership, {name} brain-age CNN")

@@ -17,6 +17,7 @@ from attacks.membership.metrics import (
 from attacks.membership.whitebox import (
     gradient_feature_names,
     gradient_features,
+    reference_features,
     update_alignment_scores,
     whitebox_attack,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "lira_scores",
     "loss_scores",
     "membership_metrics",
+    "reference_features",
     "roc_figure",
     "shadow_attack",
     "threshold_attack",

@@ -113,55 +113,86 @@ def shadow_attack(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, 
     return clf.predict_proba(_shadow_features(target_predict, x, y))[:, 1]
 
 
-def _gaussian_fit(stats: np.ndarray, mask: np.ndarray, global_variance: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example mean and std of stats (shadows x examples) over the shadows where mask is True."""
+def _halves(rng: np.random.Generator, n: int, n_shadows: int) -> np.ndarray:
+    """IN masks (shadows x n): shadows come in pairs with complementary random halves, so every row
+    is IN for half the shadows (an odd last shadow draws a fresh half)."""
+    masks = np.zeros((n_shadows, n), dtype=bool)
+    for s in range(n_shadows):
+        masks[s] = rng.permutation(n) < n // 2 if s % 2 == 0 else ~masks[s - 1]
+    return masks
+
+
+def _side(stats: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row mean and variance of stats (shadows x rows) over the shadows where mask is True
+    (NaN mean where no shadow is on that side)."""
     count = mask.sum(0)
-    if (count < 1).any():
-        raise ValueError("every candidate needs at least one shadow on each side; use more shadows")
-    mean = np.where(mask, stats, 0.0).sum(0) / count
-    var = np.where(mask, (stats - mean) ** 2, 0.0).sum(0) / np.maximum(count - 1, 1)
-    if global_variance:
-        var = np.full_like(var, np.mean(var))
-    return mean, np.sqrt(var) + 1e-8
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(mask, stats, 0.0).sum(0) / count
+    var = np.where(mask, (stats - np.nan_to_num(mean)) ** 2, 0.0).sum(0) / np.maximum(count - 1, 1)
+    return mean, var
+
+
+def _calibration(shadow_mean: np.ndarray, target_stat: np.ndarray) -> tuple[float, float, float] | None:
+    """Least-squares target_stat ~ a + b * shadow_mean on known non-members -> (a, b, residual sd).
+
+    Shadows trained on the attacker's few hundred scans fit worse than the target (larger errors on
+    the same scans); this maps their OUT statistics onto the target's scale (None if too few rows)."""
+    ok = np.isfinite(shadow_mean)
+    u, v = shadow_mean[ok], target_stat[ok]
+    if len(u) < 5 or np.var(u) == 0:
+        return None
+    b, a = np.polyfit(u, v, 1)
+    return float(a), float(b), float(np.std(v - (a + b * u), ddof=2)) + 1e-8
 
 
 def lira_scores(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *, aux_x: Any, aux_y: Any,
-                n_shadows: int = 8, online: bool = False, seed: int = 0,
+                aux_is_member: np.ndarray | None = None, n_shadows: int = 8, online: bool = False, seed: int = 0,
                 global_variance: bool | None = None) -> np.ndarray:
     """Likelihood-ratio attack (Carlini et al. 2022) adapted to regression; higher = member.
 
-    Offline: shadows train on random halves of the aux data only (never on a candidate); statistic
-    = -|error|; score = log of the one-sided Gaussian CDF of the target's statistic under the candidate's OUT fit
-    (how unusually small the target's error is for that record). Online: shadows also train on a
-    random half of the candidates (pairs of shadows with complementary halves, so each candidate is IN
-    for half of them); statistic = signed error, whose IN and OUT laws are closer to Gaussian than
-    |error|; score = log N(IN) - log N(OUT).
-    `global_variance` (default: when fewer than 16 shadows per side) shares one variance across
-    records, which Carlini et al. found better with few shadows."""
+    Shadows train on complementary random halves of the aux data (each aux row IN for half of them);
+    online, also on complementary halves of the candidates (each candidate IN for half). Offline:
+    statistic -|error|, score = log of the one-sided Gaussian CDF of the target's statistic under the
+    candidate's OUT fit (how unusually small its error is for that record). Online: statistic =
+    signed error, score = log N(IN) - log N(OUT).
+    `aux_is_member` (which aux rows are known members) turns on calibration: an affine map fitted on
+    the known non-members (target statistic vs. their shadow OUT mean) moves the shadows' IN and OUT
+    means onto the target's scale, with the fit's residual spread as the shared standard deviation.
+    Uncalibrated, `global_variance` (default: when fewer than 16 shadows per side) shares one variance
+    across records, which Carlini et al. found better with few shadows."""
     rng = np.random.default_rng(seed)
     n_aux, n_cand = len(aux_y), len(y)
-    stats, cand_in = [], []
+    pool_in = _halves(rng, n_aux, n_shadows)
+    cand_in = _halves(rng, n_cand, n_shadows) if online else np.zeros((n_shadows, n_cand), dtype=bool)
+    qx, qy = _cat(x, aux_x), _cat(y, aux_y)  # shadows are queried on the candidates and the aux rows
+    errs = []
     for s in range(n_shadows):
-        aux_idx = rng.permutation(n_aux)[: n_aux // 2]
-        xs, ys = _take(aux_x, aux_idx), _take(aux_y, aux_idx)
-        inside = np.zeros(n_cand, dtype=bool)
-        if online:  # balanced: shadows come in pairs with complementary candidate halves
-            if s % 2 == 0:
-                half = rng.permutation(n_cand) < n_cand // 2
-            inside = half if s % 2 == 0 else ~half
-            if inside.any():
-                xs, ys = _cat(xs, _take(x, np.flatnonzero(inside))), _cat(ys, _take(y, np.flatnonzero(inside)))
-        predict_fn = train_fn(xs, ys, int(rng.integers(2**31)))
-        stats.append(_signed_error(predict_fn, x, y))
-        cand_in.append(inside)
-    err_s, mask_in = np.stack(stats), np.stack(cand_in)
-    target_err = _signed_error(target_predict, x, y)
+        xs, ys = _take(aux_x, np.flatnonzero(pool_in[s])), _take(aux_y, np.flatnonzero(pool_in[s]))
+        if cand_in[s].any():
+            xs, ys = _cat(xs, _take(x, np.flatnonzero(cand_in[s]))), _cat(ys, _take(y, np.flatnonzero(cand_in[s])))
+        errs.append(_signed_error(train_fn(xs, ys, int(rng.integers(2**31))), qx, qy))
+    mask = np.concatenate([cand_in, pool_in], axis=1)
+    err_s, err_t = np.stack(errs), _signed_error(target_predict, qx, qy)
+    stat_s, stat_t = (err_s, err_t) if online else (-np.abs(err_s), -np.abs(err_t))
+    (mean_out, var_out), (mean_in, var_in) = _side(stat_s, ~mask), _side(stat_s, mask)
+    if np.isnan(mean_out[:n_cand]).any() or (online and np.isnan(mean_in[:n_cand]).any()):
+        raise ValueError("every candidate needs at least one shadow on each side; use more shadows")
+    cal = None
+    if aux_is_member is not None:
+        known_out = n_cand + np.flatnonzero(~np.asarray(aux_is_member, dtype=bool))
+        cal = _calibration(mean_out[known_out], stat_t[known_out])
+    if cal is not None:
+        a, b, sd = cal
+        mean_out, mean_in = a + b * mean_out, a + b * mean_in
+        sd_out = sd_in = np.full(len(stat_t), sd)
+    else:
+        per_side = min(mask[:, :n_cand].sum(0).min(), (~mask[:, :n_cand]).sum(0).min()) if online else n_shadows
+        glob = per_side < MIN_SHADOWS_PER_EXAMPLE_VARIANCE if global_variance is None else global_variance
+        if glob:
+            var_out = np.full_like(var_out, var_out[:n_cand].mean())
+            var_in = np.full_like(var_in, var_in[:n_cand].mean())
+        sd_out, sd_in = np.sqrt(var_out) + 1e-8, np.sqrt(var_in) + 1e-8
+    t, mo, so = stat_t[:n_cand], mean_out[:n_cand], sd_out[:n_cand]
     if not online:
-        glob = n_shadows < MIN_SHADOWS_PER_EXAMPLE_VARIANCE if global_variance is None else global_variance
-        mean, std = _gaussian_fit(-np.abs(err_s), np.ones_like(mask_in), glob)
-        return norm.logcdf((-np.abs(target_err) - mean) / std)  # log, so confident calls don't tie at 1.0
-    per_side = min(mask_in.sum(0).min(), (~mask_in).sum(0).min())
-    glob = per_side < MIN_SHADOWS_PER_EXAMPLE_VARIANCE if global_variance is None else global_variance
-    mean_in, std_in = _gaussian_fit(err_s, mask_in, glob)
-    mean_out, std_out = _gaussian_fit(err_s, ~mask_in, glob)
-    return norm.logpdf(target_err, mean_in, std_in) - norm.logpdf(target_err, mean_out, std_out)
+        return norm.logcdf((t - mo) / so)  # log, so confident calls don't tie at 1.0
+    return norm.logpdf(t, mean_in[:n_cand], sd_in[:n_cand]) - norm.logpdf(t, mo, so)

@@ -12,7 +12,7 @@ import json
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ class MembershipSets:
     is_member: np.ndarray
     aux_members: list[int]
     aux_nonmembers: list[int]
+    population: list[int] = field(default_factory=list)  # further non-members the attacker holds
+
+
+POPULATION_MAX = 256  # population scans handed over at most: enough for shadows, bounded memory
 
 
 def nonmember_pool(prep: Any) -> list[int]:
@@ -48,7 +52,11 @@ def nonmember_pool(prep: Any) -> list[int]:
 
 def membership_sets(members: list[int], nonmembers: list[int], *, eval_size: int, aux_samples: int,
                     seed: int) -> MembershipSets:
-    """Draw balanced evaluation and leaked sets; too few scans is a ScenarioError naming the key."""
+    """Draw balanced evaluation and leaked sets; too few scans is a ScenarioError naming the key.
+
+    The non-members left over form the attacker's population data (`ThreatModel.auxiliary`: scans
+    from the same population, like the server's own held-out set): never a candidate, so handing
+    them over reveals nothing about the scored scans."""
     n, a = eval_size // 2, aux_samples // 2
     for kind, pool in (("members", members), ("non-members", nonmembers)):
         if n + a > len(pool):
@@ -57,7 +65,8 @@ def membership_sets(members: list[int], nonmembers: list[int], *, eval_size: int
     rng = np.random.default_rng([seed, 7])
     m, o = rng.permutation(members).tolist(), rng.permutation(nonmembers).tolist()
     return MembershipSets(eval_rows=m[:n] + o[:n], is_member=np.array([True] * n + [False] * n),
-                          aux_members=m[n:n + a], aux_nonmembers=o[n:n + a])
+                          aux_members=m[n:n + a], aux_nonmembers=o[n:n + a],
+                          population=o[n + a:n + a + POPULATION_MAX])
 
 
 def check_membership(scenario: Scenario, prep: Any) -> None:
@@ -81,20 +90,41 @@ def training_epochs(scenario: Scenario, n_train: int) -> int:
     return fed.rounds * fed.local_epochs
 
 
+def target_budget(scenario: Scenario, prep: Any, target: str) -> tuple[int, float]:
+    """(optimizer steps, passes over its data) that trained the target, from hyper-parameters the
+    attacker knows: clients report their example counts, and the recipe fixes the rest."""
+    fed = scenario.federation
+    sizes = [len(c.train) for c in prep.split.clients]
+    if target == "centralized":
+        epochs, n = training_epochs(scenario, sizes[0]), sum(sizes)
+        return epochs * max(1, n // fed.batch_size), float(epochs)
+    n = sizes[scenario.membership.client] if target == "client_update" else round(float(np.mean(sizes)))
+    rounds = scenario.membership.round if target == "client_update" else fed.rounds
+    steps = rounds * (fed.local_steps or fed.local_epochs * max(1, n // min(fed.batch_size, n)))
+    return steps, steps * min(fed.batch_size, n) / max(n, 1)
+
+
 def train_model(prep: Any, scenario: Scenario, x: torch.Tensor, y: torch.Tensor, *, seed: int,
-                epochs: int) -> nn.Module:
-    """The scenario's model trained centrally on (x, y) with the clients' optimiser settings."""
+                epochs: int, steps: int | None = None) -> nn.Module:
+    """The scenario's model trained centrally on (x, y) with the clients' optimiser settings
+    (`steps` optimizer steps if given, else `epochs` passes)."""
     torch.manual_seed(seed)
     model = prep.task.build_model()
-    config = scenario.federation.model_copy(update={"local_steps": None, "local_epochs": epochs})
+    config = scenario.federation.model_copy(update={"local_steps": steps, "local_epochs": epochs})
     train_local(model, x, y, task=prep.task, config=config, rng=np.random.default_rng(seed))
     return model.eval()
 
 
-def _recipe(prep: Any, scenario: Scenario, epochs: int) -> Callable[..., Callable[[torch.Tensor], torch.Tensor]]:
-    """The training recipe as an attacker who knows it would run it (for shadow models)."""
+def _recipe(prep: Any, scenario: Scenario,
+            budget: tuple[int, float]) -> Callable[..., Callable[[torch.Tensor], torch.Tensor]]:
+    """The training recipe as an attacker who knows it would run it (for shadow models): the target's
+    number of optimizer steps, but never more passes over the shadow's (smaller) data than the target
+    made over its own, so shadows neither undertrain nor memorise more than the target."""
+    steps, passes = budget
+
     def train_fn(x: torch.Tensor, y: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        model = train_model(prep, scenario, x, y, seed=seed, epochs=epochs)
+        own = max(1, int(np.ceil(passes * len(x) / min(scenario.federation.batch_size, len(x)))))
+        model = train_model(prep, scenario, x, y, seed=seed, epochs=1, steps=min(steps, own))
         return lambda q: predict(model, q)
     return train_fn
 
@@ -157,6 +187,7 @@ def membership_target(attack: MembershipAttack, target: TargetModel, sets: Membe
         train_fn=train_fn if threat.hyperparameters else None,
         aux_members=_leaked(prep, sets.aux_members) if threat.auxiliary else None,
         aux_nonmembers=_leaked(prep, sets.aux_nonmembers) if threat.auxiliary else None,
+        population=_leaked(prep, sets.population) if threat.auxiliary else None,
         seed=seed,
     )
 
@@ -185,7 +216,7 @@ def run_membership(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *
             continue
         x, y = prep.task.tensors(prep.cohort, sets.eval_rows)
         fit = _fit(prep, target)
-        train_fn = _recipe(prep, scenario, training_epochs(scenario, len(target.members)))
+        train_fn = _recipe(prep, scenario, target_budget(scenario, prep, target.name))
         curves = {}
         for spec in specs:
             row = _score_one(spec, target, sets, x, y, prep=prep, train_fn=train_fn, seed=scenario.seed,
@@ -212,7 +243,8 @@ def _score_one(spec: PluginSpec, target: TargetModel, sets: MembershipSets, x: t
                prep: Any, train_fn: Callable[..., Any], seed: int, delta: float,
                log: Callable[[str], None]) -> dict[str, Any]:
     row: dict[str, Any] = {"attack": spec.key, "target": target.name, "members": int(sets.is_member.sum()),
-                           "nonmembers": int((~sets.is_member).sum()), "leaked": len(sets.aux_members) * 2}
+                           "nonmembers": int((~sets.is_member).sum()), "leaked": len(sets.aux_members) * 2,
+                           "population": len(sets.population)}
     start = time.perf_counter()
     try:
         attack = ATTACKS.get(spec.name)(**spec.params)

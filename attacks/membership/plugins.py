@@ -7,7 +7,7 @@ parameters): `mia_whitebox`. On one client's update as the server sees it: `mia_
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,9 +25,12 @@ def _leaked(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor, torch
     return (*target.aux_members, *target.aux_nonmembers)
 
 
-def _pooled(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor]:
+def _pooled(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Leaked members, leaked non-members and population scans in one pool, and which are members."""
     mx, my, nx, ny = _leaked(target)
-    return torch.cat([mx, nx]), torch.cat([my, ny])
+    px, py = target.population if target.population is not None else (nx[:0], ny[:0])
+    is_member = np.r_[np.ones(len(my), dtype=bool), np.zeros(len(ny) + len(py), dtype=bool)]
+    return torch.cat([mx, nx, px]), torch.cat([my, ny, py]), is_member
 
 
 @ATTACKS.register("mia_loss_threshold")
@@ -55,7 +58,7 @@ class Shadow(MembershipAttack):
     Params = ShadowParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        ax, ay = _pooled(target)
+        ax, ay, _ = _pooled(target)
         return shadow_attack(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
                              n_shadows=self.params.n_shadows, seed=target.seed)
 
@@ -63,6 +66,7 @@ class Shadow(MembershipAttack):
 class LiraParams(NoParams):
     n_shadows: int = Field(8, ge=2, le=256)
     online: bool = False
+    calibrate: bool = True  # map shadow statistics onto the target's scale using known non-members
 
 
 @ATTACKS.register("mia_lira")
@@ -73,33 +77,57 @@ class LiRA(MembershipAttack):
     Params = LiraParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        ax, ay = _pooled(target)
+        ax, ay, is_member = _pooled(target)
         return lira_scores(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
+                           aux_is_member=is_member if self.params.calibrate else None,
                            n_shadows=self.params.n_shadows, online=self.params.online, seed=target.seed)
+
+
+class WhiteBoxParams(NoParams):
+    reference: bool = False  # add gradient features against the known non-members' mean gradient
+    C: float = Field(0.1, gt=0)  # inverse L2 strength of the classifier
 
 
 @ATTACKS.register("mia_whitebox")
 class WhiteBox(MembershipAttack):
-    """White box: per-sample loss and per-layer gradient norms, a classifier fitted on leaked samples."""
+    """White box: per-sample loss and per-layer gradient norms, a classifier fitted on leaked samples
+    (and the population's known non-members)."""
 
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=True, auxiliary=True)
+    Params = WhiteBoxParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         mx, my, nx, ny = _leaked(target)
         return whitebox_attack(target.model, target.loss_fn, x, y, aux_member_x=mx, aux_member_y=my,
-                               aux_non_x=nx, aux_non_y=ny)
+                               aux_non_x=nx, aux_non_y=ny, population=target.population,
+                               reference=self.params.reference, C=self.params.C)
+
+
+class AlignmentParams(NoParams):
+    # subtract / project out the known non-members' mean gradient: measured to help on a client's
+    # first-round update (from a random init every gradient shares one direction), to hurt later
+    reference: Literal["none", "centre", "project", "both"] = "none"
 
 
 @ATTACKS.register("mia_update_alignment")
 class UpdateAlignment(MembershipAttack):
-    """On a client's update: does this scan's gradient at the global model point along the update?"""
+    """On a client's update: does this scan's gradient at the global model point along the update,
+    beyond the direction every scan of the population shares (the known non-members' mean gradient)?"""
 
-    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True)
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True, auxiliary=True)
     targets: ClassVar[tuple[str, ...]] = ("client_update",)
+    Params = AlignmentParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         if target.global_state is None or target.update_state is None or target.model is None:
             raise ValueError("needs the client's update and the global model it started from")
         model = copy.deepcopy(target.model)
         model.load_state_dict(target.global_state)
-        return update_alignment_scores(model, target.loss_fn, target.global_state, target.update_state, x, y)
+        reference = None
+        if self.params.reference != "none":
+            _, _, nx, ny = _leaked(target)
+            if target.population is not None:
+                nx, ny = torch.cat([nx, target.population[0]]), torch.cat([ny, target.population[1]])
+            reference = (nx, ny)
+        return update_alignment_scores(model, target.loss_fn, target.global_state, target.update_state, x, y,
+                                       reference=reference, mode=self.params.reference)

@@ -196,6 +196,10 @@ def test_gradient_features_shape_and_model_unchanged(overfit: dict) -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     scores = whitebox_attack(model, nn.functional.mse_loss, overfit["eval_x"], overfit["eval_y"], **overfit["aux"])
     assert membership_metrics(scores, overfit["labels"])["auc"] > 0.7
+    ref = whitebox_attack(model, nn.functional.mse_loss, overfit["eval_x"], overfit["eval_y"], **overfit["aux"],
+                          population=(overfit["x"][64:], overfit["y"][64:]), reference=True)
+    assert ref.shape == (32,) and membership_metrics(ref, overfit["labels"])["auc"] > 0.7
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_update_alignment_finds_the_batch() -> None:
@@ -220,6 +224,27 @@ def test_update_alignment_finds_the_batch() -> None:
     assert all(torch.equal(global_state[k], v) for k, v in model.state_dict().items())
 
 
+def test_update_alignment_reference_removes_the_shared_direction() -> None:
+    """Targets far from the initial predictions: every gradient is mostly one shared bias direction,
+    which the update holds whoever trained; the known non-members' mean gradient removes it."""
+    aucs: dict[str, list[float]] = {"none": [], "both": []}
+    for seed in range(6):
+        gen = torch.Generator().manual_seed(seed)
+        x, y = 0.05 * torch.randn(48, 64, generator=gen), 10.0 + 0.1 * torch.randn(48, generator=gen)
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(64, 1), nn.Flatten(0))
+        global_state, client = copy.deepcopy(model.state_dict()), copy.deepcopy(model)
+        nn.functional.mse_loss(client(x[:8]), y[:8]).backward()
+        torch.optim.SGD(client.parameters(), lr=0.01).step()
+        for mode in aucs:
+            scores = update_alignment_scores(model, nn.functional.mse_loss, global_state, client.state_dict(),
+                                             x[:16], y[:16], reference=(x[16:], y[16:]), mode=mode)
+            aucs[mode].append(membership_metrics(scores, np.r_[np.ones(8), np.zeros(8)])["auc"])
+    assert np.mean(aucs["both"]) > 0.95 and np.mean(aucs["both"]) > np.mean(aucs["none"]) + 0.05, aucs
+    with pytest.raises(ValueError, match="mode must be one of"):
+        update_alignment_scores(model, nn.functional.mse_loss, global_state, client.state_dict(), x, y, mode="x")
+
+
 def test_shadow_and_lira_run(overfit: dict) -> None:
     target = predictor(overfit["model"])
     x, y = overfit["eval_x"], overfit["eval_y"]
@@ -230,3 +255,49 @@ def test_shadow_and_lira_run(overfit: dict) -> None:
     for scores in (shadow, offline, online):
         assert scores.shape == (32,) and np.isfinite(scores).all()
     assert membership_metrics(online, overfit["labels"])["auc"] > 0.7
+
+
+def _lookup_model(members: set[int], scale: float, noise: float, seed: int):
+    """Predictions for rows x = (difficulty d, id): error scale * d (halved for `members`) plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        shrink = torch.tensor([0.5 if int(i) in members else 1.0 for i in x[:, 1]])
+        return scale * x[:, 0] * shrink + noise * torch.randn(len(x), generator=gen)
+    return predict
+
+
+def test_lira_calibration_maps_weak_shadows_onto_the_target() -> None:
+    """Shadows err 3x as much as the target (a weaker model from less data): uncalibrated LiRA ranks
+    by difficulty; the affine map fitted on known non-members undoes the scale."""
+    d = torch.linspace(1.0, 10.0, 120)[torch.randperm(120, generator=torch.Generator().manual_seed(0))]
+    x, y = torch.stack([d, torch.arange(120.0)], 1), torch.zeros(120)
+    cand, aux = np.arange(60), np.arange(60, 120)
+    members = set(range(30)) | set(range(60, 75))  # 30 candidates, 15 leaked
+    target = _lookup_model(members, 1.0, 0.05, 0)
+
+    def train_fn(xs: torch.Tensor, ys: torch.Tensor, seed: int):
+        return _lookup_model({int(i) for i in xs[:, 1]}, 3.0, 0.05, seed)
+
+    labels, aux_is_member = np.r_[np.ones(30), np.zeros(30)], np.r_[np.ones(15), np.zeros(45)].astype(bool)
+    kw = dict(aux_x=x[aux], aux_y=y[aux], n_shadows=4)
+    for online in (False, True):
+        raw = lira_scores(train_fn, target, x[cand], y[cand], online=online, **kw)
+        cal = lira_scores(train_fn, target, x[cand], y[cand], online=online, aux_is_member=aux_is_member, **kw)
+        auc_raw, auc_cal = (membership_metrics(s, labels)["auc"] for s in (raw, cal))
+        assert auc_cal > 0.95 and auc_cal > auc_raw + 0.15, (online, auc_raw, auc_cal)
+
+
+def test_lira_shadows_are_balanced() -> None:
+    """Each candidate (online) and each aux row is IN for exactly half the shadows."""
+    seen: list[set[int]] = []
+
+    def train_fn(xs: torch.Tensor, ys: torch.Tensor, seed: int):
+        seen.append({int(i) for i in xs[:, 1]})
+        return lambda q: torch.zeros(len(q))
+
+    x = torch.stack([torch.ones(30), torch.arange(30.0)], 1)
+    lira_scores(train_fn, lambda q: torch.zeros(len(q)), x[:10], torch.ones(10), aux_x=x[10:], aux_y=torch.ones(20),
+                n_shadows=6, online=True)
+    assert len(seen) == 6 and all(sum(i in s for s in seen) == 3 for i in range(30))
+

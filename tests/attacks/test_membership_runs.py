@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from attacks.membership.evaluation import membership_sets
+from attacks.membership.evaluation import membership_sets, target_budget
 from fedsim.runner import run_scenario
 from fedsim.scenario import ScenarioError, validate_scenario
 from tests.conftest import tiny_scenario
@@ -38,6 +39,7 @@ def test_membership_attacks_score_every_target(tmp_path: Path):
             continue
         assert r["status"] == "ok", r
         assert 0.0 <= r["auc"] <= 1.0 and r["members"] == r["nonmembers"] == 4
+        assert r["population"] > 0
         assert r["empirical_epsilon"] >= 0 and "train_mae" in r and "test_mae" in r
     assert "architecture" not in by[("global_model", "mia_loss_threshold")]["threat"]  # black box: no weights
     assert (result.run_dir / "attacks/membership/roc_global_model.png").is_file()
@@ -52,6 +54,9 @@ def test_sets_are_balanced_disjoint_and_deterministic():
     assert a.is_member.sum() == 10 and (~a.is_member).sum() == 10
     assert not set(a.eval_rows) & set(a.aux_members + a.aux_nonmembers)
     assert set(np.array(a.eval_rows)[a.is_member]) <= set(members) and set(a.aux_nonmembers) <= set(nonmembers)
+    # the attacker's population: every non-member left over, never a candidate or a leaked sample
+    assert sorted(a.population + a.aux_nonmembers + list(np.array(a.eval_rows)[~a.is_member])) == nonmembers
+    assert a.population == b.population
     with pytest.raises(ScenarioError, match="membership.eval_size: 20 non-members to score plus 15 leaked"):
         membership_sets(members, nonmembers, eval_size=40, aux_samples=30, seed=1)
 
@@ -74,3 +79,24 @@ def test_eval_set_larger_than_the_members_fails_before_training(tmp_path: Path):
     with pytest.raises(ScenarioError, match="membership.eval_size"):
         run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
     assert not (tmp_path / "tiny").exists() or not any((tmp_path / "tiny").iterdir())
+
+
+def test_shadow_budget_follows_the_target():
+    """Shadows get the target's optimizer steps: every round's local steps for the global model, the
+    rounds up to the observed one for a client update, epochs x batches for the centralized reference."""
+    prep = SimpleNamespace(split=SimpleNamespace(clients=[SimpleNamespace(train=list(range(40))),
+                                                          SimpleNamespace(train=list(range(24)))]))
+
+    def scenario(**federation):
+        raw = _mia()
+        raw["federation"].update(rounds=3, batch_size=4, **federation)
+        raw["server"]["targets"]["rounds"] = [2]
+        raw["membership"]["round"] = 2
+        return validate_scenario(raw)
+
+    steps = scenario(local_steps=5)
+    assert target_budget(steps, prep, "global_model") == (15, 15 * 4 / 32)
+    assert target_budget(steps, prep, "client_update") == (10, 10 * 4 / 40)
+    epochs = scenario(local_steps=None, local_epochs=2)
+    assert target_budget(epochs, prep, "global_model")[0] == 3 * 2 * (32 // 4)
+    assert target_budget(epochs, prep, "centralized") == (6 * (64 // 4), 6.0)
