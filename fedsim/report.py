@@ -19,12 +19,13 @@ def write_outputs(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    atomic_write_text(run_dir / "metrics.csv", _csv(records))
+    atomic_write_text(run_dir / "metrics.csv", to_csv(records))
     figure = learning_curves(records, summary, run_dir / "figures" / "curves.png")
     atomic_write_text(run_dir / "report.md", render_report(run_dir, records, summary, figure))
 
 
-def _csv(records: list[dict[str, Any]]) -> str:
+def to_csv(records: list[dict[str, Any]]) -> str:
+    """CSV text with the union of the records' keys as columns, in first-seen order."""
     columns: list[str] = []
     for rec in records:
         columns += [k for k in rec if k not in columns]

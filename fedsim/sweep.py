@@ -8,8 +8,6 @@ with each point's run folder under `points/`, `sweep.csv`, `sweep.md` and `priva
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import itertools
 import json
 import time
@@ -138,22 +136,18 @@ def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_m
         except Exception as exc:  # one failed point must not lose the others
             rows.append({**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             log(f"[sweep {i}/{len(points)}] failed: {type(exc).__name__}: {exc}")
-        write_tables(folder, rows, list(points[0].values))
+        write_tables(folder, rows)
     metric = attack_metric or base.sweep.attack_metric
     privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
     return folder, rows
 
 
-def write_tables(folder: Path, rows: list[dict[str, Any]], grid_keys: list[str]) -> None:
-    """sweep.csv (every column) and sweep.md (the grid, utility, cost, budget and attack columns)."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(folder / "sweep.csv", buf.getvalue())
+def write_tables(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """sweep.csv (every column) and sweep.md (the same without the run folders)."""
+    from fedsim.report import to_csv
+
+    atomic_write_text(folder / "sweep.csv", to_csv(rows))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     shown = [c for c in columns if c not in ("run",)]
     lines = ["| " + " | ".join(shown) + " |", "|---" * len(shown) + "|"]
     for row in rows:
