@@ -22,7 +22,6 @@ from pydantic import (
     model_validator,
 )
 
-from fedsim.registry import PluginError, load_builtins, registry
 
 
 KEY_PATH = r"[A-Za-z_]\w*(\.(\w+))*"  # a.b.c, with numbers picking list entries: defenses.0.params.sigma
@@ -276,14 +275,6 @@ class Scenario(Section):
         return self.server.capture if self.server.capture is not None else bool(self.attacks)
 
 
-PLUGIN_FIELDS = {
-    ("data", "dataset"): "dataset",
-    ("task", "name"): "task",
-    ("task", "model", "name"): "model",
-    ("federation", "strategy"): "strategy",
-}
-
-
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override (``a.b=value``), validate and check plug-in names; raise ScenarioError."""
     path = Path(path)
@@ -306,7 +297,9 @@ def validate_scenario(raw: dict[str, Any]) -> Scenario:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
         raise ScenarioError(_format_errors(exc)) from None
-    _check_plugins(scenario)
+    from fedsim.scenario_plugins import check_plugins  # the registries import this module: import late
+
+    check_plugins(scenario)
     return scenario
 
 
@@ -360,55 +353,6 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> str:
             msg = "required key is missing"
         parts.append(f"{loc}: {msg}" if loc else msg)  # model-level messages carry their own path
     return "; ".join(parts)
-
-
-def _check_plugins(scenario: Scenario) -> None:
-    registries = load_builtins()
-    for path, kind in PLUGIN_FIELDS.items():
-        value: Any = scenario
-        for part in path:
-            value = getattr(value, part)
-        try:
-            registry(kind).get(value)
-        except PluginError as exc:
-            raise ScenarioError(f"{'.'.join(path)}: {exc}") from None
-    check_data = getattr(registries["dataset"].get(scenario.data.dataset), "check_scenario", None)
-    if check_data is not None:  # on-disk layouts: the folder holds matching files, sites match clients
-        try:
-            check_data(scenario)
-        except ValueError as exc:
-            raise ScenarioError(str(exc)) from None
-    lists = (("attacks", "attack", scenario.attacks), ("defenses", "defense", scenario.defenses),
-             ("server.behaviours", "behaviour", scenario.server.behaviours))
-    for where, kind, specs in lists:
-        for i, spec in enumerate(specs):
-            try:
-                plugin = registries[kind].get(spec.name)
-                check = getattr(plugin, "check_params", None)
-                if check is not None:
-                    check(spec.params)
-            except (PluginError, ValueError, TypeError) as exc:
-                raise ScenarioError(f"{where}.{i}: {exc}") from None
-            if kind == "defense":
-                _check_defense(plugin, spec, i, scenario)
-            threat = getattr(plugin, "threat", None)
-            is_membership = kind == "attack" and hasattr(plugin, "membership_scores")
-            if is_membership and threat.auxiliary and scenario.membership.aux_samples < 2:
-                raise ScenarioError(f"attacks.{i}: {spec.name} needs leaked samples, but membership.aux_samples "
-                                    f"is {scenario.membership.aux_samples}")
-            if kind == "attack" and threat is not None and threat.per_client_updates and not scenario.captures_updates:
-                raise ScenarioError(f"attacks.{i}: {spec.name} needs per-client updates, but server.capture "
-                                    "is false, so the server keeps none")
-
-
-def _check_defense(plugin: Any, spec: PluginSpec, i: int, scenario: Scenario) -> None:
-    """A defense listed twice when it may appear once, or one that cannot work in this scenario."""
-    if plugin.once and sum(s.name == spec.name for s in scenario.defenses) > 1:
-        raise ScenarioError(f"defenses.{i}: {spec.name} may be listed only once")
-    try:
-        plugin.check_scenario(parse_params(plugin.Params, spec.params), scenario)
-    except ValueError as exc:
-        raise ScenarioError(f"defenses.{i}: {spec.name}: {exc}") from None
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:

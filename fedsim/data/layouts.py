@@ -52,16 +52,11 @@ def scan_ixi(config: DataConfig) -> Scan:
             scan.skip(path.name, "second T1 image of the same IXI_ID: first one used")
             continue
         seen.add(sid)
-        if nnn in problems:
-            scan.skip(path.name, problems[nnn][0], error=problems[nnn][1])
+        found = _demographics(scan, path.name, nnn, by_id, problems, missing=f"no row in {table.name}: IXI_ID "
+                              f"{int(nnn)}", no_age=f"no AGE in {table.name}")
+        if found is None:
             continue
-        if nnn not in by_id:
-            scan.skip(path.name, f"no row in {table.name}: IXI_ID {int(nnn)}")
-            continue
-        age, row = by_id[nnn]
-        if math.isnan(age):
-            scan.skip(path.name, f"no AGE in {table.name}")
-            continue
+        age, row = found
         maker, field_strength = IXI_SCANNER[hospital]
         sex = {"1": 1, "2": 0}.get(row.get("SEX_ID", ""), -1)
         scan.subjects.append(Subject(id=sid, image=path, age=age, sex=sex, site=hospital, columns={
@@ -184,16 +179,11 @@ def scan_bids(config: DataConfig) -> Scan:
             scan.skip(image.name, "another session / run of a subject: first T1w used")
         first.setdefault(sid, image)
     for sid, image in sorted(first.items()):
-        if sid in problems:
-            scan.skip(image.name, problems[sid][0], error=problems[sid][1])
+        found = _demographics(scan, image.name, sid, by_id, problems, missing=f"no row in participants.tsv: {sid}",
+                              no_age=f"{config.age_column} is n/a in participants.tsv")
+        if found is None:
             continue
-        if sid not in by_id:
-            scan.skip(image.name, f"no row in participants.tsv: {sid}")
-            continue
-        age, row = by_id[sid]
-        if math.isnan(age):
-            scan.skip(image.name, f"{config.age_column} is n/a in participants.tsv")
-            continue
+        age, row = found
         scan.subjects.append(Subject(id=sid, image=image, age=age, sex=parse_sex(row.get("sex", "")),
                                      site=(row.get(site_col) or "unknown") if site_col else "all",
                                      columns=dict(row)))
@@ -261,3 +251,19 @@ def scan_nifti_csv(config: DataConfig) -> Scan:
 
 
 LAYOUTS = {"ixi": scan_ixi, "ixi_tiny": scan_ixi_tiny, "msd": scan_msd, "bids": scan_bids, "nifti_csv": scan_nifti_csv}
+
+
+def _demographics(scan: Scan, name: str, key: str, by_id: dict, problems: dict, *, missing: str,
+                  no_age: str) -> tuple[float, dict] | None:
+    """The (age, row) joined to one image, or None after recording why the image is skipped."""
+    if key in problems:
+        scan.skip(name, problems[key][0], error=problems[key][1])
+        return None
+    if key not in by_id:
+        scan.skip(name, missing)
+        return None
+    age, row = by_id[key]
+    if math.isnan(age):
+        scan.skip(name, no_age)
+        return None
+    return age, row
