@@ -217,19 +217,22 @@ def _membership_section(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     key = summary.get("primary_metric", "mae")
     lines = ["", "## Membership inference",
              "Balanced evaluation sets (members = scans the target trained on, non-members = scans it never "
-             "saw); leaked samples given to the attacker are disjoint from both. Balanced accuracy is at the "
+             "saw); leaked samples given to the attacker are disjoint from both. The null AUC is the loss attack "
+             "on a model that predicts the members' mean target: no membership information, so it shows how "
+             "far the evaluation set's composition alone moves AUC from 0.5. Balanced accuracy is at the "
              "best threshold; the empirical epsilon is a 95%-confidence lower bound from the ROC"
              + (f" (the DP-SGD accountant's ε is {summary['dp_epsilon']:.2f}; a correct accountant's ε is never "
                 "below it)" if summary.get("dp_epsilon") is not None else "") + ".", "",
-             f"| target | attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | empirical ε ≥ "
+             f"| target | attack | AUC | null AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | empirical ε ≥ "
              f"| train {key.upper()} | test {key.upper()} | members / non-members | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("status") != "ok":
             lines.append(f"| {r['target']} | {r['attack']} | {r.get('status')}: {r.get('error') or r.get('reason', '')} "
-                         "||||||||")
+                         "|||||||||")
             continue
-        lines.append(f"| {r['target']} | {r['attack']} | {r['auc']:.3f} | {r['balanced_accuracy']:.3f} | "
+        lines.append(f"| {r['target']} | {r['attack']} | {r['auc']:.3f} | {_fmt(r.get('null_auc'))} | "
+                     f"{r['balanced_accuracy']:.3f} | "
                      f"{r['tpr_at_1pct_fpr']:.3f} | {r['tpr_at_0_1pct_fpr']:.3f} | {r['empirical_epsilon']:.2f} | "
                      f"{_fmt(r.get(f'train_{key}'))} | {_fmt(r.get(f'test_{key}'))} | "
                      f"{r['members']} / {r['nonmembers']} | {r['seconds']:.0f} |")

@@ -19,6 +19,7 @@ from attacks.membership.whitebox import (
     gradient_features,
     reference_features,
     update_alignment_scores,
+    update_loss_drop_scores,
     whitebox_attack,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "threshold_attack",
     "tpr_at_fpr",
     "update_alignment_scores",
+    "update_loss_drop_scores",
     "whitebox_attack",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from attacks.base import ATTACKS, MembershipAttack, MembershipTarget
@@ -215,7 +216,7 @@ def run_membership(run_dir: Path, scenario: Scenario, specs: list[PluginSpec], *
             rows += [{"attack": s.key, "target": target.name, "status": "error", "error": str(exc)} for s in specs]
             continue
         x, y = prep.task.tensors(prep.cohort, sets.eval_rows)
-        fit = _fit(prep, target)
+        fit = {**_fit(prep, target), **null_auc(prep, target.members, y, sets.is_member)}
         train_fn = _recipe(prep, scenario, target_budget(scenario, prep, target.name))
         curves = {}
         for spec in specs:
@@ -237,6 +238,19 @@ def _fit(prep: Any, target: TargetModel) -> dict[str, float]:
     train = prep.task.metrics(predict(target.model, x), y)[key]
     test = prep.task.metrics(predict(target.model, prep.x_test), prep.y_test)[key]
     return {f"train_{key}": train, f"test_{key}": test}
+
+
+def null_auc(prep: Any, members: list[int], y: torch.Tensor, is_member: np.ndarray) -> dict[str, float]:
+    """AUC of the loss attack against a model that learned nothing but the members' mean target.
+
+    It carries no membership information, so its distance from 0.5 is what the evaluation set's
+    composition alone does (e.g. members further from the mean age than non-members): read each
+    attack's AUC against it, not against 0.5. Regression / label targets only (empty otherwise)."""
+    if y.ndim != 1:
+        return {}
+    mean = float(np.mean(prep.task.targets(prep.cohort)[members]))
+    error = np.abs(y.double().numpy() - mean)
+    return {"null_auc": float(roc_auc_score(is_member.astype(bool), -error))}
 
 
 def _score_one(spec: PluginSpec, target: TargetModel, sets: MembershipSets, x: torch.Tensor, y: torch.Tensor, *,

@@ -1,7 +1,9 @@
 """Membership-inference attacks as scenario plug-ins; each declares what it is given.
 
 Black box (predictions only): `mia_loss_threshold`, `mia_shadow`, `mia_lira`. White box (the
-parameters): `mia_whitebox`. On one client's update as the server sees it: `mia_update_alignment`.
+parameters): `mia_whitebox`. On one client's update as the server sees it: `mia_update_alignment`
+(first order: the scan's gradient along the update) and `mia_update_loss_drop` (how much the update
+lowered the scan's loss).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pydantic import Field
 
 from attacks.base import ATTACKS, MembershipAttack, MembershipTarget, ThreatModel
 from attacks.membership.blackbox import lira_scores, shadow_attack, threshold_attack
-from attacks.membership.whitebox import update_alignment_scores, whitebox_attack
+from attacks.membership.whitebox import update_alignment_scores, update_loss_drop_scores, whitebox_attack
 from fedsim.plugin import NoParams
 
 
@@ -131,3 +133,24 @@ class UpdateAlignment(MembershipAttack):
             reference = (nx, ny)
         return update_alignment_scores(model, target.loss_fn, target.global_state, target.update_state, x, y,
                                        reference=reference, mode=self.params.reference)
+
+
+class LossDropParams(NoParams):
+    # log(loss before / after) instead of the difference: measured better when a client fits its scans
+    # closely (a small MLP), worse on brain-age updates (round 1 / 8 AUC 0.59 / 0.68 vs 0.68 / 0.77)
+    relative: bool = False
+
+
+@ATTACKS.register("mia_update_loss_drop")
+class UpdateLossDrop(MembershipAttack):
+    """On a client's update: how much did the update lower this scan's loss? Needs no leaked samples."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True, auxiliary=False)
+    targets: ClassVar[tuple[str, ...]] = ("client_update",)
+    Params = LossDropParams
+
+    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        if target.global_state is None or target.update_state is None or target.model is None:
+            raise ValueError("needs the client's update and the global model it started from")
+        return update_loss_drop_scores(target.model, target.loss_fn, target.global_state, target.update_state,
+                                       x, y, relative=self.params.relative)

@@ -23,7 +23,7 @@ from torch import nn
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["gradient_feature_names", "gradient_features", "reference_features", "update_alignment_scores",
-           "whitebox_attack"]
+           "update_loss_drop_scores", "whitebox_attack"]
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -134,3 +134,33 @@ def update_alignment_scores(model: nn.Module, loss_fn: LossFn, global_state: Map
         along = float(g @ step / g.norm().clamp_min(1e-30))
         scores.append(along / lr if lr is not None else along / float(step_norm))
     return np.asarray(scores, dtype=np.float64)
+
+
+def _per_sample_losses(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Loss of each sample on its own, in eval mode, without gradients."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return np.asarray([float(loss_fn(model(x[i:i + 1].to(device)), y[i:i + 1].to(device)))
+                               for i in range(len(x))], dtype=np.float64)
+    finally:
+        model.train(was_training)
+
+
+def update_loss_drop_scores(model: nn.Module, loss_fn: LossFn, global_state: Mapping[str, torch.Tensor],
+                            update_state: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, *,
+                            relative: bool = False) -> np.ndarray:
+    """Loss at the global weights minus loss at the client's updated weights, per candidate: local
+    training lowers its own scans' losses most, whatever direction the update took to get there.
+    `relative`: log(loss before / loss after) instead, which does not favour scans that merely
+    started with a large loss (better when the client fits its scans closely).
+
+    Unlike the first-order `update_alignment_scores` this sees the whole local trajectory (many
+    steps, Adam's rescaling). `model` supplies the architecture only; copies load the two states."""
+    before, after = copy.deepcopy(model), copy.deepcopy(model)
+    before.load_state_dict(dict(global_state))
+    after.load_state_dict(dict(update_state))
+    b, a = _per_sample_losses(before, loss_fn, x, y), _per_sample_losses(after, loss_fn, x, y)
+    return np.log(b + 1e-12) - np.log(a + 1e-12) if relative else b - a

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from attacks.membership.evaluation import membership_sets, target_budget
+import torch
+
+from attacks.membership.evaluation import membership_sets, null_auc, target_budget
 from fedsim.runner import run_scenario
 from fedsim.scenario import ScenarioError, validate_scenario
 from tests.conftest import tiny_scenario
@@ -22,6 +24,7 @@ def _mia(**extra) -> dict:
         server={"targets": {"clients": [0], "rounds": [1]}},
         membership={"eval_size": 8, "aux_samples": 4, "targets": ["centralized", "global_model", "client_update"]},
         attacks=[{"name": "mia_loss_threshold"}, {"name": "mia_whitebox"}, {"name": "mia_update_alignment"},
+                 {"name": "mia_update_loss_drop"},
                  {"name": "mia_shadow", "params": {"n_shadows": 2}}],
         **extra,
     )
@@ -34,16 +37,19 @@ def test_membership_attacks_score_every_target(tmp_path: Path):
     by = {(r["target"], r["attack"]): r for r in rows}
     assert {t for t, _ in by} == {"centralized", "global_model", "client_update"}
     for (target, attack), r in by.items():
-        if attack == "mia_update_alignment" and target != "client_update":
+        if attack in ("mia_update_alignment", "mia_update_loss_drop") and target != "client_update":
             assert r["status"] == "skipped"
             continue
         assert r["status"] == "ok", r
         assert 0.0 <= r["auc"] <= 1.0 and r["members"] == r["nonmembers"] == 4
         assert r["population"] > 0
         assert r["empirical_epsilon"] >= 0 and "train_mae" in r and "test_mae" in r
+        assert 0.0 <= r["null_auc"] <= 1.0
     assert "architecture" not in by[("global_model", "mia_loss_threshold")]["threat"]  # black box: no weights
     assert (result.run_dir / "attacks/membership/roc_global_model.png").is_file()
-    assert "## Membership inference" in (result.run_dir / "report.md").read_text()
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Membership inference" in report and "null AUC" in report
+    assert "leaked" not in by[("client_update", "mia_update_loss_drop")]["threat"]  # needs no leaked scans
 
 
 def test_sets_are_balanced_disjoint_and_deterministic():
@@ -59,6 +65,16 @@ def test_sets_are_balanced_disjoint_and_deterministic():
     assert a.population == b.population
     with pytest.raises(ScenarioError, match="membership.eval_size: 20 non-members to score plus 15 leaked"):
         membership_sets(members, nonmembers, eval_size=40, aux_samples=30, seed=1)
+
+
+def test_null_auc_shows_what_the_eval_set_composition_alone_gives():
+    """Members far from the mean age, non-members near it: a model that knows nothing scores them
+    the wrong way round (AUC 0), which is what an attack's AUC must be read against."""
+    ages = np.array([50.0, 50.0, 20.0, 80.0, 49.0, 51.0])
+    prep = SimpleNamespace(cohort=None, task=SimpleNamespace(targets=lambda _: ages))
+    y = torch.tensor([20.0, 80.0, 49.0, 51.0])
+    assert null_auc(prep, [0, 1, 2, 3], y, np.array([True, True, False, False])) == {"null_auc": 0.0}
+    assert null_auc(prep, [0, 1], torch.zeros(4, 2), np.array([True, True, False, False])) == {}
 
 
 @pytest.mark.parametrize(("change", "message"), [
