@@ -27,7 +27,7 @@ from attacks.membership.metrics import best_empirical_epsilon, membership_metric
 from attacks.runner import SECURE_AGGREGATION_SKIP
 from clients.training import predict, train_local
 from defenses.base import hides_client_updates
-from fedsim.record import atomic_write_text, observation_name
+from fedsim.record import atomic_write_text, observation_name, save_tensors
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.seeding import derive_seed
 
@@ -43,6 +43,7 @@ class MembershipSets:
     population: list[int] = field(default_factory=list)  # further non-members the attacker holds
 
 
+CENTRALIZED_FILE = "centralized.safetensors"  # the reference model, in the run folder
 POPULATION_MAX = 256  # population scans handed over at most: enough for shadows, bounded memory
 
 
@@ -156,11 +157,8 @@ def build_targets(run_dir: Path, scenario: Scenario, prep: Any, final_state: dic
         if name == "global_model" and final_state is not None:
             targets.append(TargetModel(name, load_state(prep.task.build_model(), final_state), all_members))
         elif name == "centralized":
-            epochs = training_epochs(scenario, len(prep.split.clients[0].train))
-            log(f"[membership] training the centralized reference ({epochs} epochs on pooled data) ...")
-            x, y = prep.task.tensors(prep.cohort, all_members)
-            model = train_model(prep, scenario, x, y, seed=derive_seed(scenario.seed, "centralized"), epochs=epochs)
-            targets.append(TargetModel(name, model, all_members))
+            targets.append(TargetModel(name, centralized_model(run_dir, scenario, prep, all_members, log=log),
+                                       all_members))
         elif name == "client_update" and not hides_client_updates(scenario):
             folder = Path(run_dir) / "observations" / observation_name(m.round, m.client)
             meta = json.loads((folder / "update.json").read_text())
@@ -172,6 +170,22 @@ def build_targets(run_dir: Path, scenario: Scenario, prep: Any, final_state: dic
                                        json.loads(private.read_text())["rows"],
                                        global_state=load_file(folder / "global.safetensors"), update_state=update))
     return targets
+
+
+def centralized_model(run_dir: Path, scenario: Scenario, prep: Any, members: list[int], *,
+                      log: Callable[[str], None]) -> nn.Module:
+    """The centralized reference, trained once per run and kept as `centralized.safetensors` beside
+    `model.safetensors`, so rescoring a run with `fedsim attack` does not train it again."""
+    path = Path(run_dir) / CENTRALIZED_FILE
+    epochs, seed = training_epochs(scenario, len(prep.split.clients[0].train)), derive_seed(scenario.seed, "centralized")
+    meta = {"epochs": epochs, "seed": seed, "members": len(members)}
+    if path.is_file() and json.loads(path.with_suffix(".json").read_text()) == meta:
+        return load_state(prep.task.build_model(), load_file(path))
+    log(f"[membership] training the centralized reference ({epochs} epochs on pooled data) ...")
+    x, y = prep.task.tensors(prep.cohort, members)
+    model = train_model(prep, scenario, x, y, seed=seed, epochs=epochs)
+    save_tensors(path, model.state_dict(), meta)
+    return model
 
 
 def membership_target(attack: MembershipAttack, target: TargetModel, sets: MembershipSets, *, prep: Any,

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 import torch
+from safetensors.torch import load_file
 
-from attacks.membership.evaluation import membership_sets, null_auc, target_budget
-from fedsim.runner import run_scenario
+from attacks.membership.evaluation import build_targets, membership_sets, null_auc, target_budget
+from fedsim.runner import prepare, run_scenario
 from fedsim.scenario import ScenarioError, validate_scenario
 from tests.conftest import tiny_scenario
 
@@ -50,6 +50,13 @@ def test_membership_attacks_score_every_target(tmp_path: Path):
     report = (result.run_dir / "report.md").read_text()
     assert "## Membership inference" in report and "null AUC" in report
     assert "leaked" not in by[("client_update", "mia_update_loss_drop")]["threat"]  # needs no leaked scans
+    # the centralized reference is kept, so rescoring the run does not train it again
+    scenario = validate_scenario(_mia())
+    saved = load_file(result.run_dir / "centralized.safetensors")
+    logs: list[str] = []
+    (again,) = build_targets(result.run_dir, scenario.model_copy(update={"membership": scenario.membership.model_copy(
+        update={"targets": ["centralized"]})}), prepare(scenario), None, log=logs.append)
+    assert not logs and all(torch.equal(v, saved[k]) for k, v in again.model.state_dict().items())
 
 
 def test_sets_are_balanced_disjoint_and_deterministic():
