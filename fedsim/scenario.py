@@ -206,6 +206,8 @@ class MembershipConfig(Section):
     client: int = Field(0, ge=0, description="client whose update is the client_update target")
     round: int = Field(1, ge=1, description="round of that update")
     delta: float = Field(1e-5, gt=0, lt=1, description="delta for the empirical epsilon lower bound")
+    match_target: bool = Field(True, description="pair each scored non-member with the member of nearest "
+                               "target (age), so the set's composition cannot stand in for membership")
 
 
 class SweepConfig(Section):

@@ -74,6 +74,21 @@ def test_sets_are_balanced_disjoint_and_deterministic():
         membership_sets(members, nonmembers, eval_size=40, aux_samples=30, seed=1)
 
 
+def test_matched_sets_pair_each_non_member_with_a_member_of_nearest_age():
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(20, 90, 300)
+    members, nonmembers = list(range(200)), list(range(200, 300))
+    a = membership_sets(members, nonmembers, eval_size=40, aux_samples=20, seed=3, match=ages)
+    m, o = np.array(a.eval_rows[:20]), np.array(a.eval_rows[20:])
+    assert a.is_member[:20].all() and not a.is_member[20:].any() and len(set(m)) == 20
+    assert np.abs(ages[m] - ages[o]).max() < 3.0  # 200 members over 70 years: a partner within a few years
+    assert not set(a.eval_rows) & set(a.aux_members + a.aux_nonmembers)
+    again = membership_sets(members, nonmembers, eval_size=40, aux_samples=20, seed=3, match=ages)
+    assert again.eval_rows == a.eval_rows and again.aux_members == a.aux_members
+    unmatched = membership_sets(members, nonmembers, eval_size=40, aux_samples=20, seed=3)
+    assert unmatched.eval_rows[20:] == a.eval_rows[20:]  # the same non-members; only their partners differ
+
+
 def test_null_auc_shows_what_the_eval_set_composition_alone_gives():
     """Members far from the mean age, non-members near it: a model that knows nothing scores them
     the wrong way round (AUC 0), which is what an attack's AUC must be read against."""
