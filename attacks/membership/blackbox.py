@@ -68,15 +68,17 @@ def loss_scores(predict_fn: PredictFn, x: Any, y: Any, loss: str = "abs") -> np.
 
 def threshold_attack(target_predict: PredictFn, x: Any, y: Any, *, aux_member_x: Any, aux_member_y: Any,
                      aux_non_x: Any, aux_non_y: Any) -> np.ndarray:
-    """Loss attack calibrated on leaked members / non-members: P(member | error) by 1-D logistic regression.
+    """Loss attack (Yeom et al. 2018): a scan is called a member when its error is below a threshold.
 
-    Monotone in the error, so its ranking (AUC) is the raw loss attack's; what calibration buys is
-    a meaningful 0.5 threshold and the direction learned from data rather than assumed."""
-    feats = [loss_scores(target_predict, aux_member_x, aux_member_y), loss_scores(target_predict, aux_non_x, aux_non_y)]
-    labels = np.r_[np.ones(len(feats[0])), np.zeros(len(feats[1]))]
-    clf = make_pipeline(StandardScaler(), LogisticRegression())
-    clf.fit(np.concatenate(feats)[:, None], labels)
-    return clf.predict_proba(loss_scores(target_predict, x, y)[:, None])[:, 1]
+    The direction is the attack's premise (training lowers its members' errors), not learned: fitted
+    on 10 + 10 leaked scans it flipped on some splits (AUC 0.47 ± 0.10 over 10 splits on a model with
+    no train/test gap). The leaked scans set the threshold, the one with the best balanced accuracy
+    on them. Returns threshold - error: positive = member, ranked as the raw loss attack."""
+    member_err, non_err = -loss_scores(target_predict, aux_member_x, aux_member_y), \
+        -loss_scores(target_predict, aux_non_x, aux_non_y)
+    cuts = np.unique(np.r_[member_err, non_err])
+    balanced = [((member_err <= c).mean() + (non_err > c).mean()) / 2 for c in cuts]
+    return cuts[int(np.argmax(balanced))] + loss_scores(target_predict, x, y)
 
 
 def _shadow_features(predict_fn: PredictFn, x: Any, y: Any) -> np.ndarray:

@@ -179,8 +179,20 @@ def test_loss_scores_order() -> None:
 
 def test_threshold_attack_separates_overfit_model(overfit: dict) -> None:
     scores = threshold_attack(predictor(overfit["model"]), overfit["eval_x"], overfit["eval_y"], **overfit["aux"])
-    assert scores.shape == (32,) and ((scores >= 0) & (scores <= 1)).all()
+    raw = loss_scores(predictor(overfit["model"]), overfit["eval_x"], overfit["eval_y"])
+    assert scores.shape == (32,) and (np.argsort(scores, kind="stable") == np.argsort(raw, kind="stable")).all()
     assert membership_metrics(scores, overfit["labels"])["auc"] > 0.7
+    assert ((scores > 0) == overfit["labels"].astype(bool)).mean() > 0.6  # the leaked scans' threshold
+
+
+def test_threshold_attack_keeps_its_direction_when_the_leak_misleads() -> None:
+    """Leaked members that happen to have larger errors than the leaked non-members move the
+    threshold, never the direction: a smaller error still scores as more likely a member."""
+    zero = lambda q: torch.zeros(len(q))  # noqa: E731
+    scores = threshold_attack(zero, torch.zeros(3), torch.tensor([0.1, 1.0, 5.0]),
+                              aux_member_x=torch.zeros(2), aux_member_y=torch.tensor([4.0, 6.0]),
+                              aux_non_x=torch.zeros(2), aux_non_y=torch.tensor([0.5, 1.0]))
+    assert scores[0] > scores[1] > scores[2]
 
 
 def test_gradient_features_shape_and_model_unchanged(overfit: dict) -> None:
