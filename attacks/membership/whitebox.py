@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from scipy.optimize import minimize
+from scipy.special import expit
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["gradient_feature_names", "gradient_features", "reference_features", "update_alignment_scores",
-           "update_loss_drop_scores", "whitebox_attack"]
+__all__ = ["gradient_feature_names", "gradient_features", "monotone_logistic", "reference_features",
+           "update_alignment_scores", "update_loss_drop_scores", "whitebox_attack"]
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -73,29 +73,53 @@ def reference_features(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: to
     return np.c_[cos.numpy(), np.log((g - reference).norm(dim=1).numpy() + 1e-12)].astype(np.float64)
 
 
+def monotone_logistic(features: np.ndarray, labels: np.ndarray, *, C: float, free: int = 0) -> tuple[np.ndarray, float]:
+    """Class-balanced, L2-regularised (`C`) logistic regression whose weights are >= 0 except on the
+    last `free` columns: (weights, intercept). A feature with a known direction (members: smaller
+    loss, smaller gradients) can be down-weighted to zero but never turned round."""
+    n_feat = features.shape[1]
+    weight = np.where(labels == 1, 0.5 / labels.mean(), 0.5 / (1 - labels.mean()))
+
+    def objective(p: np.ndarray) -> tuple[float, np.ndarray]:
+        w, z = p[:n_feat], features @ p[:n_feat] + p[n_feat]
+        nll = weight * (np.logaddexp(0, -z) * labels + np.logaddexp(0, z) * (1 - labels))
+        dz = weight * (expit(z) - labels)
+        return float(nll.sum() + 0.5 / C * w @ w), np.r_[features.T @ dz + w / C, dz.sum()]
+
+    bounds = [(0.0, None)] * (n_feat - free) + [(None, None)] * (free + 1)
+    fit = minimize(objective, np.zeros(n_feat + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+    return fit.x[:n_feat], float(fit.x[n_feat])
+
+
 def whitebox_attack(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, *,
                     aux_member_x: torch.Tensor, aux_member_y: torch.Tensor, aux_non_x: torch.Tensor,
                     aux_non_y: torch.Tensor, population: tuple[torch.Tensor, torch.Tensor] | None = None,
                     reference: bool = False, C: float = 0.1) -> np.ndarray:
-    """Logistic regression on log gradient features of leaked members / non-members; P(member) for (x, y).
+    """A monotone logistic regression on the negated log loss and per-layer gradient norms, fitted on
+    leaked members vs. leaked (+ `population`) non-members; a member score (logit) for (x, y).
 
-    Logs because losses and gradient norms span orders of magnitude; standardised, strongly
-    L2-regularised (`C`) and class-balanced because 20-30 leaked members are few next to the number
-    of layers (measured: more freedom fits noise and falls below the loss attack). `population`
-    (known non-members) joins the non-member class. `reference` adds `reference_features` against
-    the non-members' mean gradient (measured: no gain on the brain-age CNNs; kept for comparison)."""
+    Logs because losses and gradient norms span orders of magnitude. Every weight is >= 0 (members
+    sit nearer a minimum: smaller loss and gradients, Nasr et al. 2019) and strongly L2-regularised:
+    fitted freely on 10-20 leaked members the classifier turned features round and fell below the
+    loss attack it contains (AUC 0.53 ± 0.16 vs 0.66 over 10 splits; monotone 0.64 ± 0.06).
+    `reference` adds `reference_features` against the non-members' mean gradient, unconstrained
+    (measured: no gain on the brain-age CNNs; kept for comparison)."""
     non_x, non_y = (torch.cat([aux_non_x, population[0]]), torch.cat([aux_non_y, population[1]])) \
         if population is not None and len(population[1]) else (aux_non_x, aux_non_y)
     ref = _flat_grads(model, loss_fn, non_x, non_y).mean(0) if reference else None
 
     def feats(xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
-        f = np.log(gradient_features(model, loss_fn, xs, ys) + 1e-12)
+        f = -np.log(gradient_features(model, loss_fn, xs, ys) + 1e-12)
         return np.c_[f, reference_features(model, loss_fn, xs, ys, ref)] if ref is not None else f
 
     member, non = feats(aux_member_x, aux_member_y), feats(non_x, non_y)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight="balanced"))
-    clf.fit(np.concatenate([member, non]), np.r_[np.ones(len(member)), np.zeros(len(non))])
-    return clf.predict_proba(feats(x, y))[:, 1]
+    scaler = StandardScaler().fit(np.concatenate([member, non]))
+    weights, intercept = monotone_logistic(scaler.transform(np.concatenate([member, non])),
+                                           np.r_[np.ones(len(member)), np.zeros(len(non))], C=C,
+                                           free=2 if ref is not None else 0)
+    if not weights.any():  # the leaked scans showed nothing: fall back on the premise, the loss alone
+        weights[0] = 1.0
+    return scaler.transform(feats(x, y)) @ weights + intercept
 
 
 REFERENCE_MODES = ("none", "centre", "project", "both")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from attacks.membership import (
@@ -28,6 +29,7 @@ from attacks.membership import (
     update_loss_drop_scores,
     whitebox_attack,
 )
+from attacks.membership.whitebox import monotone_logistic
 
 torch.set_num_threads(1)
 D = 12
@@ -213,6 +215,20 @@ def test_gradient_features_shape_and_model_unchanged(overfit: dict) -> None:
                           population=(overfit["x"][64:], overfit["y"][64:]), reference=True)
     assert ref.shape == (32,) and membership_metrics(ref, overfit["labels"])["auc"] > 0.7
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_monotone_logistic_never_turns_a_feature_round() -> None:
+    """Column 0 carries the signal, column 1 is anti-correlated noise a free fit would use, column 2
+    is free (unconstrained). Weights on constrained columns stay >= 0; the free one may go negative."""
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(40), np.zeros(160)]
+    X = np.c_[labels + rng.normal(0, 1, 200), -labels + rng.normal(0, 1, 200), -labels + rng.normal(0, 1, 200)]
+    w, b = monotone_logistic(X, labels, C=1.0, free=1)
+    assert w[0] > 0.3 and w[1] == 0.0 and w[2] < -0.3 and np.isfinite(b)
+    free_fit = LogisticRegression(C=1.0, class_weight="balanced").fit(X[:, :2], labels)
+    assert free_fit.coef_[0, 1] < 0  # what the constraint prevents
+    w2, _ = monotone_logistic(X[:, :1], labels, C=1.0)
+    assert membership_metrics(X[:, :1] @ w2, labels)["auc"] == membership_metrics(X[:, 0], labels)["auc"]
 
 
 def test_update_alignment_finds_the_batch() -> None:
