@@ -9,6 +9,7 @@ lowered the scan's loss).
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -111,18 +112,30 @@ class AlignmentParams(NoParams):
     reference: Literal["none", "centre", "project", "both"] = "none"
 
 
-@ATTACKS.register("mia_update_alignment")
-class UpdateAlignment(MembershipAttack):
-    """On a client's update: does this scan's gradient at the global model point along the update,
-    beyond the direction every scan of the population shares (the known non-members' mean gradient)?"""
+class UpdateAttack(MembershipAttack):
+    """Base of attacks on one client's update: the global model the server sent and what came back."""
 
-    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True, auxiliary=True)
     targets: ClassVar[tuple[str, ...]] = ("client_update",)
-    Params = AlignmentParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         if target.global_state is None or target.update_state is None or target.model is None:
             raise ValueError("needs the client's update and the global model it started from")
+        return self.update_scores(target, x, y)
+
+    @abstractmethod
+    def update_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """Member scores from `target.global_state` and `target.update_state` (both present)."""
+
+
+@ATTACKS.register("mia_update_alignment")
+class UpdateAlignment(UpdateAttack):
+    """On a client's update: does this scan's gradient at the global model point along the update,
+    beyond the direction every scan of the population shares (the known non-members' mean gradient)?"""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True, auxiliary=True)
+    Params = AlignmentParams
+
+    def update_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         model = copy.deepcopy(target.model)
         model.load_state_dict(target.global_state)
         reference = None
@@ -142,15 +155,12 @@ class LossDropParams(NoParams):
 
 
 @ATTACKS.register("mia_update_loss_drop")
-class UpdateLossDrop(MembershipAttack):
+class UpdateLossDrop(UpdateAttack):
     """On a client's update: how much did the update lower this scan's loss? Needs no leaked samples."""
 
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=True, architecture=True, auxiliary=False)
-    targets: ClassVar[tuple[str, ...]] = ("client_update",)
     Params = LossDropParams
 
-    def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        if target.global_state is None or target.update_state is None or target.model is None:
-            raise ValueError("needs the client's update and the global model it started from")
+    def update_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         return update_loss_drop_scores(target.model, target.loss_fn, target.global_state, target.update_state,
                                        x, y, relative=self.params.relative)
