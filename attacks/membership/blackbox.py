@@ -158,8 +158,9 @@ def lira_scores(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *,
     candidate's OUT fit (how unusually small its error is for that record). Online: statistic =
     signed error, score = log N(IN) - log N(OUT).
     `aux_is_member` (which aux rows are known members) turns on calibration: an affine map fitted on
-    the known non-members (target statistic vs. their shadow OUT mean) moves the shadows' IN and OUT
-    means onto the target's scale, with the fit's residual spread as the shared standard deviation.
+    the known non-members (target statistic vs. their shadow OUT mean) moves the shadows' OUT means
+    onto the target's scale, with the fit's residual spread as the OUT standard deviation; online, a
+    second map fitted on the known members (vs. their shadow IN mean) does the same for IN.
     Uncalibrated, `global_variance` (default: when fewer than 16 shadows per side) shares one variance
     across records, which Carlini et al. found better with few shadows."""
     rng = np.random.default_rng(seed)
@@ -179,14 +180,19 @@ def lira_scores(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *,
     (mean_out, var_out), (mean_in, var_in) = _side(stat_s, ~mask), _side(stat_s, mask)
     if np.isnan(mean_out[:n_cand]).any() or (online and np.isnan(mean_in[:n_cand]).any()):
         raise ValueError("every candidate needs at least one shadow on each side; use more shadows")
-    cal = None
+    cal = cal_in = None
     if aux_is_member is not None:
-        known_out = n_cand + np.flatnonzero(~np.asarray(aux_is_member, dtype=bool))
-        cal = _calibration(mean_out[known_out], stat_t[known_out])
+        known = np.asarray(aux_is_member, dtype=bool)
+        cal = _calibration(mean_out[n_cand + np.flatnonzero(~known)], stat_t[n_cand + np.flatnonzero(~known)])
+        cal_in = _calibration(mean_in[n_cand + np.flatnonzero(known)], stat_t[n_cand + np.flatnonzero(known)])
     if cal is not None:
         a, b, sd = cal
-        mean_out, mean_in = a + b * mean_out, a + b * mean_in
-        sd_out = sd_in = np.full(len(stat_t), sd)
+        # IN through its own map, fitted on the known members, when there are enough: a target that
+        # memorises more than the shadows do errs far less on its members than their mapped IN mean
+        # (through the OUT map instead: AUC 0.79 / 0.75 vs 0.93 / 0.95 on two overfit centralized models)
+        a_in, b_in, sd_i = cal_in if cal_in is not None else (a, b, sd)
+        mean_out, mean_in = a + b * mean_out, a_in + b_in * mean_in
+        sd_out, sd_in = np.full(len(stat_t), sd), np.full(len(stat_t), sd_i)
     else:
         per_side = min(mask[:, :n_cand].sum(0).min(), (~mask[:, :n_cand]).sum(0).min()) if online else n_shadows
         glob = per_side < MIN_SHADOWS_PER_EXAMPLE_VARIANCE if global_variance is None else global_variance

@@ -312,12 +312,13 @@ def test_shadow_and_lira_run(overfit: dict) -> None:
     assert membership_metrics(online, overfit["labels"])["auc"] > 0.7
 
 
-def _lookup_model(members: set[int], scale: float, noise: float, seed: int):
-    """Predictions for rows x = (difficulty d, id): error scale * d (halved for `members`) plus noise."""
+def _lookup_model(members: set[int], scale: float, noise: float, seed: int, member_shrink: float = 0.5):
+    """Predictions for rows x = (difficulty d, id): error scale * d (times `member_shrink` for
+    `members`) plus noise."""
     gen = torch.Generator().manual_seed(seed)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        shrink = torch.tensor([0.5 if int(i) in members else 1.0 for i in x[:, 1]])
+        shrink = torch.tensor([member_shrink if int(i) in members else 1.0 for i in x[:, 1]])
         return scale * x[:, 0] * shrink + noise * torch.randn(len(x), generator=gen)
     return predict
 
@@ -341,6 +342,26 @@ def test_lira_calibration_maps_weak_shadows_onto_the_target() -> None:
         cal = lira_scores(train_fn, target, x[cand], y[cand], online=online, aux_is_member=aux_is_member, **kw)
         auc_raw, auc_cal = (membership_metrics(s, labels)["auc"] for s in (raw, cal))
         assert auc_cal > 0.95 and auc_cal > auc_raw + 0.15, (online, auc_raw, auc_cal)
+
+
+def test_online_lira_calibrates_in_on_the_known_members() -> None:
+    """The target memorises its members (error ~ noise) while shadows barely learn theirs: mapped through
+    the non-members' map, the shadows' IN means sit far from the target's member errors, and a
+    shared spread makes the online score linear in the signed error. The known members' own map and
+    spread put IN where the target's members are."""
+    gen = torch.Generator().manual_seed(1)
+    d = torch.linspace(1.0, 10.0, 120)[torch.randperm(120, generator=gen)] * torch.sign(torch.randn(120, generator=gen))
+    x, y = torch.stack([d, torch.arange(120.0)], 1), torch.zeros(120)  # errors of both signs, like ages
+    cand, aux = np.arange(60), np.arange(60, 120)
+    target = _lookup_model(set(range(30)) | set(range(60, 75)), 1.0, 0.3, 0, member_shrink=0.0)
+
+    def train_fn(xs: torch.Tensor, ys: torch.Tensor, seed: int):  # shadows barely learn their members
+        return _lookup_model({int(i) for i in xs[:, 1]}, 3.0, 0.3, seed, member_shrink=0.97)
+
+    aux_is_member = np.r_[np.ones(15), np.zeros(45)].astype(bool)
+    scores = lira_scores(train_fn, target, x[cand], y[cand], aux_x=x[aux], aux_y=y[aux], n_shadows=4, online=True,
+                         aux_is_member=aux_is_member)
+    assert membership_metrics(scores, np.r_[np.ones(30), np.zeros(30)])["auc"] > 0.95  # through the OUT map: 0.89
 
 
 def test_lira_shadows_are_balanced() -> None:
