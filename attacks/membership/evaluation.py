@@ -201,7 +201,8 @@ def centralized_model(run_dir: Path, scenario: Scenario, prep: Any, members: lis
     path = Path(run_dir) / CENTRALIZED_FILE
     epochs, seed = training_epochs(scenario, len(prep.split.clients[0].train)), derive_seed(scenario.seed, "centralized")
     meta = {"epochs": epochs, "seed": seed, "members": len(members)}
-    if path.is_file() and json.loads(path.with_suffix(".json").read_text()) == meta:
+    sidecar = path.with_suffix(".json")
+    if path.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == meta:
         return load_state(prep.task.build_model(), load_file(path))
     log(f"[membership] training the centralized reference ({epochs} epochs on pooled data) ...")
     x, y = prep.task.tensors(prep.cohort, members)
