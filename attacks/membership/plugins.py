@@ -93,8 +93,8 @@ class WhiteBoxParams(NoParams):
 
 @ATTACKS.register("mia_whitebox")
 class WhiteBox(MembershipAttack):
-    """White box: per-sample loss and per-layer gradient norms, a classifier fitted on leaked samples
-    (and the population's known non-members)."""
+    """White box: per-sample loss and per-layer gradient norms, a monotone classifier (smaller = member,
+    never turned round) fitted on leaked samples and the population's known non-members."""
 
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=True, auxiliary=True)
     Params = WhiteBoxParams
