@@ -55,14 +55,15 @@ def score_run(run: Path, splits: int) -> dict[tuple[str, str], list[float]]:
         sc = scenario.model_copy(update={"membership": cfg.model_copy(update={"targets": [name], "round": rnd})})
         (target,) = build_targets(run, sc, prep, final, log=lambda _: None)
         label = f"{name} r{rnd}" if name == "client_update" else name
+        match = match_values(sc, prep)
         for split in range(splits):
             sets = membership_sets(target.members, nonmember_pool(prep), eval_size=cfg.eval_size,
-                                   aux_samples=cfg.aux_samples, seed=split, match=match_values(sc, prep))
+                                   aux_samples=cfg.aux_samples, seed=split, match=match)
             x, y = prep.task.tensors(prep.cohort, sets.eval_rows)
             out[(label, "null")].append(null_auc(prep, target.members, y, sets.is_member).get("null_auc", np.nan))
             for attack in ATTACKS[name]:
-                row = score_attack(PluginSpec(name=attack), target, sets, x, y, prep=prep, train_fn=None, seed=split,
-                                 delta=cfg.delta, log=lambda _: None)
+                row = score_attack(PluginSpec(name=attack), target, sets, x, y, prep=prep, train_fn=None,
+                                   seed=split, delta=cfg.delta, log=lambda _: None)
                 out[(label, attack)].append(row["auc"] if row["status"] == "ok" else np.nan)
     return out
 

@@ -184,7 +184,8 @@ def lira_scores(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *,
     if aux_is_member is not None:
         known = np.asarray(aux_is_member, dtype=bool)
         cal = _calibration(mean_out[n_cand + np.flatnonzero(~known)], stat_t[n_cand + np.flatnonzero(~known)])
-        cal_in = _calibration(mean_in[n_cand + np.flatnonzero(known)], stat_t[n_cand + np.flatnonzero(known)])
+        if online:  # offline scores use OUT only
+            cal_in = _calibration(mean_in[n_cand + np.flatnonzero(known)], stat_t[n_cand + np.flatnonzero(known)])
     if cal is not None:
         a, b, sd = cal
         # IN through its own map, fitted on the known members, when there are enough: a target that

@@ -20,6 +20,8 @@ from scipy.special import expit
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from clients.training import predict
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 __all__ = ["gradient_feature_names", "gradient_features", "monotone_logistic", "reference_features",
@@ -161,16 +163,9 @@ def update_alignment_scores(model: nn.Module, loss_fn: LossFn, global_state: Map
 
 
 def _per_sample_losses(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Loss of each sample on its own, in eval mode, without gradients."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return np.asarray([float(loss_fn(model(x[i:i + 1].to(device)), y[i:i + 1].to(device)))
-                               for i in range(len(x))], dtype=np.float64)
-    finally:
-        model.train(was_training)
+    """Loss of each sample on its own (batched predictions, one loss per row)."""
+    pred = predict(model, x)
+    return np.asarray([float(loss_fn(pred[i:i + 1], y[i:i + 1])) for i in range(len(x))], dtype=np.float64)
 
 
 def update_loss_drop_scores(model: nn.Module, loss_fn: LossFn, global_state: Mapping[str, torch.Tensor],
