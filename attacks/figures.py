@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from attacks.metrics import match_batch  # noqa: E402
+from fedsim.attacks.metrics import match_batch  # noqa: E402
 
 
 def _views(image: torch.Tensor) -> list[torch.Tensor]:

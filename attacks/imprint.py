@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
+from fedsim.attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
 from fedsim.models.imprint import imprint_parts, input_shape, is_tampered
 
 NOISE_ULPS = 64  # a bias change below this many float64 ulps of the biases is rounding, not a sample

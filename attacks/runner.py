@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from attacks.base import ATTACKS, Attack, MembershipAttack, Observation, Reconstruction
-from attacks.figures import reconstruction_figure
-from attacks.metrics import match_batch, score_reconstruction
-from defenses.base import hides_client_updates
+from fedsim.attacks.base import ATTACKS, Attack, MembershipAttack, Observation, Reconstruction
+from fedsim.attacks.figures import reconstruction_figure
+from fedsim.attacks.metrics import match_batch, score_reconstruction
+from fedsim.defenses.base import hides_client_updates
 from fedsim.record import atomic_write_text, safe_name, save_tensors
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError, parse_params
 

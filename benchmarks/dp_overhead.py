@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from defenses.base import ClientRound
-from defenses.dp_sgd import DPSGD
+from fedsim.defenses.base import ClientRound
+from fedsim.defenses.dp_sgd import DPSGD
 from fedsim.scenario import FederationConfig, TaskConfig
 from fedsim.tasks import TASKS
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clients.training import predict, train_local
+from fedsim.clients.training import predict, train_local
 from fedsim.data.datasets import load_dataset
 from fedsim.record import read_metrics
 from fedsim.runner import prepare, run_scenario

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.gradient_inversion import InversionConfig, gradients_of, invert_gradient, invert_weight_update
-from attacks.metrics import score_reconstruction
+from fedsim.attacks.gradient_inversion import InversionConfig, gradients_of, invert_gradient, invert_weight_update
+from fedsim.attacks.metrics import score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.models.brain_age import BrainAgeCNN
 from fedsim.models.lenet import LeNet

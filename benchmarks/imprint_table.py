@@ -34,9 +34,9 @@ import torch
 import yaml
 from torch import nn
 
-from attacks.base import Observation
-from attacks.imprint import ImprintAttack
-from attacks.metrics import match_batch, psnr, reidentification_ranks
+from fedsim.attacks.base import Observation
+from fedsim.attacks.imprint import ImprintAttack
+from fedsim.attacks.metrics import match_batch, psnr, reidentification_ranks
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.models.brain_age import BrainAgeCNN
 from fedsim.models.imprint import ImprintedModel, make_imprint, tamper

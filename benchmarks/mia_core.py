@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacks.membership import (
+from fedsim.attacks.membership import (
     best_empirical_epsilon,
     lira_scores,
     membership_metrics,
@@ -32,7 +32,7 @@ from attacks.membership import (
     threshold_attack,
     whitebox_attack,
 )
-from clients.training import predict, train_local
+from fedsim.clients.training import predict, train_local
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.scenario import FederationConfig, ModelConfig, TaskConfig
 from fedsim.tasks.brain_age import BrainAgeTask

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-from attacks.membership.evaluation import (
+from fedsim.attacks.membership.evaluation import (
     build_targets,
     match_values,
     membership_sets,

@@ -15,9 +15,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.training import one_batch_gradient, predict, train_local
-from defenses import DEFENSES, Defense
-from defenses.base import ClientRound
+from fedsim.clients.training import one_batch_gradient, predict, train_local
+from fedsim.defenses import DEFENSES, Defense
+from fedsim.defenses.base import ClientRound
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
 from fedsim.models.imprint import build_received

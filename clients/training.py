@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from defenses.base import ClientRound, Defense
+from fedsim.defenses.base import ClientRound, Defense
 from fedsim.scenario import FederationConfig
 from fedsim.tasks import Task
 

@@ -6,7 +6,7 @@ Every module of this package is imported here, so a built-in defense registers i
 import importlib
 import pkgutil
 
-from defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defenses.base import DEFENSES, ClientRound, Defense
-from defenses.update_ops import Tensors, add_noise, apply_delta, clip_by_global_norm, delta, torch_generator
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.update_ops import Tensors, add_noise, apply_delta, clip_by_global_norm, delta, torch_generator
 
 
 class ClipUpdateParams(BaseModel):

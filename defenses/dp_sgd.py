@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from torch import nn
 from torch.utils.data import DataLoader
 
-from defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
 
 DEFAULT_DELTA = 1e-5
 

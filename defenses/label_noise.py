@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from defenses.base import DEFENSES, ClientRound, Defense
-from defenses.update_ops import sample_noise, torch_generator
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.update_ops import sample_noise, torch_generator
 
 if TYPE_CHECKING:
     from fedsim.scenario import Scenario

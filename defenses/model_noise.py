@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from defenses.base import DEFENSES, ClientRound, Defense
-from defenses.update_ops import Tensors, add_noise, delta, percentile_abs, torch_generator
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.update_ops import Tensors, add_noise, delta, percentile_abs, torch_generator
 
 
 class ModelNoiseParams(BaseModel):

@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
 from fedsim.plugin import NoParams
 
 NORM = "norm."

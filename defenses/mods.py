@@ -21,8 +21,8 @@ from collections.abc import Callable
 from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from defenses.clip_update import clip_and_noise
-from defenses.update_ops import (Tensors, add_noise, apply_delta, delta, fraction_nonzero, prune_smallest,
+from fedsim.defenses.clip_update import clip_and_noise
+from fedsim.defenses.update_ops import (Tensors, add_noise, apply_delta, delta, fraction_nonzero, prune_smallest,
                                  torch_generator)
 from fedsim.seeding import derive_seed
 

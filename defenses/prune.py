@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defenses.base import DEFENSES, ClientRound, Defense
-from defenses.update_ops import Tensors, apply_delta, delta, fraction_nonzero, prune_smallest
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.defenses.update_ops import Tensors, apply_delta, delta, fraction_nonzero, prune_smallest
 
 
 class PruneParams(BaseModel):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from defenses.base import DEFENSES, Defense
+from fedsim.defenses.base import DEFENSES, Defense
 from fedsim.scenario import Scenario
 
 

@@ -116,9 +116,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     from safetensors.torch import load_file
 
-    from attacks import ATTACKS, MembershipAttack
-    from attacks.membership.evaluation import run_membership
-    from attacks.runner import run_attacks
+    from fedsim.attacks import ATTACKS, MembershipAttack
+    from fedsim.attacks.membership.evaluation import run_membership
+    from fedsim.attacks.runner import run_attacks
     from fedsim.record import atomic_write_text
     from fedsim.report import write_outputs
     from fedsim.runner import prepare

@@ -20,10 +20,10 @@ BUILTIN_MODULES = (
     "fedsim.data.partition",
     "fedsim.models",
     "fedsim.tasks",
-    "server.strategies",
-    "server.behaviours",
-    "attacks",
-    "defenses",
+    "fedsim.server.strategies",
+    "fedsim.server.behaviours",
+    "fedsim.attacks",
+    "fedsim.defenses",
 )
 
 

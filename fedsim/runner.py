@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from attacks.membership.evaluation import check_membership, run_membership
-from attacks.runner import check_attacks, run_attacks
-from clients.app import ClientPlan, make_client_app
+from fedsim.attacks.membership.evaluation import check_membership, run_membership
+from fedsim.attacks.runner import check_attacks, run_attacks
+from fedsim.clients.app import ClientPlan, make_client_app
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import FederationSplit, cohort_metadata, split_federation
 from fedsim.data.synthetic import Cohort
@@ -23,8 +23,8 @@ from fedsim.report import final_dp_epsilon, write_outputs
 from fedsim.scenario import Scenario, ScenarioError
 from fedsim.seeding import seed_everything
 from fedsim.tasks import TASKS, Task
-from server.app import ServerPlan, make_server_app
-from server.strategies import build_strategy
+from fedsim.server.app import ServerPlan, make_server_app
+from fedsim.server.strategies import build_strategy
 
 
 @dataclass

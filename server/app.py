@@ -9,14 +9,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.training import predict
+from fedsim.clients.training import predict
 from fedsim.record import RunRecord
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import Task
-from server.capture import Capture
-from server.observation import ObservedStrategy, discover_partitions
-from server.strategies import build_strategy
+from fedsim.server.capture import Capture
+from fedsim.server.observation import ObservedStrategy, discover_partitions
+from fedsim.server.strategies import build_strategy
 
 
 @dataclass

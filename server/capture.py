@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from defenses.base import hides_client_updates
+from fedsim.defenses.base import hides_client_updates
 from fedsim.protocol import ARCH_KEY, CAPTURE_KEY
 from fedsim.record import observation_name, save_tensors
 from fedsim.scenario import Scenario
-from server.behaviours import BEHAVIOURS, ServerBehaviour
+from fedsim.server.behaviours import BEHAVIOURS, ServerBehaviour
 
 
 class Capture:

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.record import RunRecord
-from server.capture import Capture
+from fedsim.server.capture import Capture
 
 PER_CLIENT_KEYS = ("partition-id", "seconds", "gradient_update", "batch_size")
 

@@ -13,7 +13,7 @@ from fedsim.scenario import ScenarioError, validate_scenario
 from tests.conftest import tiny_scenario
 
 SCALE = '''
-from defenses import Defense
+from fedsim.defenses import Defense
 from pydantic import BaseModel, ConfigDict
 
 class Params(BaseModel):

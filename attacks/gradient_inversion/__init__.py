@@ -5,7 +5,7 @@ sent. On 3D brains pixel-space search does not beat the population-mean image, s
 ``attacks.metrics.score_reconstruction`` (gain over the prior, re-identification), not raw PSNR.
 """
 
-from attacks.gradient_inversion.optimize import (
+from fedsim.attacks.gradient_inversion.optimize import (
     InversionConfig,
     InversionResult,
     gradients_of,

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from attacks.gradient_inversion.parts import recover_labels_idlg
-from attacks.gradient_inversion.search import InversionConfig, InversionResult, Simulator, run_search
+from fedsim.attacks.gradient_inversion.parts import recover_labels_idlg
+from fedsim.attacks.gradient_inversion.search import InversionConfig, InversionResult, Simulator, run_search
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -8,8 +8,8 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
-from attacks.gradient_inversion.optimize import (
+from fedsim.attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
+from fedsim.attacks.gradient_inversion.optimize import (
     InversionConfig,
     invert_gradient,
     invert_weight_update,

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attacks.gradient_inversion.parts import (
+from fedsim.attacks.gradient_inversion.parts import (
     PCAImage,
     PixelImage,
     match_objective,

@@ -6,15 +6,15 @@ Every attack returns one score per candidate, higher = "member"; `metrics` turns
 TPR at low FPR, a log-scale ROC and an empirical lower bound on epsilon for DP auditing.
 """
 
-from attacks.membership.blackbox import lira_scores, loss_scores, shadow_attack, threshold_attack
-from attacks.membership.metrics import (
+from fedsim.attacks.membership.blackbox import lira_scores, loss_scores, shadow_attack, threshold_attack
+from fedsim.attacks.membership.metrics import (
     best_empirical_epsilon,
     empirical_epsilon,
     membership_metrics,
     roc_figure,
     tpr_at_fpr,
 )
-from attacks.membership.whitebox import (
+from fedsim.attacks.membership.whitebox import (
     gradient_feature_names,
     gradient_features,
     reference_features,

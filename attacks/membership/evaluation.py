@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from attacks.base import ATTACKS, MembershipAttack, MembershipTarget
-from attacks.membership.metrics import best_empirical_epsilon, membership_metrics, roc_figure
-from attacks.runner import SECURE_AGGREGATION_SKIP
-from clients.training import predict, train_local
-from defenses.base import hides_client_updates
+from fedsim.attacks.base import ATTACKS, MembershipAttack, MembershipTarget
+from fedsim.attacks.membership.metrics import best_empirical_epsilon, membership_metrics, roc_figure
+from fedsim.attacks.runner import SECURE_AGGREGATION_SKIP
+from fedsim.clients.training import predict, train_local
+from fedsim.defenses.base import hides_client_updates
 from fedsim.record import atomic_write_text, observation_name, save_tensors
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.seeding import derive_seed

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from attacks.base import ATTACKS, MembershipAttack, MembershipTarget, ThreatModel
-from attacks.membership.blackbox import lira_scores, shadow_attack, threshold_attack
-from attacks.membership.whitebox import update_alignment_scores, update_loss_drop_scores, whitebox_attack
+from fedsim.attacks.base import ATTACKS, MembershipAttack, MembershipTarget, ThreatModel
+from fedsim.attacks.membership.blackbox import lira_scores, shadow_attack, threshold_attack
+from fedsim.attacks.membership.whitebox import update_alignment_scores, update_loss_drop_scores, whitebox_attack
 from fedsim.plugin import NoParams
 
 

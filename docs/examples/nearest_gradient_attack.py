@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from attacks import Attack, Observation, Reconstruction, ThreatModel
+from fedsim.attacks import Attack, Observation, Reconstruction, ThreatModel
 
 
 class Params(BaseModel):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attacks import ATTACKS, Attack, Observation, ThreatModel
-from attacks.runner import build_observation, load_observations
+from fedsim.attacks import ATTACKS, Attack, Observation, ThreatModel
+from fedsim.attacks.runner import build_observation, load_observations
 from fedsim.runner import prepare, run_scenario
 from fedsim.scenario import ScenarioError, validate_scenario
 from tests.conftest import REPO, tiny_scenario
@@ -19,7 +19,7 @@ from tests.conftest import REPO, tiny_scenario
 pytestmark = pytest.mark.e2e
 
 CRASHING = '''
-from attacks import Attack, ThreatModel
+from fedsim.attacks import Attack, ThreatModel
 
 class Crashing(Attack):
     """Always fails: its error must be recorded while the run's other results survive."""

@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.gradient_inversion import (
+from fedsim.attacks.gradient_inversion import (
     InversionConfig,
     gradients_of,
     invert_gradient,
     invert_weight_update,
     recover_labels_idlg,
 )
-from attacks.gradient_inversion.optimize import _update_simulator
-from attacks.gradient_inversion.parts import PCAImage, match_objective, total_variation
-from attacks.metrics import psnr
+from fedsim.attacks.gradient_inversion.optimize import _update_simulator
+from fedsim.attacks.gradient_inversion.parts import PCAImage, match_objective, total_variation
+from fedsim.attacks.metrics import psnr
 
 mse_loss = nn.functional.mse_loss
 DLG = InversionConfig(objective="l2", tv=0.0, iterations=300)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from attacks.membership import (
+from fedsim.attacks.membership import (
     best_empirical_epsilon,
     empirical_epsilon,
     gradient_feature_names,
@@ -29,7 +29,7 @@ from attacks.membership import (
     update_loss_drop_scores,
     whitebox_attack,
 )
-from attacks.membership.whitebox import monotone_logistic
+from fedsim.attacks.membership.whitebox import monotone_logistic
 
 torch.set_num_threads(1)
 D = 12

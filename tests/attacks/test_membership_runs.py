@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attacks.membership.evaluation import build_targets, membership_sets, null_auc, target_budget
+from fedsim.attacks.membership.evaluation import build_targets, membership_sets, null_auc, target_budget
 from fedsim.runner import prepare, run_scenario
 from fedsim.scenario import ScenarioError, validate_scenario
 from tests.conftest import tiny_scenario

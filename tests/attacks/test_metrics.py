@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from attacks.metrics import (
+from fedsim.attacks.metrics import (
     PSNR_CAP,
     match_batch,
     mse,

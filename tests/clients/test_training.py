@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from clients.training import predict, train_local
+from fedsim.clients.training import predict, train_local
 from fedsim.scenario import FederationConfig, TaskConfig
 from fedsim.tasks import BrainAgeTask
 

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.training import PermutationBatches, make_optimizer, one_batch_gradient, run_steps, train_local
-from defenses import DEFENSES, dp_sgd
-from defenses.base import ClientRound
-from defenses.dp_sgd import DPSGD, _allow_empty_batches, epsilon
+from fedsim.clients.training import PermutationBatches, make_optimizer, one_batch_gradient, run_steps, train_local
+from fedsim.defenses import DEFENSES, dp_sgd
+from fedsim.defenses.base import ClientRound
+from fedsim.defenses.dp_sgd import DPSGD, _allow_empty_batches, epsilon
 from fedsim.record import read_metrics
 from fedsim.runner import run_scenario
 from fedsim.scenario import FederationConfig, ScenarioError, TaskConfig, validate_scenario

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.base import ClientRound
-from defenses.model_vetting import ModelVetting, TamperedModelError, architecture_hash
+from fedsim.defenses.base import ClientRound
+from fedsim.defenses.model_vetting import ModelVetting, TamperedModelError, architecture_hash
 from fedsim.models.imprint import ImprintedModel
 from fedsim.runner import run_scenario
 from fedsim.scenario import FederationConfig, ScenarioError, TaskConfig, validate_scenario

@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, Message
 from flwr.app.metadata import Metadata
 from flwr.clientapp import ClientApp
 
-from defenses.mods import clip_update_mod, model_noise_mod, prune_mod
-from defenses.update_ops import delta, global_norm
+from fedsim.defenses.mods import clip_update_mod, model_noise_mod, prune_mod
+from fedsim.defenses.update_ops import delta, global_norm
 
 GLOBAL = {"w": torch.full((200, 100), 0.5), "b": torch.zeros(10), "steps": torch.tensor(3)}
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from defenses import DEFENSES
-from defenses.base import ClientRound
-from defenses.update_ops import (add_noise, apply_delta, clip_by_global_norm, delta, global_norm, percentile_abs,
+from fedsim.defenses import DEFENSES
+from fedsim.defenses.base import ClientRound
+from fedsim.defenses.update_ops import (add_noise, apply_delta, clip_by_global_norm, delta, global_norm, percentile_abs,
                                  prune_smallest, torch_generator)
 from fedsim.runner import run_scenario
 from fedsim.scenario import ScenarioError, validate_scenario

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from attacks import ATTACKS, Attack
+from fedsim.attacks import ATTACKS, Attack
 from fedsim.registry import PluginError, Registry, load_builtins
 
 

@@ -2,7 +2,7 @@ import pytest
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
 from fedsim.scenario import FederationConfig
-from server.strategies import build_strategy
+from fedsim.server.strategies import build_strategy
 
 
 def test_named_strategies_build_with_defaults_and_overrides():
@@ -24,7 +24,7 @@ def test_unknown_strategy_arg_is_named():
 
 
 def test_short_reason_finds_the_root_cause_in_flowers_wrapping():
-    from server.observation import short_reason
+    from fedsim.server.observation import short_reason
 
     wrapped = (
         "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor.run()\n"
