@@ -1,5 +1,10 @@
-"""Attack plug-ins (the `attacks:` list of a scenario). Built-in attacks register on import."""
+"""Attack plug-ins (the `attacks:` list of a scenario) and the built-in attack families.
 
+Importing this package registers every built-in attack and family; it stays light (the attacks'
+scoring and search code loads where an attack runs)."""
+
+from fedsim.attacks import imprint as _imprint  # noqa: F401  (registers imprint)
+from fedsim.attacks import reconstruction as _reconstruction  # noqa: F401  (the reconstruction family)
 from fedsim.attacks.base import (
     ATTACKS,
     Attack,
@@ -7,11 +12,12 @@ from fedsim.attacks.base import (
     MembershipTarget,
     Observation,
     Reconstruction,
+    ReconstructionAttack,
     ThreatModel,
 )
 from fedsim.attacks.gradient_inversion import plugins as _gradient_inversion  # noqa: F401  (registers dlg, ...)
-from fedsim.attacks import imprint as _imprint  # noqa: F401  (registers imprint)
+from fedsim.attacks.membership import family as _membership_family  # noqa: F401  (the membership family)
 from fedsim.attacks.membership import plugins as _membership  # noqa: F401  (registers mia_*)
 
 __all__ = ["ATTACKS", "Attack", "MembershipAttack", "MembershipTarget", "Observation", "Reconstruction",
-           "ThreatModel"]
+           "ReconstructionAttack", "ThreatModel"]

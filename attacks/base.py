@@ -1,8 +1,10 @@
 """The Attack base class, its threat model, and the observation it is handed.
 
-An attack declares its threat model as a `ThreatModel`; the attack runner builds an `Observation`
-holding only what that threat model grants (DESIGN.md, "Threat model in code"). Attacks are
-registered by YAML name; `path/to/file.py:Class` and the entry-point group `fedsim.attacks` also work.
+Every attack belongs to a family (`fedsim.families`: reconstruction, membership, ...) and declares
+its threat model as a `ThreatModel`; the family builds what that threat model grants, and nothing
+more (DESIGN.md, "Threat model in code"). Attacks are registered by YAML name;
+`path/to/file.py:Class` and the entry-point group `fedsim.attacks` also work. This module stays
+light (no torch at import), so that listing and validating scenarios is quick.
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fedsim.plugin import Configurable
 from fedsim.registry import registry
+from fedsim.settings.base import FINAL_MODEL, GRADIENT, WEIGHTS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedsim.families import AttackFamily
 
 
 @dataclass(frozen=True)
@@ -80,14 +86,23 @@ class Reconstruction:
 
 
 class Attack(Configurable):
-    """Base of attacker plug-ins: declare `threat` (and `Params`) and implement `reconstruct`
-    (reconstruction attacks on recorded updates), or subclass MembershipAttack instead."""
+    """Base of attacker plug-ins: name the `family` the attack belongs to and declare its `threat`
+    (and `Params`). Subclass ReconstructionAttack or MembershipAttack, or a family's own base."""
 
+    family: ClassVar[str | type[AttackFamily]]  # a registered family name, path/to/file.py:Class, or the class
     threat: ClassVar[ThreatModel] = ThreatModel()
+    consumes: ClassVar[frozenset[str]] = frozenset()  # observation kinds it works on (fedsim.settings.base)
 
+
+class ReconstructionAttack(Attack, ABC):
+    """Base of reconstruction attacks: rebuild a client's inputs from one recorded update."""
+
+    family: ClassVar[str] = "reconstruction"
+    consumes: ClassVar[frozenset[str]] = frozenset({GRADIENT, WEIGHTS})
+
+    @abstractmethod
     def reconstruct(self, observation: Observation) -> Reconstruction:
         """Recover the client's inputs (and targets, if it can) from one observation."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement reconstruct()")
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,8 @@ class MembershipTarget:
 class MembershipAttack(Attack, ABC):
     """Base of membership-inference attacks: a member score (higher = member) for each candidate."""
 
+    family: ClassVar[str] = "membership"
+    consumes: ClassVar[frozenset[str]] = frozenset({FINAL_MODEL, WEIGHTS})  # the global model, a client's update
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, architecture=False, auxiliary=True)
     targets: ClassVar[tuple[str, ...]] = ("centralized", "global_model", "client_update")
 

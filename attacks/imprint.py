@@ -16,13 +16,14 @@ Adam rescales every weight separately and breaks the ratio.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
-from fedsim.models.imprint import imprint_parts, input_shape, is_tampered
+from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
+
+if TYPE_CHECKING:
+    import torch
 
 NOISE_ULPS = 64  # a bias change below this many float64 ulps of the biases is rounding, not a sample
 
@@ -35,6 +36,8 @@ def bin_differences(weight_grad: torch.Tensor, bias_grad: torch.Tensor,
 
     Units are sorted by threshold; interval i lies between thresholds i and i+1 (the last one is
     open above), so its sums are unit i's minus unit i+1's."""
+    import torch
+
     order = torch.argsort(thresholds)
     w, b = weight_grad[order].double(), bias_grad[order].double()
     dw = torch.cat([w[:-1] - w[1:], w[-1:]])
@@ -48,6 +51,8 @@ def recover_from_imprint(weight_grad: torch.Tensor, bias_grad: torch.Tensor, thr
 
     An interval is empty when its bias-gradient difference is (numerically) zero: below `rel_tol`
     of the largest one, or below `floor` (rounding noise); `weights` are the kept |sum g_j|."""
+    import torch
+
     dw, db = bin_differences(weight_grad, bias_grad, thresholds)
     scale = db.abs().max()
     if scale == 0:
@@ -65,7 +70,7 @@ class ImprintParams(BaseModel):
 
 
 @ATTACKS.register("imprint")
-class ImprintAttack(Attack):
+class ImprintAttack(ReconstructionAttack):
     """Robbing the Fed: read every input that falls alone in an imprint bin straight from the update.
 
     Needs the per-client update and the architecture (the server built the block), the client's
@@ -76,6 +81,10 @@ class ImprintAttack(Attack):
     Params = ImprintParams
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
+        import torch
+
+        from fedsim.models.imprint import imprint_parts, input_shape, is_tampered
+
         obs = observation
         if not is_tampered(obs.global_state):
             raise ValueError("no imprint block in the model this client received (add the 'imprint' behaviour)")

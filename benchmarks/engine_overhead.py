@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsim.clients.training import predict, train_local
 from fedsim.data.datasets import load_dataset
-from fedsim.record import read_metrics
-from fedsim.runner import prepare, run_scenario
-from fedsim.scenario import Scenario, validate_scenario
+from fedsim.experiment import prepare
+from fedsim.loading import validate_scenario
+from fedsim.run_folder import RunFolder
+from fedsim.runner import run_scenario
+from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed
+from fedsim.training import predict, train_local
 
 
 def scenario(args: argparse.Namespace) -> Scenario:
@@ -43,7 +45,7 @@ def run_fedsim(sc: Scenario) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         result = run_scenario(sc, out_dir=Path(tmp), log=lambda _: None)
         total = time.perf_counter() - t0
-        server = [r for r in read_metrics(result.run_dir) if r["kind"] == "server"]
+        server = [r for r in RunFolder(result.run_dir).metrics() if r["kind"] == "server"]
     offset = total - result.summary["wall_s"]  # time before the record started (cohort load)
     elapsed = [r["elapsed_s"] + offset for r in sorted(server, key=lambda r: r["round"])]
     return elapsed[0], list(np.diff(elapsed))

@@ -31,7 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.attacks.gradient_inversion import InversionConfig, gradients_of, invert_gradient, invert_weight_update
+from fedsim.attacks.gradient_inversion.optimize import (
+    InversionConfig,
+    gradients_of,
+    invert_gradient,
+    invert_weight_update,
+)
 from fedsim.attacks.metrics import score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.models.brain_age import BrainAgeCNN

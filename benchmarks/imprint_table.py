@@ -126,8 +126,8 @@ def grid(args: argparse.Namespace) -> None:
 
 
 def _run(raw: dict, out: Path) -> dict:
+    from fedsim.loading import validate_scenario
     from fedsim.runner import run_scenario
-    from fedsim.scenario import validate_scenario
 
     result = run_scenario(validate_scenario(raw), out_dir=out, log=lambda _: None)
     return result.summary | {"failures": result.failures}

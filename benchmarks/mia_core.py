@@ -23,19 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsim.attacks.membership import (
-    best_empirical_epsilon,
+from fedsim.attacks.membership.blackbox import (
     lira_scores,
-    membership_metrics,
-    roc_figure,
     shadow_attack,
     threshold_attack,
-    whitebox_attack,
 )
-from fedsim.clients.training import predict, train_local
+from fedsim.attacks.membership.metrics import (
+    best_empirical_epsilon,
+    membership_metrics,
+    roc_figure,
+)
+from fedsim.attacks.membership.whitebox import whitebox_attack
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.scenario import FederationConfig, ModelConfig, TaskConfig
 from fedsim.tasks.brain_age import BrainAgeTask
+from fedsim.training import predict, train_local
 
 # name -> (channels, Adam lr, target epochs); narrow needs the larger lr to learn at all
 MODELS = {"wide": ([8, 16, 32, 64], 1e-3, 60), "narrow": ([4, 8, 16], 3e-3, 60)}

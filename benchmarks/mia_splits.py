@@ -29,8 +29,9 @@ from fedsim.attacks.membership.evaluation import (
     null_auc,
     score_attack,
 )
-from fedsim.runner import prepare
-from fedsim.scenario import PluginSpec, load_scenario
+from fedsim.experiment import prepare
+from fedsim.loading import load_scenario
+from fedsim.scenario import PluginSpec
 
 ATTACKS = {
     "centralized": ["mia_loss_threshold", "mia_whitebox"],

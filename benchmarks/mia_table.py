@@ -19,8 +19,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from fedsim.loading import load_scenario
 from fedsim.runner import run_scenario
-from fedsim.scenario import load_scenario
 
 COLUMNS = ("auc", "null_auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "empirical_epsilon")
 

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsim.clients.training import one_batch_gradient, predict, train_local
-from fedsim.defenses import DEFENSES, Defense
-from fedsim.defenses.base import ClientRound
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
+from fedsim.defenses import DEFENSES, Defense
+from fedsim.defenses.base import ClientRound
 from fedsim.models.imprint import build_received
 from fedsim.protocol import ARCH_KEY, BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
-from fedsim.record import write_ground_truth
+from fedsim.run_folder import RunFolder, observation_name
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import TASKS, Task
+from fedsim.training import one_batch_gradient, predict, train_local
+from fedsim.training_plan import local_budget
 
 
 @dataclass(frozen=True)
@@ -86,28 +88,38 @@ def _model(plan: ClientPlan, data: _ClientData, msg: Message) -> torch.nn.Module
 
 
 _DEFENSE_STATE = "fedsim-defense-state"
+_DEFENSE_TENSORS = "fedsim-defense-tensors"
 
 
-def _defenses(plan: ClientPlan, context: Context, task: Task, pid: int, server_round: int) -> list[tuple[Defense, ClientRound]]:
+def _defenses(plan: ClientPlan, context: Context, task: Task, pid: int, server_round: int,
+              batch_size: int, n_examples: int) -> list[tuple[Defense, ClientRound]]:
     """The scenario's defenses with their per-round context; each one's state is restored from earlier rounds.
 
     Built here, in the worker: a defense from path/to/file.py must be imported where it runs."""
     saved = dict(context.state[_DEFENSE_STATE]) if _DEFENSE_STATE in context.state else {}
+    tensors = context.state[_DEFENSE_TENSORS].to_torch_state_dict() if _DEFENSE_TENSORS in context.state else {}
+    fed = plan.scenario.federation
+    budget = local_budget(fed, n_examples, batch_size=batch_size)
     out = []
     for i, spec in enumerate(plan.scenario.defenses):
-        state = {k.split(".", 1)[1]: float(v) for k, v in saved.items() if k.split(".", 1)[0] == str(i)}
-        ctx = ClientRound(client=pid, server_round=server_round, task=task, config=plan.scenario.federation,
+        mine = {k.split(".", 1)[1]: v for k, v in saved.items() if k.split(".", 1)[0] == str(i)}
+        ctx = ClientRound(client=pid, server_round=server_round, task=task, config=fed, budget=budget,
                           rng=np.random.default_rng(derive_seed(plan.scenario.seed, "defense", server_round, pid, i)),
-                          state=state)
+                          state={k: float(v) for k, v in mine.items()},
+                          tensors={k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)})
         out.append((DEFENSES.get(spec.name)(**spec.params), ctx))
     return out
 
 
 def _keep_defense_state(context: Context, defenses: list[tuple[Defense, ClientRound]]) -> None:
-    """Persist what each defense remembers (Flower keeps a node's context across rounds)."""
+    """Persist what each defense remembers, numbers and tensors (Flower keeps a node's context
+    across rounds); none of it is part of the reply."""
     flat = {f"{i}.{k}": float(v) for i, (_, ctx) in enumerate(defenses) for k, v in ctx.state.items()}
     if flat:
         context.state[_DEFENSE_STATE] = MetricRecord(flat)
+    tensors = {f"{i}.{k}": v.detach().cpu() for i, (_, ctx) in enumerate(defenses) for k, v in ctx.tensors.items()}
+    if tensors:
+        context.state[_DEFENSE_TENSORS] = ArrayRecord(tensors)
 
 
 def make_client_app(plan: ClientPlan) -> ClientApp:
@@ -132,23 +144,23 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         seed_everything(seed)
         data = _client_data(plan, pid)
         model = _model(plan, data, msg)
-        defenses = _defenses(plan, context, data.task, pid, server_round)
+        fed = plan.scenario.federation
+        batch_size = int(config.get(BATCH_KEY, fed.batch_size))
+        defenses = _defenses(plan, context, data.task, pid, server_round, batch_size, len(data.y_train))
         for defense, ctx in defenses:  # e.g. model_vetting: refuse a tampered model before training on it
             defense.inspect_model(model, config=dict(config), ctx=ctx)
         reference = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        fed = plan.scenario.federation
-        batch_size = int(config.get(BATCH_KEY, fed.batch_size))
         rng = np.random.default_rng(seed)
         x, y = data.x_train, data.y_train
         for defense, ctx in defenses:
             x, y = defense.transform_data(x, y, ctx=ctx)
-        wrappers = [(d, ctx) for d, ctx in defenses if d.wraps_training]
+        hooks = [defense.training_hook(ctx) for defense, ctx in defenses]
         gradient_requested = str(config.get(UPDATE_KEY, "weights")) == "gradient"
         if gradient_requested:
             update, result = one_batch_gradient(model, x, y, task=data.task, batch_size=batch_size, rng=rng,
-                                                defenses=wrappers)
+                                                hooks=hooks)
         else:
-            result = train_local(model, x, y, task=data.task, config=fed, rng=rng, defenses=wrappers,
+            result = train_local(model, x, y, task=data.task, config=fed, rng=rng, hooks=hooks,
                                  proximal_mu=float(config.get("proximal-mu", 0.0)), batch_size=batch_size)
             update = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         kind = "gradient" if gradient_requested else "weights"
@@ -159,8 +171,9 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         _keep_defense_state(context, defenses)
         arrays = ArrayRecord(update)
         if bool(config.get(CAPTURE_KEY, False)):
-            write_ground_truth(plan.run_dir, server_round, pid, inputs=data.x_train[result.used],
-                               targets=data.y_train[result.used], rows=[data.rows[i] for i in result.used])
+            RunFolder(Path(plan.run_dir)).write_truth(
+                observation_name(server_round, pid), inputs=data.x_train[result.used],
+                targets=data.y_train[result.used], rows=[data.rows[i] for i in result.used])
         metrics = {
             "num-examples": result.examples,
             "partition-id": pid,

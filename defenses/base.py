@@ -1,9 +1,11 @@
 """The Defense base class and its registry.
 
-A defense hooks at named points of a client's work (DESIGN.md, "Defenses"): its data and labels,
-its training step (model / optimizer / loader), its outgoing update, and the server's aggregation.
+A defense hooks at named points of a client's work (DESIGN.md, "Defenses"): the model it receives,
+its data and labels, its training (wrap the model / optimizer / loader, add a loss term, act after
+each step: the hooks of `fedsim.training`), its outgoing update, and the server's aggregation.
 Each subclass overrides the hooks it needs; the rest pass through unchanged. Defenses run in the
-order the scenario lists them.
+order the scenario lists them. This module stays light (no torch at import), so that listing and
+validating scenarios is quick; the heavy work happens in the hooks.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import torch
 from pydantic import BaseModel
-from torch import nn
-from torch.utils.data import DataLoader
 
 from fedsim.plugin import Configurable
 from fedsim.registry import registry
+from fedsim.training_plan import Batch, TrainingHook
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
     from fedsim.scenario import FederationConfig, Scenario
     from fedsim.tasks import Task
+    from fedsim.training_plan import LocalBudget
 
 
 @dataclass
@@ -34,8 +39,11 @@ class ClientRound:
     task: Task
     config: FederationConfig  # the client's hyper-parameters (batch size, epochs, lr, ...)
     rng: np.random.Generator  # seeded from (scenario seed, round, client, defense index)
+    budget: LocalBudget | None = None  # this round's batch size and steps (the server's requests applied)
     state: dict[str, float] = field(default_factory=dict)  # this defense's memory of earlier rounds for
     # this client (e.g. DP steps taken); persisted by the client app in Flower's context.state
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # private tensors (a learned defense's
+    # modules) kept across rounds the same way; they never leave the client
 
 
 class Defense(Configurable):
@@ -66,11 +74,20 @@ class Defense(Configurable):
     def wrap_training(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, ctx: ClientRound
     ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
-        """Training-step hook: may wrap the model, optimizer and loader (DP-SGD does, through Opacus).
+        """Training hook: may wrap the model, optimizer and loader (DP-SGD does, through Opacus).
 
         The loader yields (inputs, targets, local row indices). The client keeps sending the
         original model's weights, so a wrapper must train the original parameters in place."""
         return model, optimizer, loader
+
+    def loss_term(self, batch: Batch, prediction: torch.Tensor, model: nn.Module, *,
+                  ctx: ClientRound) -> torch.Tensor | None:
+        """Training hook: a term added to each batch's task loss (None: nothing)."""
+        return None
+
+    def after_step(self, step: int, model: nn.Module, batch: Batch, *, ctx: ClientRound) -> None:
+        """Training hook: runs after each local optimizer step; a learned defense trains its own
+        modules here and keeps them in `ctx.tensors`."""
 
     def transform_update(
         self,
@@ -89,13 +106,28 @@ class Defense(Configurable):
         """Numbers the client reports with its update this round (e.g. DP epsilon spent so far)."""
         return {}
 
-    @property
-    def wraps_training(self) -> bool:
-        return type(self).wrap_training is not Defense.wrap_training
+    def training_hook(self, ctx: ClientRound) -> TrainingHook:
+        """This defense bound to its round, as the training loop sees it."""
+        return _DefenseHook(self, ctx)
 
     def describe(self) -> dict[str, Any]:
         """The defense's parameters, for the run folder and report."""
         return self.params.model_dump(mode="json")
+
+
+class _DefenseHook(TrainingHook):
+    def __init__(self, defense: Defense, ctx: ClientRound) -> None:
+        self.defense, self.ctx = defense, ctx
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+             loader: DataLoader) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        return self.defense.wrap_training(model, optimizer, loader, ctx=self.ctx)
+
+    def loss_term(self, batch: Batch, prediction: torch.Tensor, model: nn.Module) -> torch.Tensor | None:
+        return self.defense.loss_term(batch, prediction, model, ctx=self.ctx)
+
+    def after_step(self, step: int, model: nn.Module, batch: Batch) -> None:
+        self.defense.after_step(step, model, batch, ctx=self.ctx)
 
 
 DEFENSES = registry("defense", base=Defense, group="fedsim.defenses")

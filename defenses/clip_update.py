@@ -7,10 +7,14 @@ it once, to the server's sum. Clipping alone (noise_multiplier 0) bounds each cl
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.defenses.base import DEFENSES, ClientRound, Defense
-from fedsim.defenses.update_ops import Tensors, add_noise, apply_delta, clip_by_global_norm, delta, torch_generator
+
+if TYPE_CHECKING:
+    from fedsim.defenses.update_ops import Tensors
 
 
 class ClipUpdateParams(BaseModel):
@@ -23,6 +27,8 @@ class ClipUpdateParams(BaseModel):
 def clip_and_noise(change: Tensors, max_norm: float, noise_multiplier: float,
                    generator_seed: int | None) -> tuple[Tensors, float]:
     """clip(change) + N(0, (noise_multiplier * max_norm)^2); returns it and the norm before clipping."""
+    from fedsim.defenses.update_ops import add_noise, clip_by_global_norm, torch_generator
+
     clipped, norm = clip_by_global_norm(change, max_norm)
     if noise_multiplier > 0:
         clipped = add_noise(clipped, noise_multiplier * max_norm, torch_generator(generator_seed))
@@ -36,6 +42,8 @@ class ClipUpdate(Defense):
     Params = ClipUpdateParams
 
     def transform_update(self, update: Tensors, *, kind: str, reference: Tensors, ctx: ClientRound) -> Tensors:
+        from fedsim.defenses.update_ops import apply_delta, delta
+
         p = self.params
         seed = int(ctx.rng.integers(2**63))
         if kind == "gradient":  # the gradient is itself the change

@@ -19,19 +19,19 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-from opacus import PrivacyEngine
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-from torch import nn
-from torch.utils.data import DataLoader
 
 from fedsim.defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.training_plan import local_budget
+
+if TYPE_CHECKING:  # Opacus and torch load where DP-SGD runs, not when a scenario is checked
+    import torch
+    from opacus import PrivacyEngine
+    from opacus.optimizers import DPOptimizer
+    from torch import nn
+    from torch.utils.data import DataLoader
 
 DEFAULT_DELTA = 1e-5
 
@@ -91,10 +91,11 @@ class DPSGD(Defense):
     def check_scenario(cls, params: BaseModel, scenario: Any) -> None:
         """The server and every client train one architecture, so a layer Opacus cannot train
         privately (e.g. BatchNorm) must be replaced in the scenario, not in one client."""
-        from fedsim.registry import load_builtins
+        from opacus.validators import ModuleValidator
+        from torch import nn
+
         from fedsim.tasks import TASKS
 
-        load_builtins()
         model = TASKS.get(scenario.task.name)(config=scenario.task, target_mean=0.0, target_std=1.0).build_model()
         errors = ModuleValidator.validate(model, strict=False)
         if errors:
@@ -111,10 +112,13 @@ class DPSGD(Defense):
     def wrap_training(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, ctx: ClientRound
     ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        import torch
+        from opacus import PrivacyEngine
+
         p = self.params
         loader = _epoch_loader(loader)
         sample_rate = 1 / len(loader)  # Opacus's rate (expected batch = records / batches per epoch)
-        sigma = p.noise_multiplier or self._calibrate(ctx, sample_rate, len(loader))
+        sigma = p.noise_multiplier or self._calibrate(ctx, sample_rate, loader)
         device = next(model.parameters()).device
         noise_gen = torch.Generator(device=device).manual_seed(int(ctx.rng.integers(2**62)))
         with warnings.catch_warnings():
@@ -130,10 +134,12 @@ class DPSGD(Defense):
         self._engine = engine
         return model, optimizer, loader
 
-    def _calibrate(self, ctx: ClientRound, sample_rate: float, batches: int) -> float:
-        """The noise for which the federation's planned steps (all rounds) spend `target_epsilon`."""
-        cfg = ctx.config
-        steps = cfg.rounds * (cfg.local_steps or cfg.local_epochs * batches)
+    def _calibrate(self, ctx: ClientRound, sample_rate: float, loader: DataLoader) -> float:
+        """The noise for which the federation's planned steps (all rounds of this round's local
+        budget, at the batch size Opacus samples) spend `target_epsilon`."""
+        size = getattr(loader.batch_sampler, "batch_size", None) or ctx.config.batch_size
+        budget = local_budget(ctx.config, len(loader.dataset), batch_size=size)  # type: ignore[arg-type]
+        steps = ctx.config.rounds * budget.steps
         return _noise_for(float(self.params.target_epsilon), self.delta, sample_rate, steps, self.params.accountant)
 
     def round_metrics(self, *, ctx: ClientRound) -> dict[str, float]:
@@ -153,6 +159,8 @@ class DPSGD(Defense):
 @functools.lru_cache(maxsize=64)
 def _noise_for(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """Opacus's binary search (about a second); cached, as a client asks the same every round."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Optimal order is the")  # RDP's alpha-range hint
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
@@ -161,6 +169,8 @@ def _noise_for(target_epsilon: float, delta: float, sample_rate: float, steps: i
 
 def epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp") -> float:
     """Epsilon at `delta` after the (noise_multiplier, sample_rate, steps) history, by Opacus."""
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(mechanism=accountant)
     acc.history = list(history)
     with warnings.catch_warnings():
@@ -191,6 +201,8 @@ def _epoch_loader(loader: DataLoader) -> DataLoader:
     """Opacus samples at rate 1 / len(loader). A FedSGD request's one-batch loader would make that 1
     (the whole local set in one noisy step); give it an epoch of batch_size batches instead, so the
     client samples about the batch the server asked for (rate ~ batch_size / records)."""
+    from torch.utils.data import DataLoader
+
     sampler, n = loader.batch_sampler, len(loader.dataset)  # type: ignore[arg-type]
     size = getattr(sampler, "batch_size", None) or loader.batch_size
     if not size or not hasattr(sampler, "batches") or len(loader) >= n // size:

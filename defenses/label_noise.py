@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsim.defenses.base import DEFENSES, ClientRound, Defense
-from fedsim.defenses.update_ops import sample_noise, torch_generator
 
 if TYPE_CHECKING:
+    import torch
+
     from fedsim.scenario import Scenario
 
 _SEED = "seed"  # key of the fixed perturbation's seed in ctx.state (a float holds integers < 2**53 exactly)
@@ -44,6 +44,8 @@ class LabelNoiseParams(BaseModel):
 
 def randomized_response(y: torch.Tensor, p: float, n_classes: int, rng: np.random.Generator) -> torch.Tensor:
     """Each label, with probability p, becomes one of the other n_classes - 1 classes uniformly."""
+    import torch
+
     flip = rng.random(y.shape) < p
     shift = rng.integers(1, n_classes, size=y.shape)  # 1..n-1: never back to the same class
     labels = y.cpu().numpy()
@@ -64,10 +66,8 @@ class LabelNoise(Defense):
 
     @classmethod
     def check_scenario(cls, params: LabelNoiseParams, scenario: Scenario) -> None:
-        from fedsim.registry import load_builtins
         from fedsim.tasks import TASKS
 
-        load_builtins()
         task = scenario.task.name
         n_classes = _n_classes(TASKS.get(task))
         if n_classes is not None:
@@ -81,6 +81,8 @@ class LabelNoise(Defense):
 
     def transform_data(self, x: torch.Tensor, y: torch.Tensor, *,
                        ctx: ClientRound) -> tuple[torch.Tensor, torch.Tensor]:
+        from fedsim.defenses.update_ops import sample_noise, torch_generator
+
         rng = ctx.rng
         if self.params.fixed:  # drawn once from this client's first round stream, then kept in its state
             ctx.state.setdefault(_SEED, float(ctx.rng.integers(2**52)))

@@ -7,10 +7,14 @@ std = sigma0 * the `percentile`-th percentile of |change|, so one setting fits a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from fedsim.defenses.base import DEFENSES, ClientRound, Defense
-from fedsim.defenses.update_ops import Tensors, add_noise, delta, percentile_abs, torch_generator
+
+if TYPE_CHECKING:
+    from fedsim.defenses.update_ops import Tensors
 
 
 class ModelNoiseParams(BaseModel):
@@ -31,6 +35,8 @@ class ModelNoiseParams(BaseModel):
 
 def noise_std(params: ModelNoiseParams, change: Tensors) -> float:
     """The std the params ask for, given the client's change (only read in relative mode)."""
+    from fedsim.defenses.update_ops import percentile_abs
+
     if params.sigma is not None:
         return params.sigma
     return params.sigma0 * percentile_abs(change, params.percentile)
@@ -45,6 +51,8 @@ class ModelNoise(Defense):
     def transform_update(self, update: Tensors, *, kind: str, reference: Tensors, ctx: ClientRound) -> Tensors:
         # For weights the noise lands on the weights themselves (= on the change, since reference is
         # fixed); the relative scale must come from the change, not from the weights' magnitude.
+        from fedsim.defenses.update_ops import add_noise, delta, torch_generator
+
         change = delta(update, reference) if kind == "weights" else update
         std = noise_std(self.params, change)
         self._std = std

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, Field
-from torch import nn
 
 from fedsim.defenses.base import DEFENSES, ClientRound, Defense
 from fedsim.plugin import NoParams
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 NORM = "norm."
 
@@ -54,6 +56,8 @@ def norms(model: nn.Module) -> dict[str, float]:
 
 def _agreed(ctx: ClientRound) -> nn.Module:
     """The enrolment reference: the scenario's task model, built without touching the training RNG."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return ctx.task.build_model()
@@ -90,6 +94,8 @@ class ModelVetting(Defense):
                              "received model against; use 'scenario' (the task's model)")
 
     def inspect_model(self, model: nn.Module, *, config: dict[str, Any], ctx: ClientRound) -> None:
+        import torch
+
         agreed = _agreed(ctx)
         self._check_architecture(model, agreed)
         received = norms(model)

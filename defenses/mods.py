@@ -22,8 +22,15 @@ from flwr.app import ArrayRecord, Context, Message, MessageType, MetricRecord, R
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedsim.defenses.clip_update import clip_and_noise
-from fedsim.defenses.update_ops import (Tensors, add_noise, apply_delta, delta, fraction_nonzero, prune_smallest,
-                                 torch_generator)
+from fedsim.defenses.update_ops import (
+    Tensors,
+    add_noise,
+    apply_delta,
+    delta,
+    fraction_nonzero,
+    prune_smallest,
+    torch_generator,
+)
 from fedsim.seeding import derive_seed
 
 # (change, message, context) -> (defended change, metrics to add to the reply's MetricRecord)

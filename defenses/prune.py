@@ -8,10 +8,14 @@ of tensors that barely changed and drop the signal of those that changed most.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.defenses.base import DEFENSES, ClientRound, Defense
-from fedsim.defenses.update_ops import Tensors, apply_delta, delta, fraction_nonzero, prune_smallest
+
+if TYPE_CHECKING:
+    from fedsim.defenses.update_ops import Tensors
 
 
 class PruneParams(BaseModel):
@@ -27,6 +31,8 @@ class Prune(Defense):
     Params = PruneParams
 
     def transform_update(self, update: Tensors, *, kind: str, reference: Tensors, ctx: ClientRound) -> Tensors:
+        from fedsim.defenses.update_ops import apply_delta, delta, fraction_nonzero, prune_smallest
+
         if kind == "gradient":  # the gradient is itself the change
             pruned = prune_smallest(update, self.params.keep)
             self._kept = fraction_nonzero(pruned)

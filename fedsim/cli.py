@@ -51,8 +51,8 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fedsim.loading import load_scenario
     from fedsim.runner import run_scenario
-    from fedsim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)
     result = run_scenario(scenario, out_dir=args.out)
@@ -87,7 +87,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fedsim.scenario import load_scenario
+    from fedsim.loading import load_scenario
 
     for path in args.scenarios:
         sc = load_scenario(path, args.overrides)
@@ -96,7 +96,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from fedsim.registry import load_builtins
+    from fedsim.plugins import load_builtins
 
     registries = load_builtins()
     if args.kind and args.kind not in registries:
@@ -112,42 +112,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    import json
+    from fedsim.loading import apply_override
+    from fedsim.runner import rerun_attack
+    from fedsim.scenario import PluginSpec
 
-    from safetensors.torch import load_file
-
-    from fedsim.attacks import ATTACKS, MembershipAttack
-    from fedsim.attacks.membership.evaluation import run_membership
-    from fedsim.attacks.runner import run_attacks
-    from fedsim.record import atomic_write_text
-    from fedsim.report import write_outputs
-    from fedsim.runner import prepare
-    from fedsim.scenario import PluginSpec, ScenarioError, apply_override, load_scenario
-
-    summary_path = args.run_dir / "summary.json"
-    if not (args.run_dir / "scenario.yaml").is_file() or not summary_path.is_file():
-        return _fail(f"not a run folder (no scenario.yaml / summary.json): {args.run_dir}", EXIT_BAD_INPUT)
-    scenario = load_scenario(args.run_dir / "scenario.yaml")
     params: dict = {}
     for item in args.overrides:
         apply_override(params, item)
-    spec = PluginSpec(name=args.attack, params=params)
-    try:
-        ATTACKS.get(spec.name).check_params(spec.params)
-    except ValueError as exc:
-        raise ScenarioError(f"--attack {spec.name}: {exc}") from None
-    prep = prepare(scenario)
-    summary = json.loads(summary_path.read_text())
-    if issubclass(ATTACKS.get(spec.name), MembershipAttack):
-        model = args.run_dir / "model.safetensors"
-        final_state = load_file(model) if model.is_file() else None
-        rows, section = run_membership(args.run_dir, scenario, [spec], prep=prep, final_state=final_state), "membership"
-    else:
-        rows, section = run_attacks(args.run_dir, scenario, [spec], prep=prep), "attacks"
-    kept = [r for r in summary.get(section, []) if r.get("attack") != spec.key]
-    summary[section] = kept + [{k: v for k, v in r.items() if k != "traceback"} for r in rows]
-    atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
-    write_outputs(args.run_dir)
+    rows = rerun_attack(args.run_dir, PluginSpec(name=args.attack, params=params))
     print(f"wrote {args.run_dir / 'attacks'} and {args.run_dir / 'report.md'}")
     failed = [r for r in rows if r.get("status") == "error"]
     return _fail(f"attack failed: {failed[0]['error']}", 1) if failed else 0
@@ -155,10 +127,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from fedsim.report import write_outputs
+    from fedsim.run_folder import RunFolder
 
-    if not (args.run_dir / "summary.json").is_file():
-        return _fail(f"not a run folder (no summary.json): {args.run_dir}", EXIT_BAD_INPUT)
-    write_outputs(args.run_dir)
+    run = RunFolder(args.run_dir)
+    if not run.is_run():
+        return _fail(f"not a run folder (no scenario.yaml / summary.json): {args.run_dir}", EXIT_BAD_INPUT)
+    write_outputs(run)
     print(f"wrote {args.run_dir / 'report.md'}")
     return 0
 

@@ -1,5 +1,5 @@
 """The shared shape of plug-ins that take `params` from the YAML: a pydantic `Params` model,
-validated when the scenario is checked (before training) and again when the plug-in is built."""
+validated when the scenario is checked (before training) and again where the plug-in is built."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ class Configurable:
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, **params: Any) -> None:
-        self.params = parse_params(self.Params, params)
+        self.params = self.parse(params)
 
     @classmethod
-    def check_params(cls, params: dict[str, Any]) -> None:
-        """Raise ValueError (one line naming `params.<key>`) if `params` do not fit."""
-        parse_params(cls.Params, params)
+    def parse(cls, params: dict[str, Any]) -> Any:
+        """`params` validated into `Params`; ValueError (one line naming `params.<key>`) if they do not fit."""
+        return parse_params(cls.Params, params)

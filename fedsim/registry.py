@@ -3,10 +3,15 @@
 A plug-in is found, in order, as a registered built-in name, as ``path/to/file.py:ClassName`` (a
 user's own script), or through the entry-point group of its kind (an installed package).
 An unknown name raises :class:`PluginError` listing the valid names.
+
+Listing and validating must stay quick (no torch, MONAI or Flower import), so a built-in whose
+module needs heavy libraries at import time (a network, a task) is declared with `lazy`: its name
+and one-line description are known at once, its module is imported on the first `get`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -14,17 +19,6 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
-
-BUILTIN_MODULES = (
-    "fedsim.data.datasets",
-    "fedsim.data.partition",
-    "fedsim.models",
-    "fedsim.tasks",
-    "fedsim.server.strategies",
-    "fedsim.server.behaviours",
-    "fedsim.attacks",
-    "fedsim.defenses",
-)
 
 
 class PluginError(ValueError):
@@ -39,6 +33,7 @@ class Registry:
         self.base = base
         self.group = group
         self._items: dict[str, Any] = {}
+        self._lazy: dict[str, tuple[str, str]] = {}  # name -> ("module:attr", description)
 
     def register(self, name: str) -> Callable[[Any], Any]:
         """Decorator: register a class or factory under ``name``."""
@@ -51,16 +46,30 @@ class Registry:
 
         return decorator
 
+    def lazy(self, name: str, target: str, description: str) -> None:
+        """Declare a built-in as ``module:attr`` without importing its module until it is used."""
+        if name in self._items or name in self._lazy:
+            raise ValueError(f"{self.kind} '{name}' is registered twice")
+        self._lazy[name] = (target, description)
+
     def names(self) -> list[str]:
         """Built-in and entry-point names, sorted."""
-        found = set(self._items)
+        found = set(self._items) | set(self._lazy)
         if self.group:
             found.update(ep.name for ep in entry_points(group=self.group))
         return sorted(found)
 
+    def registered(self) -> list[str]:
+        """Built-in names in the order they were registered (e.g. the order of report sections)."""
+        return list(dict.fromkeys([*self._items, *self._lazy]))
+
     def get(self, name: str) -> Any:
         """Resolve ``name`` to the plug-in object, or raise PluginError naming the valid ones."""
         if name in self._items:
+            return self._items[name]
+        if name in self._lazy:
+            module, _, attr = self._lazy[name][0].partition(":")
+            self._items[name] = getattr(importlib.import_module(module), attr)
             return self._items[name]
         if ":" in name and name.split(":", 1)[0].endswith(".py"):
             return self._check(_load_from_file(name, self.kind), name)
@@ -71,8 +80,16 @@ class Registry:
         valid = ", ".join(self.names()) or "none registered yet"
         raise PluginError(f"unknown {self.kind} '{name}' (valid: {valid}; or path/to/file.py:Class)")
 
+    def check_name(self, name: str) -> None:
+        """Raise PluginError unless `name` resolves; a lazy built-in is known without importing it."""
+        if name not in self._lazy:
+            self.get(name)
+
     def describe(self, name: str) -> str:
-        """A plug-in's `description`, or the first line of its docstring, for `fedsim list`."""
+        """A plug-in's one-line description for `fedsim list`: declared (lazy), or its `description`,
+        or the first line of its docstring."""
+        if name in self._lazy and name not in self._items:
+            return self._lazy[name][1]
         obj = self.get(name)
         doc = (getattr(obj, "description", None) or getattr(obj, "__doc__", None) or "").strip()
         return doc.splitlines()[0] if doc else ""
@@ -88,16 +105,22 @@ def _load_from_file(spec: str, kind: str) -> Any:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise PluginError(f"{kind} plug-in file not found: {path_text}")
-    module_name = f"fedsim_user_{kind}_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise PluginError(f"cannot import {kind} plug-in file: {path_text}")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:  # a user's file: report, don't crash with a traceback
-        raise PluginError(f"{kind} plug-in file {path_text} failed to import: {exc}") from exc
+    # one module per file, whatever kind asks: an attack and the family it names from the same file
+    # must see the same classes
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"fedsim_user_{path.stem}_{digest}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise PluginError(f"cannot import {kind} plug-in file: {path_text}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # a user's file: report, don't crash with a traceback
+            del sys.modules[module_name]
+            raise PluginError(f"{kind} plug-in file {path_text} failed to import: {exc}") from exc
     if not hasattr(module, attr):
         raise PluginError(f"{kind} plug-in file {path_text} has no '{attr}'")
     return getattr(module, attr)
@@ -117,8 +140,6 @@ def registry(kind: str, *, base: type | None = None, group: str | None = None) -
     return reg
 
 
-def load_builtins() -> dict[str, Registry]:
-    """Import the built-in plug-in modules so that their decorators run; return all registries."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
+def all_registries() -> dict[str, Registry]:
+    """Every registry created so far, by kind (see fedsim.plugins.load_builtins to fill them)."""
     return dict(sorted(_REGISTRIES.items()))

@@ -1,4 +1,8 @@
-"""Run one scenario end to end: data -> partitions -> task -> Flower apps on Ray -> run folder."""
+"""Run one scenario end to end: experiment -> setting (trains, records observations) -> attack
+families (on the run folder) -> summary and report. Rerun one attack on a finished run folder.
+
+The runner knows settings and families only through their bases: it names neither.
+"""
 
 from __future__ import annotations
 
@@ -8,54 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from fedsim.attacks.membership.evaluation import check_membership, run_membership
-from fedsim.attacks.runner import check_attacks, run_attacks
-from fedsim.clients.app import ClientPlan, make_client_app
-from fedsim.data.datasets import load_dataset
-from fedsim.data.partition import FederationSplit, cohort_metadata, split_federation
-from fedsim.data.synthetic import Cohort
-from fedsim.engine import EngineError, run_federation
-from fedsim.record import RunRecord, read_metrics
+from fedsim.experiment import Experiment, prepare
+from fedsim.families import AttackFamily, family_ref, resolve_family
+from fedsim.plugins import family_groups, setting_of
 from fedsim.report import final_dp_epsilon, write_outputs
-from fedsim.scenario import Scenario, ScenarioError
+from fedsim.run_folder import RunFolder
+from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.seeding import seed_everything
-from fedsim.tasks import TASKS, Task
-from fedsim.server.app import ServerPlan, make_server_app
-from fedsim.server.strategies import build_strategy
+from fedsim.settings.base import FINAL_MODEL, SettingOutcome
 
-
-@dataclass
-class Prepared:
-    """Everything derived from the scenario before training; rebuilt identically by `fedsim attack`."""
-
-    cohort: Cohort
-    split: FederationSplit
-    task: Task
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def prepare(scenario: Scenario, *, log: Callable[[str], None] = print) -> Prepared:
-    """Load the cohort, split it and build the task (deterministic from the scenario and seed)."""
-    log(f"generating / loading cohort: {scenario.data.dataset}, {scenario.data.n_subjects} subjects at "
-        f"{scenario.data.shape}^3, {scenario.data.sites} sites")
-    cohort = load_dataset(scenario.data, seed=scenario.seed)
-    task_cls = TASKS.get(scenario.task.name)
-    targets = task_cls.targets(cohort)
-    try:
-        split = split_federation(site=cohort.site, age=cohort.age, config=scenario.data,
-                                 n_clients=scenario.federation.clients, seed=scenario.seed,
-                                 **cohort_metadata(cohort))
-    except ValueError as exc:
-        raise ScenarioError(str(exc)) from None
-    train_rows = [i for c in split.clients for i in c.train]
-    mean, std = float(np.mean(targets[train_rows])), float(np.std(targets[train_rows]) or 1.0)
-    task = task_cls(config=scenario.task, target_mean=mean, target_std=std)
-    x_test, y_test = task.tensors(cohort, split.test)
-    return Prepared(cohort=cohort, split=split, task=task, x_test=x_test, y_test=y_test)
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -66,30 +32,71 @@ class RunResult:
     error: str | None = None
 
 
-def run_scenario(
-    scenario: Scenario,
-    *,
-    out_dir: Path | None = None,
-    log: Callable[[str], None] = print,
-) -> RunResult:
-    """Train the scenario's federation; the run folder is complete even if clients failed."""
+def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = print) -> RunResult:
+    """Run the scenario's setting, then its attacks; the run folder is complete even if parties failed."""
     t0 = time.perf_counter()
     seed_everything(scenario.seed)
+    setting = setting_of(scenario)
+    families = [(cls(scenario), specs) for cls, specs in family_groups(scenario)]
+    experiment = prepare(scenario, withheld=setting.withheld(), log=log)
+    setting.check(experiment)
+    for family, specs in families:
+        family.check(experiment, specs)
+
+    run = RunFolder.create(scenario, out_dir)
+    _write_partitions(run, experiment, log)
+    outcome = setting.run(experiment, run, log=log)
+    needs_model = any(FINAL_MODEL in family.consumes for family, _ in families)
+    if outcome.final_state is not None and (scenario.output.save_model or needs_model):
+        run.save_model(outcome.final_state)
+    results: dict[str, list[dict[str, Any]]] = {}
+    if outcome.error is None:
+        for family, specs in families:
+            results[family.summary_key()] = _public(family.run(run, experiment, specs, log=log))
+    summary = _summary(scenario, experiment, outcome, run, [type(f) for f, _ in families], results,
+                       wall_s=time.perf_counter() - t0)
+    run.write_summary(summary)
+    write_outputs(run)
+    return RunResult(run_dir=run.path, summary=summary, failures=outcome.failures, error=outcome.error)
+
+
+def rerun_attack(run_dir: Path, spec: PluginSpec, *, log: Log = print) -> list[dict[str, Any]]:
+    """Run one attack again on a recorded run (no re-training); its rows replace the attack's old
+    rows in summary.json, and the report is rewritten."""
+    from fedsim.attacks import ATTACKS
+    from fedsim.loading import load_scenario
+
+    run = RunFolder(run_dir)
+    if not run.is_run():
+        raise ScenarioError(f"not a run folder (no scenario.yaml / summary.json): {run_dir}")
+    scenario = load_scenario(run.scenario_file)
     try:
-        build_strategy(scenario.federation)  # fail on bad strategy_args before any work
-    except ValueError as exc:
-        raise ScenarioError(str(exc)) from None
+        plugin = ATTACKS.get(spec.name)
+        plugin.parse(spec.params)
+        family_cls = resolve_family(plugin.family)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ScenarioError(f"--attack {spec.name}: {exc}") from None
+    family = family_cls(scenario)
+    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), log=log)
+    family.check(experiment, [spec])
+    rows = _public(family.run(run, experiment, [spec], log=log))
+    summary = run.summary()
+    key = family_cls.summary_key()
+    summary[key] = [r for r in summary.get(key, []) if r.get("attack") != spec.key] + rows
+    recorded = summary.setdefault("families", [])
+    if all(f["name"] != family_cls.name for f in recorded):
+        recorded.append(_family_entry(family_cls))
+    run.write_summary(summary)
+    write_outputs(run)
+    return rows
 
-    prep = prepare(scenario, log=log)
-    cohort, split, task = prep.cohort, prep.split, prep.task
-    check_membership(scenario, prep)
-    check_attacks(scenario, prep)
-    if scenario.resources.num_gpus > 0 and not scenario.resources.ray_address and not torch.cuda.is_available():
-        log("resources.num_gpus: no GPU on this machine; clients train on CPU")
 
-    record = RunRecord.create(scenario, out_dir)
-    record.write_json("partitions.json", {
-        "by": scenario.data.partition.by,
+def _write_partitions(run: RunFolder, experiment: Experiment, log: Log) -> None:
+    import numpy as np
+
+    split, cohort = experiment.split, experiment.cohort
+    run.write_json("partitions.json", {
+        "by": experiment.scenario.data.partition.by,
         "test": len(split.test),
         "clients": [
             {**size, "sites": sorted({cohort.site_names[cohort.site[i]] for i in c.train}),
@@ -99,67 +106,38 @@ def run_scenario(
     })
     log("partitions: " + ", ".join(f"client {s['client']}: {s['train']} train / {s['val']} val"
                                    for s in split.sizes()) + f"; server test: {len(split.test)}")
-    baseline = task.baseline(task.target_mean, prep.y_test)
-    rounds = scenario.federation.rounds
-
-    def on_round(r: int, scores: dict[str, float]) -> None:
-        key = task.primary_metric
-        label = "initial" if r == 0 else f"round {r}/{rounds}"
-        log(f"[{label}] test {key.upper()} {scores[key]:.2f} ({task.baseline_name} {baseline[key]:.2f}) "
-            f"· {record.elapsed():.0f}s")
-
-    server_plan = ServerPlan(scenario=scenario, task=task, x_test=prep.x_test, y_test=prep.y_test, record=record,
-                             on_round=on_round)
-    client_plan = ClientPlan(run_dir=str(record.path.resolve()), scenario=scenario, splits=tuple(split.clients),
-                             target_mean=task.target_mean, target_std=task.target_std)
-    error = None
-    try:
-        run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
-                       num_clients=scenario.federation.clients, resources=scenario.resources,
-                       log_file=record.path / "flower.log")
-    except EngineError as exc:
-        error = str(exc)
-
-    strategy = server_plan.outcome.get("strategy")
-    failures = list(strategy.failures) if strategy is not None else []
-    arrays = server_plan.outcome.get("arrays")
-    if arrays is not None and scenario.output.save_model:
-        record.save_model(arrays.to_torch_state_dict())
-    attack_rows, membership_rows = [], []
-    if scenario.attacks and error is None:
-        attack_rows = run_attacks(record.path, scenario, scenario.attacks, prep=prep, log=log)
-        final_state = arrays.to_torch_state_dict() if arrays is not None else None
-        membership_rows = run_membership(record.path, scenario, scenario.attacks, prep=prep,
-                                         final_state=final_state, log=log)
-    summary = _summary(scenario, server_plan.outcome, baseline, task.primary_metric, failures, error,
-                       wall_s=time.perf_counter() - t0, target_mean=task.target_mean)
-    summary["baseline_name"] = task.baseline_name
-    summary["defenses"] = [spec.key for spec in scenario.defenses]
-    summary["dp_epsilon"] = final_dp_epsilon(read_metrics(record.path))
-    summary["attacks"] = [{k: v for k, v in row.items() if k != "traceback"} for row in attack_rows]
-    summary["membership"] = [{k: v for k, v in row.items() if k != "traceback"} for row in membership_rows]
-    record.write_json("summary.json", summary)
-    write_outputs(record.path)
-    return RunResult(run_dir=record.path, summary=summary, failures=failures, error=error)
 
 
-def _summary(scenario: Scenario, outcome: dict, baseline: dict[str, float], key: str,
-             failures: list[dict], error: str | None, *, wall_s: float, target_mean: float) -> dict[str, Any]:
-    server = outcome.get("server_metrics", {})
-    last_round = max(server) if server else None
-    final = {k.removeprefix("test_"): v for k, v in server[last_round].items()} if last_round is not None else {}
+def _public(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Result rows as summary.json keeps them (tracebacks stay in each family's results.jsonl)."""
+    return [{k: v for k, v in row.items() if k != "traceback"} for row in rows]
+
+
+def _family_entry(family: type[AttackFamily]) -> dict[str, str]:
+    return {"name": family.name, "plugin": family_ref(family), "key": family.summary_key()}
+
+
+def _summary(scenario: Scenario, experiment: Experiment, outcome: SettingOutcome, run: RunFolder,
+             families: list[type[AttackFamily]], results: dict[str, list[dict[str, Any]]], *,
+             wall_s: float) -> dict[str, Any]:
+    task = experiment.task
+    status = "failed" if outcome.error else ("completed_with_client_failures" if outcome.failures else "completed")
     return {
         "scenario": scenario.name,
-        "status": "failed" if error else ("completed_with_client_failures" if failures else "completed"),
-        "error": error,
-        "rounds_completed": last_round or 0,
-        "rounds": scenario.federation.rounds,
-        "primary_metric": key,
-        "final": final,
-        "initial": {k.removeprefix("test_"): v for k, v in server.get(0, {}).items()},
-        "baseline_predict_mean": baseline,
-        "target_mean": target_mean,
-        "client_failures": len(failures),
-        "device": "cuda" if scenario.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu",
+        "setting": scenario.setting,
+        "status": status,
+        "error": outcome.error,
+        "rounds_completed": outcome.rounds_completed,
+        "primary_metric": task.primary_metric,
+        "final": outcome.final,
+        "initial": outcome.initial,
+        "baseline_predict_mean": task.baseline(task.target_mean, experiment.y_test),
+        "baseline_name": task.baseline_name,
+        "target_mean": task.target_mean,
+        **outcome.summary,
         "wall_s": wall_s,
+        "defenses": [spec.key for spec in scenario.defenses],
+        "dp_epsilon": final_dp_epsilon(run.metrics()),
+        "families": [_family_entry(f) for f in families],
+        **{f.summary_key(): results.get(f.summary_key(), []) for f in families},
     }

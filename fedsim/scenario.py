@@ -1,8 +1,10 @@
-"""The scenario: one validated, frozen pydantic model per YAML section.
+"""The scenario schema: one validated, frozen pydantic model per core YAML section.
 
-Validation happens once, at the edge (`load_scenario`); every error names its key path, e.g.
+Only the schema lives here. Reading a file, `--set` overrides and the checks that span plug-ins are
+in `fedsim.loading`, which validates once, at the edge; every error names its key path, e.g.
 ``federation.rounds: must be >= 1``, and is raised as :class:`ScenarioError` (exit code 2 in the CLI).
-Defaults are documented in docs/scenarios.md.
+Sections owned by a setting or an attack family (``membership:``) are kept here as raw mappings in
+`Scenario.sections`; their owner validates them. Defaults are documented in docs/scenarios.md.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-
 
 KEY_PATH = r"[A-Za-z_]\w*(\.(\w+))*"  # a.b.c, with numbers picking list entries: defenses.0.params.sigma
 
@@ -196,20 +196,6 @@ class ServerConfig(Section):
     capture: bool | None = Field(None, description="record targeted updates; default: when attacks are listed")
 
 
-class MembershipConfig(Section):
-    """Membership-inference evaluation: balanced member / non-member sets, leaked samples, targets."""
-
-    eval_size: int = Field(40, ge=2, description="members + non-members scored (half each)")
-    aux_samples: int = Field(40, ge=0, description="leaked samples the attacker holds (half members)")
-    targets: list[Literal["centralized", "global_model", "client_update"]] = Field(
-        default_factory=lambda: ["global_model"])
-    client: int = Field(0, ge=0, description="client whose update is the client_update target")
-    round: int = Field(1, ge=1, description="round of that update")
-    delta: float = Field(1e-5, gt=0, lt=1, description="delta for the empirical epsilon lower bound")
-    match_target: bool = Field(True, description="pair each scored non-member with the member of nearest "
-                               "target (age), so the set's composition cannot stand in for membership")
-
-
 class SweepConfig(Section):
     """A grid of scenario variants that `fedsim sweep` runs (plain `fedsim run` ignores it)."""
 
@@ -233,16 +219,29 @@ class Scenario(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     seed: int = Field(0, ge=0)
+    setting: str = Field("federated", description="how data meets the model: a registered setting, "
+                         "or path/to/file.py:Class (fedsim.settings)")
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
     federation: FederationConfig = FederationConfig()
     resources: ResourcesConfig = ResourcesConfig()
     output: OutputConfig = OutputConfig()
     server: ServerConfig = ServerConfig()
-    membership: MembershipConfig = MembershipConfig()
     attacks: list[PluginSpec] = Field(default_factory=list)
     defenses: list[PluginSpec] = Field(default_factory=list)
     sweep: SweepConfig = SweepConfig()
+    sections: dict[str, Any] = Field(default_factory=dict, description="the other top-level sections, "
+                                     "owned by a setting or an attack family (e.g. membership), raw")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_sections(cls, raw: Any) -> Any:
+        """Top-level keys that are not core sections belong to a setting or family (checked by fedsim.loading)."""
+        if not isinstance(raw, dict):
+            return raw
+        core = {k: v for k, v in raw.items() if k in cls.model_fields and k != "sections"}
+        extra = {k: v for k, v in raw.items() if k not in cls.model_fields}
+        return {**core, "sections": {**raw.get("sections", {}), **extra}}
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -259,16 +258,6 @@ class Scenario(Section):
         for r in self.server.targets.rounds or []:
             if not 1 <= r <= self.federation.rounds:
                 raise ValueError(f"server.targets.rounds: round {r} is outside 1..{self.federation.rounds}")
-        m, t = self.membership, self.server.targets
-        if "client_update" in m.targets:
-            if m.client >= self.federation.clients:
-                raise ValueError(f"membership.client: client {m.client} does not exist "
-                                 f"(clients are 0..{self.federation.clients - 1})")
-            if m.round > self.federation.rounds:
-                raise ValueError(f"membership.round: round {m.round} is outside 1..{self.federation.rounds}")
-            if (t.clients is not None and m.client not in t.clients) or (t.rounds is not None and m.round not in t.rounds):
-                raise ValueError(f"membership.client: the server does not observe client {m.client} in round "
-                                 f"{m.round}; add them to server.targets")
         return self
 
     @property
@@ -277,74 +266,28 @@ class Scenario(Section):
         return self.server.capture if self.server.capture is not None else bool(self.attacks)
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read, override (``a.b=value``), validate and check plug-in names; raise ScenarioError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"scenario file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"{path}: a scenario must be a mapping of sections")
-    for item in overrides or []:
-        apply_override(raw, item)
-    return validate_scenario(raw)
-
-
-def validate_scenario(raw: dict[str, Any]) -> Scenario:
-    """Validate a raw mapping into a Scenario; every error becomes one line naming its key path."""
-    try:
-        scenario = Scenario.model_validate(raw)
-    except ValidationError as exc:
-        raise ScenarioError(_format_errors(exc)) from None
-    from fedsim.scenario_plugins import check_plugins  # the registries import this module: import late
-
-    check_plugins(scenario)
-    return scenario
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply one ``--set a.b.c=value`` to the raw mapping; the value is parsed as YAML.
-
-    A number picks an entry of a list: ``defenses.0.params.sigma=0.05``."""
-    key, sep, value = item.partition("=")
-    if not sep or not re.fullmatch(KEY_PATH, key.strip()):
-        raise ScenarioError(f"--set {item}: expected key.path=value")
-    set_path(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
-
-
-def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set `value` at a dotted key path of a raw scenario, creating sections on the way."""
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ScenarioError(f"{key}: '{'.'.join(parts[:i])}' has no entry {part}")
-            if last:
-                node[int(part)] = value
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-        else:
-            raise ScenarioError(f"{key}: '{'.'.join(parts[:i])}' is not a section")
-
-
 def parse_params(model: type[BaseModel], params: dict[str, Any]) -> Any:
     """Validate a plug-in's `params` mapping; errors become one line (`params.x: ...`)."""
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        raise ValueError(_format_errors(exc, prefix="params")) from None
+        raise ValueError(format_errors(exc, prefix="params")) from None
 
 
-def _format_errors(exc: ValidationError, prefix: str = "") -> str:
+def parse_section(model: type[BaseModel], raw: Any, section: str) -> Any:
+    """Validate a setting's or family's own section; errors name it (`membership.eval_size: ...`)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{section}: must be a mapping of keys")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(format_errors(exc, prefix=section)) from None
+
+
+def format_errors(exc: ValidationError, prefix: str = "") -> str:
+    """Every pydantic error of `exc` as `key.path: message`, joined on one line."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
@@ -358,5 +301,7 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> str:
 
 
 def scenario_to_yaml(scenario: Scenario) -> str:
-    """The resolved scenario (defaults filled in) as YAML, for the run folder."""
-    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
+    """The resolved scenario (defaults filled in) as YAML, for the run folder; owned sections are
+    written at the top level, where the user wrote them."""
+    raw = scenario.model_dump(mode="json")
+    return yaml.safe_dump({**raw, **raw.pop("sections")}, sort_keys=False)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import hashlib
 import random
 
-import numpy as np
-import torch
-
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable 32-bit seed for a sub-stream, e.g. (seed, "train", round, client)."""
@@ -17,6 +14,9 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python's `random` (Flower samples clients with it), NumPy and torch."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

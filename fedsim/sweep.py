@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from typing import Any
 
 import yaml
 
-from fedsim.record import atomic_write_text
-from fedsim.scenario import Scenario, ScenarioError, apply_override, set_path, validate_scenario
+from fedsim.loading import apply_override, read_raw, set_path, validate_scenario
+from fedsim.markdown import cell, table
+from fedsim.run_folder import RunFolder, atomic_write_text
+from fedsim.scenario import Scenario, ScenarioError
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 def expand(path: Path, *, grid: dict[str, list[Any]], overrides: list[str]) -> list[SweepPoint]:
     """Every point of the scenario's `sweep.grid` plus `grid` (cartesian product), validated."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ScenarioError(f"{path}: a scenario must be a mapping of sections")
+    raw = read_raw(path)
     for item in overrides:
         apply_override(raw, item)
     full = {**validate_scenario(raw).sweep.grid, **grid}
@@ -89,33 +88,19 @@ def expand(path: Path, *, grid: dict[str, list[Any]], overrides: list[str]) -> l
 
 
 def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """One table row: the grid values, utility, cost, privacy budget and each attack's success."""
+    """One table row: the grid values, utility, cost, privacy budget and each family's columns."""
+    from fedsim.report import run_families
+
     key = summary.get("primary_metric", "mae")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = RunFolder(run_dir).metrics()
     client_s = [r["seconds"] for r in records if r.get("kind") == "train" and r.get("seconds") is not None]
     row: dict[str, Any] = {**point.shown, "status": summary.get("status"),
                            f"test_{key}": summary.get("final", {}).get(key),
                            f"baseline_{key}": summary.get("baseline_predict_mean", {}).get(key),
                            "client_s_per_round": sum(client_s) / len(client_s) if client_s else None,
                            "dp_epsilon": summary.get("dp_epsilon"), "run": str(run_dir)}
-    by_attack: dict[str, list[dict[str, Any]]] = {}
-    for r in summary.get("attacks", []):
-        by_attack.setdefault(r["attack"], []).append(r)
-    for name, rows in by_attack.items():
-        ok = [r for r in rows if r.get("status") == "ok"]
-        for metric in ("psnr_gain", "reid_top1"):
-            row[f"{name}.{metric}"] = sum(r[metric] for r in ok) / len(ok) if ok else None
-        if not ok:
-            row[f"{name}.status"] = rows[0].get("reason") or rows[0].get("error") or rows[0].get("status")
-    for r in summary.get("membership", []):
-        if r.get("status") == "skipped" and "does not apply" in str(r.get("reason")):
-            continue  # e.g. update alignment on a global model: not a column worth having
-        for fit in (f"train_{key}", f"test_{key}"):  # the target's overfitting gap, beside its leakage
-            if r.get(fit) is not None:
-                row[f"{r['target']}.{fit}"] = r[fit]
-        prefix = f"{r['attack']}@{r['target']}"
-        for metric in ("auc", "balanced_accuracy", "tpr_at_1pct_fpr", "empirical_epsilon"):
-            row[f"{prefix}.{metric}"] = r.get(metric) if r.get("status") == "ok" else None
+    for family in run_families(summary):
+        row.update(family.sweep_columns(summary))
     return row
 
 
@@ -149,13 +134,5 @@ def write_tables(folder: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(folder / "sweep.csv", to_csv(rows))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     shown = [c for c in columns if c not in ("run",)]
-    lines = ["| " + " | ".join(shown) + " |", "|---" * len(shown) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in shown) + " |")
+    lines = table(shown, [[cell(row.get(c)) for c in shown] for row in rows])
     atomic_write_text(folder / "sweep.md", "\n".join(lines) + "\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)

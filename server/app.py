@@ -9,14 +9,14 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.clients.training import predict
-from fedsim.record import RunRecord
+from fedsim.run_folder import RunFolder
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
-from fedsim.tasks import Task
 from fedsim.server.capture import Capture
 from fedsim.server.observation import ObservedStrategy, discover_partitions
 from fedsim.server.strategies import build_strategy
+from fedsim.tasks import Task
+from fedsim.training import predict
 
 
 @dataclass
@@ -27,13 +27,14 @@ class ServerPlan:
     task: Task
     x_test: torch.Tensor
     y_test: torch.Tensor
-    record: RunRecord
+    run: RunFolder
+    updates_hidden: bool = False  # secure aggregation: the server sees only each round's aggregate
     on_round: Callable[[int, dict[str, float]], None] = lambda r, m: None
     outcome: dict = field(default_factory=dict)  # filled in by the app: final metrics, failures
 
 
 def make_server_app(plan: ServerPlan) -> ServerApp:
-    """Build the ServerApp for one run; results go to plan.record and plan.outcome."""
+    """Build the ServerApp for one run; results go to plan.run and plan.outcome."""
     app = ServerApp()
     sc = plan.scenario
 
@@ -41,8 +42,8 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         model = plan.task.build_model()
         model.load_state_dict(arrays.to_torch_state_dict())
         scores = plan.task.metrics(predict(model, plan.x_test), plan.y_test)
-        plan.record.append(round=server_round, kind="server", **{f"test_{k}": v for k, v in scores.items()},
-                           elapsed_s=plan.record.elapsed())
+        plan.run.append_metrics(round=server_round, kind="server", **{f"test_{k}": v for k, v in scores.items()},
+                                elapsed_s=plan.run.elapsed())
         plan.on_round(server_round, scores)
         return MetricRecord({f"test_{k}": v for k, v in scores.items()})
 
@@ -50,8 +51,9 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         seed_everything(derive_seed(sc.seed, "server"))
         partition_of = discover_partitions(grid, sc.federation.clients, sc.resources.timeout_s)
-        strategy = ObservedStrategy(build_strategy(sc.federation), record=plan.record, partition_of=partition_of,
-                                    capture=Capture(sc, plan.record.path, auxiliary=plan.x_test))
+        capture = Capture(sc, plan.run, hidden=plan.updates_hidden, auxiliary=plan.x_test)
+        strategy = ObservedStrategy(build_strategy(sc.federation), run=plan.run, partition_of=partition_of,
+                                    capture=capture)
         plan.outcome["strategy"] = strategy
         torch.manual_seed(derive_seed(sc.seed, "init"))
         initial = plan.task.build_model()

@@ -11,17 +11,17 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
-from flwr.app import ConfigRecord
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from fedsim.models.imprint import descriptor, make_imprint, strip, tamper
 from fedsim.plugin import Configurable, NoParams
 from fedsim.protocol import ARCH_KEY, BATCH_KEY, UPDATE_KEY
 from fedsim.registry import registry
 from fedsim.seeding import derive_seed
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and Flower load where a behaviour runs, not when a scenario is checked
+    import torch
+    from flwr.app import ConfigRecord
+
     from fedsim.scenario import Scenario
 
 
@@ -118,7 +118,11 @@ class Imprint(ServerBehaviour):
 
     def modify_arrays(self, arrays: dict[str, torch.Tensor], config: ConfigRecord, *, server_round: int,
                       client: int) -> dict[str, torch.Tensor]:
-        bins = self.n_bins(int(config.get(BATCH_KEY, self.batch_size)))
+        import torch
+
+        from fedsim.models.imprint import descriptor, make_imprint, tamper
+
+        bins = self.n_bins(int(config.get(BATCH_KEY, self.batch_size)))  # the batch this client is asked for
         key = (server_round, bins)
         if key not in self._made:  # one block per round and size, shared by that round's targets
             self._made = {k: v for k, v in self._made.items() if k[0] == server_round}
@@ -128,4 +132,6 @@ class Imprint(ServerBehaviour):
         return tamper(arrays, self._made[key])
 
     def restore_update(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from fedsim.models.imprint import strip
+
         return strip(update)

@@ -10,27 +10,28 @@ agreed architecture so the honest strategy aggregates it like any other.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedsim.defenses.base import hides_client_updates
 from fedsim.protocol import ARCH_KEY, CAPTURE_KEY
-from fedsim.record import observation_name, save_tensors
+from fedsim.run_folder import RunFolder, observation_name
 from fedsim.scenario import Scenario
 from fedsim.server.behaviours import BEHAVIOURS, ServerBehaviour
+from fedsim.settings.base import AGGREGATE, GRADIENT, WEIGHTS
 
 
 class Capture:
     """Targeting, behaviours and observation records of one run."""
 
-    def __init__(self, scenario: Scenario, run_dir: Path, *, auxiliary: torch.Tensor | None = None) -> None:
-        """`auxiliary`: the server's own scans (its test set), for behaviours that fit the population."""
+    def __init__(self, scenario: Scenario, run: RunFolder, *, hidden: bool = False,
+                 auxiliary: torch.Tensor | None = None) -> None:
+        """`hidden`: the server sees only round aggregates (secure aggregation); `auxiliary`: the
+        server's own scans (its test set), for behaviours that fit the population."""
         self.targets = scenario.server.targets
         self.enabled = scenario.captures_updates or bool(scenario.server.behaviours)
-        self.hidden = hides_client_updates(scenario)  # secure aggregation: only round aggregates are seen
+        self.hidden = hidden
         self.record_updates = scenario.captures_updates and not self.hidden
         self.behaviours: list[tuple[str, ServerBehaviour]] = [
             (b.name, BEHAVIOURS.get(b.name)(**b.params)) for b in scenario.server.behaviours
@@ -38,7 +39,7 @@ class Capture:
         for _, behaviour in self.behaviours:
             behaviour.prepare(scenario=scenario, auxiliary=auxiliary)
         self.client_lr = scenario.federation.lr
-        self.run_dir = run_dir
+        self.run = run
         self._sent: dict[int, ArrayRecord] = {}  # the honest global model of each targeted round
         self._tampered: dict[tuple[int, int], tuple[ArrayRecord, str | None]] = {}  # (round, client): sent, arch
 
@@ -77,10 +78,9 @@ class Capture:
         """Under secure aggregation, a targeted round leaves the server its aggregate and nothing else."""
         if not (self.hidden and self.enabled and server_round in self._sent and arrays is not None):
             return
-        folder = self.run_dir / "observations" / f"round{server_round:03d}_aggregate"
-        save_tensors(folder / "update.safetensors", arrays.to_torch_state_dict(),
-                     {"round": server_round, "kind": "aggregate", "lr": self.client_lr})
-        save_tensors(folder / "global.safetensors", self._sent[server_round].to_torch_state_dict())
+        self.run.write_observation(f"round{server_round:03d}_aggregate", update=arrays.to_torch_state_dict(),
+                                   meta={"round": server_round, "kind": AGGREGATE, "lr": self.client_lr},
+                                   global_state=self._sent[server_round].to_torch_state_dict())
 
     def observe(self, server_round: int, client: int, reply: Message) -> None:
         """Save a targeted reply whole, map a tampered one back to the agreed architecture, and turn a
@@ -95,16 +95,15 @@ class Capture:
         if self.record_updates:
             meta: dict[str, Any] = {
                 "round": server_round, "client": client,
-                "kind": "gradient" if is_gradient else "weights",
+                "kind": GRADIENT if is_gradient else WEIGHTS,
                 "batch_size": metrics.get("batch_size"), "local_steps": metrics.get("local_steps"),
                 "num_examples": metrics.get("num-examples"), "lr": self.client_lr,
                 "behaviours": [name for name, b in self.behaviours if b.applies_to(client)],
             }
             if arch is not None:
                 meta["architecture"] = arch
-            folder = self.run_dir / "observations" / observation_name(server_round, client)
-            save_tensors(folder / "update.safetensors", update, meta)
-            save_tensors(folder / "global.safetensors", tampered.to_torch_state_dict() if tampered else sent)
+            self.run.write_observation(observation_name(server_round, client), update=update, meta=meta,
+                                       global_state=tampered.to_torch_state_dict() if tampered else sent)
         if tampered is not None:
             for _, behaviour in reversed(self.behaviours):
                 if behaviour.applies_to(client):

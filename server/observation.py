@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.record import RunRecord
+from fedsim.run_folder import RunFolder
 from fedsim.server.capture import Capture
 
 PER_CLIENT_KEYS = ("partition-id", "seconds", "gradient_update", "batch_size")
@@ -78,10 +78,10 @@ class _PartitionOrderedGrid:
 class ObservedStrategy(Strategy):
     """Delegates to an honest strategy; records per-client results and client failures."""
 
-    def __init__(self, inner: Strategy, *, record: RunRecord, partition_of: dict[int, int],
+    def __init__(self, inner: Strategy, *, run: RunFolder, partition_of: dict[int, int],
                  capture: Capture | None = None) -> None:
         self.inner = inner
-        self.record = record
+        self.run = run
         self.partition_of = partition_of
         self.capture = capture
         self.failures: list[dict[str, Any]] = []
@@ -127,13 +127,13 @@ class ObservedStrategy(Strategy):
                 failure = {"round": server_round, "client": client, "phase": phase,
                            "error": short_reason(msg.error.reason)}
                 self.failures.append(failure)
-                self.record.append(kind="client_error", **failure, traceback=msg.error.reason)
+                self.run.append_metrics(kind="client_error", **failure, traceback=msg.error.reason)
                 continue
             if phase == "train" and self.capture is not None:
                 self.capture.observe(server_round, client, msg)
             metrics = dict(msg.content["metrics"])
             metrics.pop("partition-id", None)
-            self.record.append(round=server_round, kind=phase, client=client, **metrics)
+            self.run.append_metrics(round=server_round, kind=phase, client=client, **metrics)
         return ordered
 
 

@@ -11,16 +11,16 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from fedsim.record import TIMING_KEYS, read_metrics
+from fedsim.loading import validate_scenario
+from fedsim.run_folder import TIMING_KEYS, RunFolder
 from fedsim.runner import run_scenario
-from fedsim.scenario import validate_scenario
 from tests.conftest import REPO, tiny_scenario
 
 pytestmark = pytest.mark.e2e
 
 
 def _values(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run_dir)]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run_dir).metrics()]
 
 
 def test_federation_runs_and_writes_the_run_folder_deterministically(tmp_path: Path):
@@ -33,7 +33,7 @@ def test_federation_runs_and_writes_the_run_folder_deterministically(tmp_path: P
     for name in ("scenario.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "partitions.json",
                  "model.safetensors", "report.md", "figures/curves.png"):
         assert (run / name).is_file(), name
-    records = read_metrics(run)
+    records = RunFolder(run).metrics()
     kinds = {(r["kind"], r.get("round"), r.get("client")) for r in records}
     assert {("train", rnd, c) for rnd in (1, 2) for c in (0, 1)} <= kinds
     assert {("evaluate", rnd, c) for rnd in (1, 2) for c in (0, 1)} <= kinds
@@ -60,7 +60,7 @@ def test_different_seed_changes_results(tmp_path: Path):
 
 FLAKY_MODEL = '''
 import os
-from fedsim.models import BrainAgeCNN
+from fedsim.models.brain_age import BrainAgeCNN
 
 class FailingCNN(BrainAgeCNN):
     """Raises in training: always, or once per run when MARKER is set (first client to get there)."""

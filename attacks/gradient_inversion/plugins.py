@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.attacks.base import ATTACKS, Attack, Observation, Reconstruction, ThreatModel
-from fedsim.attacks.gradient_inversion.optimize import (
-    InversionConfig,
-    invert_gradient,
-    invert_weight_update,
-    recover_labels_idlg,
-)
+from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedsim.attacks.gradient_inversion.optimize import InversionConfig
 
 
 class InversionParams(BaseModel):
@@ -44,7 +42,7 @@ class DLGParams(InversionParams):
     label: Literal["known", "joint"] = "joint"
 
 
-class GradientInversion(Attack):
+class GradientInversion(ReconstructionAttack):
     """Shared body: search inputs whose gradient (or local update) matches the observed one."""
 
     threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True, labels=True, auxiliary=True)
@@ -59,12 +57,16 @@ class GradientInversion(Attack):
                              "test set: raise data.n_subjects or data.test_fraction, or lower n_components)")
 
     def config(self) -> InversionConfig:
+        from fedsim.attacks.gradient_inversion.optimize import InversionConfig
+
         fields = self.params.model_dump(exclude={"verbose"})
         if fields["label"] == "idlg":
             fields["label"] = "known"  # the recovered classes are then used as known labels
         return InversionConfig(**fields)
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
+        from fedsim.attacks.gradient_inversion.optimize import invert_gradient, invert_weight_update
+
         obs = observation
         if obs.loss_fn is None or obs.input_shape is None:
             raise PermissionError("gradient inversion needs the architecture and the task's loss")
@@ -92,6 +94,8 @@ class GradientInversion(Attack):
 
 def idlg_labels(model: torch.nn.Module, obs: Observation, n: int) -> torch.Tensor:
     """iDLG: the batch's classes from the gradient of the last layer's weight (cross-entropy heads)."""
+    from fedsim.attacks.gradient_inversion.optimize import recover_labels_idlg
+
     if obs.kind != "gradient":
         raise ValueError("label 'idlg' needs a one-batch gradient (kind 'gradient')")
     last = [name for name, p in model.named_parameters() if p.requires_grad and name.endswith("weight")][-1]

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from fedsim.attacks.base import ATTACKS, MembershipAttack, MembershipTarget, ThreatModel
-from fedsim.attacks.membership.blackbox import lira_scores, shadow_attack, threshold_attack
-from fedsim.attacks.membership.whitebox import update_alignment_scores, update_loss_drop_scores, whitebox_attack
 from fedsim.plugin import NoParams
+from fedsim.settings.base import WEIGHTS
+
+if TYPE_CHECKING:  # the scoring code (torch, scikit-learn) loads where an attack runs
+    import torch
 
 
 def _leaked(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -30,6 +31,8 @@ def _leaked(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def _pooled(target: MembershipTarget) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Leaked members, leaked non-members and population scans in one pool, and which are members."""
+    import torch
+
     mx, my, nx, ny = _leaked(target)
     px, py = target.population if target.population is not None else (nx[:0], ny[:0])
     is_member = np.r_[np.ones(len(my), dtype=bool), np.zeros(len(ny) + len(py), dtype=bool)]
@@ -41,6 +44,8 @@ class LossThreshold(MembershipAttack):
     """Black box: a threshold on the per-sample error, calibrated on leaked members and non-members."""
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        from fedsim.attacks.membership.blackbox import threshold_attack
+
         mx, my, nx, ny = _leaked(target)
         return threshold_attack(target.predict, x, y, aux_member_x=mx, aux_member_y=my, aux_non_x=nx, aux_non_y=ny)
 
@@ -61,6 +66,8 @@ class Shadow(MembershipAttack):
     Params = ShadowParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        from fedsim.attacks.membership.blackbox import shadow_attack
+
         ax, ay, _ = _pooled(target)
         return shadow_attack(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
                              n_shadows=self.params.n_shadows, seed=target.seed)
@@ -80,6 +87,8 @@ class LiRA(MembershipAttack):
     Params = LiraParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        from fedsim.attacks.membership.blackbox import lira_scores
+
         ax, ay, is_member = _pooled(target)
         return lira_scores(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
                            aux_is_member=is_member if self.params.calibrate else None,
@@ -100,6 +109,8 @@ class WhiteBox(MembershipAttack):
     Params = WhiteBoxParams
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        from fedsim.attacks.membership.whitebox import whitebox_attack
+
         mx, my, nx, ny = _leaked(target)
         return whitebox_attack(target.model, target.loss_fn, x, y, aux_member_x=mx, aux_member_y=my,
                                aux_non_x=nx, aux_non_y=ny, population=target.population,
@@ -116,6 +127,7 @@ class UpdateAttack(MembershipAttack):
     """Base of attacks on one client's update: the global model the server sent and what came back."""
 
     targets: ClassVar[tuple[str, ...]] = ("client_update",)
+    consumes: ClassVar[frozenset[str]] = frozenset({WEIGHTS})
 
     def membership_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         if target.global_state is None or target.update_state is None or target.model is None:
@@ -136,6 +148,10 @@ class UpdateAlignment(UpdateAttack):
     Params = AlignmentParams
 
     def update_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        import torch
+
+        from fedsim.attacks.membership.whitebox import update_alignment_scores
+
         model = copy.deepcopy(target.model)
         model.load_state_dict(target.global_state)
         reference = None
@@ -162,5 +178,7 @@ class UpdateLossDrop(UpdateAttack):
     Params = LossDropParams
 
     def update_scores(self, target: MembershipTarget, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        from fedsim.attacks.membership.whitebox import update_loss_drop_scores
+
         return update_loss_drop_scores(target.model, target.loss_fn, target.global_state, target.update_state,
                                        x, y, relative=self.params.relative)

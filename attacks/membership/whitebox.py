@@ -20,7 +20,7 @@ from scipy.special import expit
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from fedsim.clients.training import predict
+from fedsim.training import predict
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

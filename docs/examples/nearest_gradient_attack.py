@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.attacks import Attack, Observation, Reconstruction, ThreatModel
+from fedsim.attacks import (
+    Observation,
+    Reconstruction,
+    ReconstructionAttack,
+    ThreatModel,
+)
 
 
 class Params(BaseModel):
@@ -17,7 +22,7 @@ class Params(BaseModel):
     max_candidates: int = Field(64, ge=1)
 
 
-class NearestGradient(Attack):
+class NearestGradient(ReconstructionAttack):
     """For each auxiliary scan, compute the gradient the global model would produce, and return the
     scan whose gradient has the highest |cosine| with the observed one (no label needed)."""
 

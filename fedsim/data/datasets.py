@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
-from fedsim.data.synthetic import Cohort, CohortSpec, load_cohort
-from fedsim.data.synthetic_ct import CTSpec, load_ct_cohort
 from fedsim.registry import registry
-from fedsim.scenario import DataConfig
+
+if TYPE_CHECKING:  # the generators load where a cohort is loaded (the CT one needs MONAI)
+    from fedsim.data.synthetic import Cohort
+    from fedsim.scenario import DataConfig
 
 
 class Dataset(ABC):
@@ -26,6 +28,8 @@ class SyntheticBrain(Dataset):
     """Embedded synthetic T1 brain cohort (MNI152-based, sites differ in contrast/noise/age)."""
 
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
+        from fedsim.data.synthetic import CohortSpec, load_cohort
+
         spec = CohortSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
         return load_cohort(spec)  # cached under $FEDSIM_CACHE (or ~/.cache/fedsim)
 
@@ -35,6 +39,8 @@ class SyntheticHeadCT(Dataset):
     """Embedded synthetic head CT of the same subjects (skull, HU tissues, brain window, per-site noise)."""
 
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
+        from fedsim.data.synthetic_ct import CTSpec, load_ct_cohort
+
         spec = CTSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
         return load_ct_cohort(spec)  # cached beside the MRI cohort it is made from
 

@@ -25,10 +25,10 @@ import numpy as np
 
 from fedsim.data.datasets import DATASETS, Dataset
 from fedsim.data.layouts import LAYOUTS
-from fedsim.data.tables import Scan, Subject
 from fedsim.data.partition import TEST, client_names, read_assignment
 from fedsim.data.preprocess import Preprocessing, Volume, preprocess_many
 from fedsim.data.synthetic import Cohort, _cache_dir, _exclusive
+from fedsim.data.tables import Scan, Subject
 from fedsim.scenario import DISK_DATASETS, DataConfig, Scenario, ScenarioError
 
 LOADER_VERSION = "1"  # bump when preprocessing changes: it invalidates every cached disk cohort

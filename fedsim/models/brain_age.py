@@ -16,10 +16,6 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-from fedsim.registry import registry
-
-MODELS = registry("model")
-
 
 def _norm(kind: str, channels: int) -> tuple[str, dict]:
     if kind == "group":
@@ -28,7 +24,6 @@ def _norm(kind: str, channels: int) -> tuple[str, dict]:
     return ("instance", {"affine": True})
 
 
-@MODELS.register("brain_age_cnn")
 class BrainAgeCNN(nn.Module):
     """3D (or 2D) CNN regressor: conv blocks, global pooling, 1x1x1 head; output bias = mean age."""
 

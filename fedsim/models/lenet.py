@@ -12,10 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsim.models.brain_age import MODELS
 
-
-@MODELS.register("lenet")
 class LeNet(nn.Module):
     """Sigmoid LeNet-style regressor without global pooling (leaks spatial detail through its gradient)."""
 

@@ -15,7 +15,7 @@ import torch
 from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
-from fedsim.models.brain_age import MODELS, _norm
+from fedsim.models.brain_age import _norm
 
 ACT = ("relu", {"inplace": False})
 
@@ -26,7 +26,6 @@ def _check_depth(name: str, channels: Sequence[int], minimum: int = 2) -> None:
                          f"(one per resolution level), got {list(channels)}")
 
 
-@MODELS.register("unet")
 class SegUNet(nn.Module):
     """MONAI UNet: one level per `channels` entry, stride-2 down/up sampling, residual units."""
 
@@ -53,7 +52,6 @@ class SegUNet(nn.Module):
         return self.net(x)
 
 
-@MODELS.register("segresnet")
 class SegResNetModel(nn.Module):
     """MONAI SegResNet (residual encoder, light decoder): first width `channels[0]`, depth `len(channels)`."""
 

@@ -1,8 +1,16 @@
-"""Task plug-ins (`task.name`): model, loss, metrics and preprocessing for one learning problem."""
+"""Task plug-ins (`task.name`): model, loss, metrics and preprocessing for one learning problem.
+
+Built-in tasks are declared here by name and imported on first use (their modules need torch)."""
 
 from fedsim.tasks.base import TASKS, Task
-from fedsim.tasks.brain_age import BrainAgeSliceTask, BrainAgeTask
-from fedsim.tasks.segmentation import SegmentationTask
-from fedsim.tasks.sex import SexClassificationTask
 
-__all__ = ["TASKS", "Task", "BrainAgeTask", "BrainAgeSliceTask", "SexClassificationTask", "SegmentationTask"]
+TASKS.lazy("brain_age", "fedsim.tasks.brain_age:BrainAgeTask",
+           "Age regression, MSE loss, MAE in years as the headline metric.")
+TASKS.lazy("brain_age_slice", "fedsim.tasks.brain_age:BrainAgeSliceTask",
+           "Age from the central axial slice (2D): the same task at the scale of the 2D attack literature.")
+TASKS.lazy("sex_classification", "fedsim.tasks.sex:SexClassificationTask",
+           "Female / male from the volume (head size and shape differ a little); cross-entropy, error rate.")
+TASKS.lazy("segmentation", "fedsim.tasks.segmentation:SegmentationTask",
+           "Voxel-wise segmentation of a 3D volume (synthetic: CSF / GM / WM) with a MONAI UNet or SegResNet.")
+
+__all__ = ["TASKS", "Task"]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import nn
-
-from fedsim.data.synthetic import Cohort
 from fedsim.registry import registry
-from fedsim.scenario import TaskConfig
+
+if TYPE_CHECKING:  # a task's module imports torch; the base stays light for `fedsim validate`
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedsim.data.synthetic import Cohort
+    from fedsim.scenario import TaskConfig
 
 
 class Task(ABC):
@@ -50,6 +53,8 @@ class Task(ABC):
 
     def baseline(self, target_mean: float, test_target: torch.Tensor) -> dict[str, float]:
         """Metrics of predicting the mean training target for every test case."""
+        import torch
+
         return self.metrics(torch.full_like(test_target, target_mean), test_target)
 
 

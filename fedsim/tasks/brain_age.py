@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from fedsim.data.synthetic import Cohort
-from fedsim.models import MODELS
-from fedsim.tasks.base import TASKS, Task
+from fedsim.models.registry import MODELS
+from fedsim.tasks.base import Task
 
 
 def zscore_volumes(images: np.ndarray) -> np.ndarray:
@@ -19,7 +19,6 @@ def zscore_volumes(images: np.ndarray) -> np.ndarray:
     return ((flat - mean) / std).reshape(images.shape)
 
 
-@TASKS.register("brain_age")
 class BrainAgeTask(Task):
     """Age regression, MSE loss, MAE in years as the headline metric."""
 
@@ -56,7 +55,6 @@ class BrainAgeTask(Task):
         return cohort.age.astype(np.float64)
 
 
-@TASKS.register("brain_age_slice")
 class BrainAgeSliceTask(BrainAgeTask):
     """Age from the central axial slice (2D): the same task at the scale of the 2D attack literature."""
 

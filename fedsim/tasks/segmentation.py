@@ -18,11 +18,10 @@ from monai.metrics import DiceMetric
 from torch import nn
 
 from fedsim.data.synthetic import Cohort
-from fedsim.models import MODELS
+from fedsim.models.registry import MODELS
 from fedsim.scenario import TaskConfig
-from fedsim.tasks.base import TASKS, Task
+from fedsim.tasks.base import Task
 from fedsim.tasks.brain_age import zscore_volumes
-
 
 SYNTHETIC_CLASSES = ("csf", "gm", "wm")  # labels 1, 2, 3 of the synthetic cohorts; 0 is background
 
@@ -42,7 +41,6 @@ def _metric_name(name: str, label: int) -> str:
     return re.sub(r"\W+", "_", name.lower()).strip("_") or f"class_{label}"
 
 
-@TASKS.register("segmentation")
 class SegmentationTask(Task):
     """Voxel-wise segmentation of a 3D volume (synthetic: CSF / GM / WM) with a MONAI UNet or SegResNet."""
 

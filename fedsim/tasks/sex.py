@@ -8,11 +8,9 @@ import torch
 from torch import nn
 
 from fedsim.data.synthetic import Cohort
-from fedsim.tasks.base import TASKS
 from fedsim.tasks.brain_age import BrainAgeTask
 
 
-@TASKS.register("sex_classification")
 class SexClassificationTask(BrainAgeTask):
     """Female / male from the volume (head size and shape differ a little); cross-entropy, error rate."""
 

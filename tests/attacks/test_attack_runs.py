@@ -10,18 +10,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsim.attacks import ATTACKS, Attack, Observation, ThreatModel
-from fedsim.attacks.runner import build_observation, load_observations
-from fedsim.runner import prepare, run_scenario
-from fedsim.scenario import ScenarioError, validate_scenario
+from fedsim.attacks import ATTACKS, Observation, ReconstructionAttack, ThreatModel
+from fedsim.attacks.reconstruction import build_observation
+from fedsim.experiment import prepare
+from fedsim.loading import validate_scenario
+from fedsim.run_folder import RunFolder
+from fedsim.runner import run_scenario
+from fedsim.scenario import ScenarioError
 from tests.conftest import REPO, tiny_scenario
 
 pytestmark = pytest.mark.e2e
 
 CRASHING = '''
-from fedsim.attacks import Attack, ThreatModel
+from fedsim.attacks import ReconstructionAttack, ThreatModel
 
-class Crashing(Attack):
+class Crashing(ReconstructionAttack):
     """Always fails: its error must be recorded while the run's other results survive."""
     threat = ThreatModel(per_client_updates=True)
 
@@ -68,20 +71,21 @@ def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tm
     assert "request_gradient" in report and "attacker bug" in report and "| dlg | 1 | 0 | gradient | 1 |" in report
 
     # threat model in code: dlg is not given labels or auxiliary scans, even though they exist
-    prep = prepare(scenario, log=lambda _: None)
-    (meta, folder), = load_observations(run)
-    obs = build_observation(ATTACKS.get("dlg")(), meta, folder, prep=prep)
+    experiment = prepare(scenario, log=lambda _: None)
+    (recorded,) = RunFolder(run).observations()
+    truth = RunFolder(run).read_truth(recorded.name)
+    obs = build_observation(ATTACKS.get("dlg")(), recorded, truth, experiment=experiment)
     assert obs.labels is None and obs.auxiliary is None and obs.batch_size == 1
-    ig = build_observation(ATTACKS.get("inverting_gradients")(), meta, folder, prep=prep)
+    ig = build_observation(ATTACKS.get("inverting_gradients")(), recorded, truth, experiment=experiment)
     assert ig.labels is not None and ig.auxiliary is not None
 
-    class Blind(Attack):
+    class Blind(ReconstructionAttack):
         threat = ThreatModel(architecture=False)
 
         def reconstruct(self, observation: Observation):
             return observation.model()
 
-    blind = build_observation(Blind(), meta, folder, prep=prep)
+    blind = build_observation(Blind(), recorded, truth, experiment=experiment)
     assert blind.model_factory is None and blind.input_shape is None and blind.batch_size is None
     with pytest.raises(PermissionError):
         blind.model()

@@ -13,12 +13,19 @@ from safetensors.torch import load_file
 from fedsim.attacks.base import Observation
 from fedsim.attacks.imprint import ImprintAttack, bin_differences, recover_from_imprint
 from fedsim.attacks.metrics import psnr
+from fedsim.loading import validate_scenario
 from fedsim.models.brain_age import BrainAgeCNN
-from fedsim.models.imprint import ImprintedModel, is_tampered, make_imprint, strip, tamper
+from fedsim.models.imprint import (
+    ImprintedModel,
+    is_tampered,
+    make_imprint,
+    strip,
+    tamper,
+)
 from fedsim.models.lenet import LeNet
 from fedsim.protocol import ARCH_KEY, BATCH_KEY
 from fedsim.runner import run_scenario
-from fedsim.scenario import ScenarioError, validate_scenario
+from fedsim.scenario import ScenarioError
 from fedsim.server.behaviours import BEHAVIOURS
 from tests.conftest import tiny_scenario
 

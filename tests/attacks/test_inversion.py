@@ -9,15 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.attacks.gradient_inversion import (
+from fedsim.attacks.gradient_inversion.optimize import (
     InversionConfig,
+    _update_simulator,
     gradients_of,
     invert_gradient,
     invert_weight_update,
     recover_labels_idlg,
 )
-from fedsim.attacks.gradient_inversion.optimize import _update_simulator
-from fedsim.attacks.gradient_inversion.parts import PCAImage, match_objective, total_variation
+from fedsim.attacks.gradient_inversion.parts import (
+    PCAImage,
+    match_objective,
+    total_variation,
+)
 from fedsim.attacks.metrics import psnr
 
 mse_loss = nn.functional.mse_loss

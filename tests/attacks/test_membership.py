@@ -14,22 +14,26 @@ from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from fedsim.attacks.membership import (
-    best_empirical_epsilon,
-    empirical_epsilon,
-    gradient_feature_names,
-    gradient_features,
+from fedsim.attacks.membership.blackbox import (
     lira_scores,
     loss_scores,
-    membership_metrics,
-    roc_figure,
     shadow_attack,
     threshold_attack,
+)
+from fedsim.attacks.membership.metrics import (
+    best_empirical_epsilon,
+    empirical_epsilon,
+    membership_metrics,
+    roc_figure,
+)
+from fedsim.attacks.membership.whitebox import (
+    gradient_feature_names,
+    gradient_features,
+    monotone_logistic,
     update_alignment_scores,
     update_loss_drop_scores,
     whitebox_attack,
 )
-from fedsim.attacks.membership.whitebox import monotone_logistic
 
 torch.set_num_threads(1)
 D = 12

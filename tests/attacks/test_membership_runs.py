@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,9 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedsim.attacks.membership.evaluation import build_targets, membership_sets, null_auc, target_budget
-from fedsim.runner import prepare, run_scenario
-from fedsim.scenario import ScenarioError, validate_scenario
+from fedsim.attacks.membership.config import MembershipConfig
+from fedsim.attacks.membership.evaluation import build_target, membership_sets, null_auc, target_budget
+from fedsim.experiment import prepare
+from fedsim.loading import validate_scenario
+from fedsim.run_folder import RunFolder
+from fedsim.runner import run_scenario
+from fedsim.scenario import ScenarioError
 from tests.conftest import tiny_scenario
 
 
@@ -54,8 +57,8 @@ def test_membership_attacks_score_every_target(tmp_path: Path):
     scenario = validate_scenario(_mia())
     saved = load_file(result.run_dir / "centralized.safetensors")
     logs: list[str] = []
-    (again,) = build_targets(result.run_dir, scenario.model_copy(update={"membership": scenario.membership.model_copy(
-        update={"targets": ["centralized"]})}), prepare(scenario), None, log=logs.append)
+    again = build_target("centralized", RunFolder(result.run_dir), prepare(scenario),
+                         MembershipConfig(**scenario.sections["membership"]), log=logs.append)
     assert not logs and all(torch.equal(v, saved[k]) for k, v in again.model.state_dict().items())
 
 
@@ -130,11 +133,14 @@ def test_shadow_budget_follows_the_target():
         raw["federation"].update(rounds=3, batch_size=4, **federation)
         raw["server"]["targets"]["rounds"] = [2]
         raw["membership"]["round"] = 2
-        return validate_scenario(raw)
+        sc = validate_scenario(raw)
+        return sc, MembershipConfig(**sc.sections["membership"])
 
-    steps = scenario(local_steps=5)
-    assert target_budget(steps, prep, "global_model") == (15, 15 * 4 / 32)
-    assert target_budget(steps, prep, "client_update") == (10, 10 * 4 / 40)
-    epochs = scenario(local_steps=None, local_epochs=2)
-    assert target_budget(epochs, prep, "global_model")[0] == 3 * 2 * (32 // 4)
-    assert target_budget(epochs, prep, "centralized") == (6 * (64 // 4), 6.0)
+    steps, cfg = scenario(local_steps=5)
+    assert target_budget(steps, prep, "global_model", cfg) == (15, 15 * 4 / 32)
+    assert target_budget(steps, prep, "client_update", cfg) == (10, 10 * 4 / 40)
+    epochs, cfg = scenario(local_steps=None, local_epochs=2)
+    assert target_budget(epochs, prep, "global_model", cfg)[0] == 3 * 2 * (32 // 4)
+    assert target_budget(epochs, prep, "centralized", cfg) == (6 * (64 // 4), 6.0)
+    # a server that asked for batches of 1 in the observed round: that round's 2 epochs took a step per scan
+    assert target_budget(epochs, prep, "client_update", cfg, batch_size=1) == (2 * 10 + 2 * 40, (20 * 4 + 80) / 40)

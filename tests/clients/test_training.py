@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from fedsim.clients.training import predict, train_local
 from fedsim.scenario import FederationConfig, TaskConfig
-from fedsim.tasks import BrainAgeTask
+from fedsim.tasks.brain_age import BrainAgeTask
+from fedsim.training import predict, train_local
 
 
 def _data(n=16):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fedsim.loading import validate_scenario
 from fedsim.runner import run_scenario
-from fedsim.scenario import validate_scenario
 from tests.conftest import tiny_scenario
 from tests.data.test_loaders import write_ixi
 

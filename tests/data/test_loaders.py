@@ -18,7 +18,8 @@ import yaml
 from fedsim.data.loaders import DiskCohort, load_disk
 from fedsim.data.partition import split_federation
 from fedsim.data.preprocess import Preprocessing, preprocess
-from fedsim.scenario import DataConfig, ScenarioError, load_scenario, validate_scenario
+from fedsim.loading import load_scenario, validate_scenario
+from fedsim.scenario import DataConfig, ScenarioError
 from tests.conftest import REPO
 
 SIDE = 16
@@ -319,7 +320,7 @@ def test_templates_need_a_path_then_validate(tmp_path: Path, capsys: pytest.Capt
 
 
 def _tasks() -> str:
-    from fedsim.registry import load_builtins
+    from fedsim.plugins import load_builtins
 
     return " ".join(load_builtins()["task"].names())
 

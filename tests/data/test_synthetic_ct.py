@@ -10,7 +10,14 @@ from scipy import ndimage
 
 from fedsim.data.datasets import load_dataset
 from fedsim.data.synthetic import CohortSpec, load_cohort
-from fedsim.data.synthetic_ct import CT_SITES, CTSpec, generate_ct_cohort, load_ct_cohort, synthesize_ct, window
+from fedsim.data.synthetic_ct import (
+    CT_SITES,
+    CTSpec,
+    generate_ct_cohort,
+    load_ct_cohort,
+    synthesize_ct,
+    window,
+)
 from fedsim.scenario import DataConfig
 
 SPEC = CTSpec(n_subjects=6, shape=32, n_sites=3, seed=0)

@@ -15,14 +15,21 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedsim.clients.training import PermutationBatches, make_optimizer, one_batch_gradient, run_steps, train_local
 from fedsim.defenses import DEFENSES, dp_sgd
 from fedsim.defenses.base import ClientRound
 from fedsim.defenses.dp_sgd import DPSGD, _allow_empty_batches, epsilon
-from fedsim.record import read_metrics
+from fedsim.loading import validate_scenario
+from fedsim.run_folder import RunFolder
 from fedsim.runner import run_scenario
-from fedsim.scenario import FederationConfig, ScenarioError, TaskConfig, validate_scenario
+from fedsim.scenario import FederationConfig, ScenarioError, TaskConfig
 from fedsim.tasks import TASKS
+from fedsim.training import (
+    PermutationBatches,
+    make_optimizer,
+    one_batch_gradient,
+    run_steps,
+    train_local,
+)
 from tests.conftest import tiny_scenario
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing",  # Opacus hooks on the input layer
@@ -134,7 +141,7 @@ def federated_rounds(params: dict, rounds: int, config: FederationConfig, x, y) 
         model.load_state_dict(weights)
         defense = DEFENSES.get("dp_sgd")(**params)
         ctx = ctx_for(config, state, r)
-        train_local(model, x, y, task=TASK, config=config, rng=np.random.default_rng(r), defenses=[(defense, ctx)])
+        train_local(model, x, y, task=TASK, config=config, rng=np.random.default_rng(r), hooks=[defense.training_hook(ctx)])
         metrics.append(defense.round_metrics(ctx=ctx))
     return metrics, model
 
@@ -194,11 +201,11 @@ def test_history_keeps_a_segment_per_sample_rate():
     state: dict[str, float] = {}
     config = FederationConfig(batch_size=4, local_steps=2, lr=1e-3)
     d1, ctx1 = DPSGD(noise_multiplier=1.0), ctx_for(config, state)
-    train_local(fresh_model(), x, y, task=TASK, config=config, rng=np.random.default_rng(0), defenses=[(d1, ctx1)])
+    train_local(fresh_model(), x, y, task=TASK, config=config, rng=np.random.default_rng(0), hooks=[d1.training_hook(ctx1)])
     d1.round_metrics(ctx=ctx1)
     d2, ctx2 = DPSGD(noise_multiplier=1.0), ctx_for(config, state, 2)  # the server asks for a 2-image gradient
     grads, _ = one_batch_gradient(fresh_model(), x, y, task=TASK, batch_size=2, rng=np.random.default_rng(1),
-                                  defenses=[(d2, ctx2)])
+                                  hooks=[d2.training_hook(ctx2)])
     m = d2.round_metrics(ctx=ctx2)
     assert state["sample_rate"] == 0.25  # ~the 2 of 8 records asked for, not the whole local set
     assert m["dp_steps"] == 3 and m["dp_epsilon"] == pytest.approx(epsilon([(1.0, 0.5, 2), (1.0, 0.25, 1)], 1e-5))
@@ -262,7 +269,7 @@ def test_federated_run_records_growing_epsilon_per_client_and_round(tmp_path: Pa
     raw = tiny_scenario(defenses=[{"name": "dp_sgd", "params": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}])
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and not result.failures
-    train = [r for r in read_metrics(result.run_dir) if r.get("kind") == "train"]
+    train = [r for r in RunFolder(result.run_dir).metrics() if r.get("kind") == "train"]
     eps = {(r["round"], r["client"]): r["dp_epsilon"] for r in train}
     assert set(eps) == {(1, 0), (1, 1), (2, 0), (2, 1)}
     assert all(0 < eps[1, c] < eps[2, c] for c in (0, 1))

@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from fedsim.defenses.base import ClientRound
-from fedsim.defenses.model_vetting import ModelVetting, TamperedModelError, architecture_hash
+from fedsim.defenses.model_vetting import (
+    ModelVetting,
+    TamperedModelError,
+    architecture_hash,
+)
+from fedsim.loading import validate_scenario
 from fedsim.models.imprint import ImprintedModel
 from fedsim.runner import run_scenario
-from fedsim.scenario import FederationConfig, ScenarioError, TaskConfig, validate_scenario
+from fedsim.scenario import FederationConfig, ScenarioError, TaskConfig
 from fedsim.tasks import TASKS
 from tests.conftest import tiny_scenario
 

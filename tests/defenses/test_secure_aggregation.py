@@ -7,8 +7,9 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from fedsim.loading import validate_scenario
 from fedsim.runner import run_scenario
-from fedsim.scenario import ScenarioError, validate_scenario
+from fedsim.scenario import ScenarioError
 from tests.conftest import tiny_scenario
 
 

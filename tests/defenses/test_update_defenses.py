@@ -16,10 +16,19 @@ from safetensors.torch import load_file
 
 from fedsim.defenses import DEFENSES
 from fedsim.defenses.base import ClientRound
-from fedsim.defenses.update_ops import (add_noise, apply_delta, clip_by_global_norm, delta, global_norm, percentile_abs,
-                                 prune_smallest, torch_generator)
+from fedsim.defenses.update_ops import (
+    add_noise,
+    apply_delta,
+    clip_by_global_norm,
+    delta,
+    global_norm,
+    percentile_abs,
+    prune_smallest,
+    torch_generator,
+)
+from fedsim.loading import validate_scenario
 from fedsim.runner import run_scenario
-from fedsim.scenario import ScenarioError, validate_scenario
+from fedsim.scenario import ScenarioError
 from fedsim.seeding import derive_seed
 from fedsim.tasks import TASKS
 from tests.conftest import tiny_scenario

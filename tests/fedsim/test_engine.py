@@ -1,4 +1,3 @@
-import os
 
 from fedsim.engine import backend_config
 from fedsim.scenario import ResourcesConfig

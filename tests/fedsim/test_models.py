@@ -1,8 +1,8 @@
 import torch
 
-from fedsim.models import BrainAgeCNN
+from fedsim.models.brain_age import BrainAgeCNN
 from fedsim.scenario import TaskConfig
-from fedsim.tasks import BrainAgeTask
+from fedsim.tasks.brain_age import BrainAgeTask
 
 
 def test_output_shape_and_initial_bias_is_mean_age():
@@ -36,7 +36,7 @@ def test_slice_task_feeds_2d_slices_to_a_2d_model():
     import numpy as np
 
     from fedsim.data.synthetic import Cohort
-    from fedsim.tasks import BrainAgeSliceTask
+    from fedsim.tasks.brain_age import BrainAgeSliceTask
 
     n, s = 3, 16
     images = np.random.default_rng(0).random((n, s, s, s), dtype=np.float32)
@@ -51,7 +51,7 @@ def test_slice_task_feeds_2d_slices_to_a_2d_model():
 
 
 def test_lenet_keeps_spatial_detail_and_starts_at_the_mean():
-    from fedsim.models import LeNet
+    from fedsim.models.lenet import LeNet
 
     for dims, side in ((3, 32), (2, 32), (3, 16)):
         model = LeNet(spatial_dims=dims, out_bias=60.0, out_scale=10.0)
@@ -70,7 +70,7 @@ def test_lenet_is_selectable_from_the_scenario():
 
 
 def test_sex_classification_task_scores_logits_and_majority_baseline():
-    from fedsim.tasks import SexClassificationTask
+    from fedsim.tasks.sex import SexClassificationTask
 
     task = SexClassificationTask(config=TaskConfig(model={"channels": [4, 8]}), target_mean=0.7, target_std=0.5)
     model = task.build_model()

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from fedsim.attacks import ATTACKS, Attack
-from fedsim.registry import PluginError, Registry, load_builtins
+from fedsim.plugins import load_builtins
+from fedsim.registry import PluginError, Registry
 
 
 def test_builtins_are_registered():

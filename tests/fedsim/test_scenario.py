@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedsim.scenario import ScenarioError, apply_override, load_scenario, validate_scenario
+from fedsim.loading import apply_override, load_scenario, validate_scenario
+from fedsim.scenario import ScenarioError
 from tests.conftest import REPO, tiny_scenario
 
 

@@ -13,9 +13,10 @@ import torch
 from opacus.validators import ModuleValidator
 
 from fedsim.data.synthetic import Cohort, CohortSpec, load_cohort
-from fedsim.models import MODELS
+from fedsim.loading import validate_scenario
+from fedsim.models.registry import MODELS
 from fedsim.runner import run_scenario
-from fedsim.scenario import ModelConfig, TaskConfig, validate_scenario
+from fedsim.scenario import ModelConfig, TaskConfig
 from fedsim.tasks import TASKS
 from fedsim.tasks.segmentation import SegmentationTask
 from tests.conftest import tiny_scenario

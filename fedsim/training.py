@@ -1,7 +1,10 @@
-"""The local training loop, readable top to bottom: shuffle, batch, step; optional FedProx term.
+"""The one local training loop, readable top to bottom: shuffle, batch, step; optional FedProx term.
 
-Batches come from a DataLoader yielding (inputs, targets, local row indices), so a defense's
-training hook (DP-SGD through Opacus) can wrap the model, optimizer and loader without a second loop.
+Clients, server evaluation, membership shadows and the centralized reference all train and predict
+here; `fedsim.training_plan.local_budget` is the one place that says how many steps a round takes. Batches come from
+a DataLoader yielding (inputs, targets, local row indices), so that a defense can wrap the model,
+optimizer and loader (DP-SGD through Opacus) without a second loop. Defenses reach into the loop
+through `fedsim.training_plan.TrainingHook` only: this module knows nothing about them.
 """
 
 from __future__ import annotations
@@ -14,17 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from fedsim.defenses.base import ClientRound, Defense
 from fedsim.scenario import FederationConfig
 from fedsim.tasks import Task
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    loss: float
-    steps: int
-    examples: int
-    used: list[int]  # local rows that entered at least one batch, in first-use order
+from fedsim.training_plan import Batch, TrainingHook, local_budget
 
 
 class PermutationBatches(Sampler[list[int]]):
@@ -44,6 +39,14 @@ class PermutationBatches(Sampler[list[int]]):
             yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
 
 
+@dataclass(frozen=True)
+class LocalResult:
+    loss: float
+    steps: int
+    examples: int
+    used: list[int]  # local rows that entered at least one batch, in first-use order
+
+
 def make_optimizer(model: nn.Module, config: FederationConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -51,7 +54,11 @@ def make_optimizer(model: nn.Module, config: FederationConfig) -> torch.optim.Op
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-Wrappers = Sequence[tuple[Defense, ClientRound]]
+def batch_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, rng: np.random.Generator, *,
+                 batches: int | None = None) -> DataLoader:
+    """(inputs, targets, local rows) in seeded permutation batches."""
+    return DataLoader(TensorDataset(x, y, torch.arange(len(x))),
+                      batch_sampler=PermutationBatches(len(x), batch_size, rng, batches=batches))
 
 
 def train_local(
@@ -64,14 +71,13 @@ def train_local(
     rng: np.random.Generator,
     proximal_mu: float = 0.0,
     batch_size: int | None = None,
-    defenses: Wrappers = (),
+    hooks: Sequence[TrainingHook] = (),
 ) -> LocalResult:
-    """Train `model` in place for `local_steps` batches if set, else `local_epochs` passes over (x, y)."""
-    loader = DataLoader(TensorDataset(x, y, torch.arange(len(x))),
-                        batch_sampler=PermutationBatches(len(x), batch_size or config.batch_size, rng))
-    optimizer = make_optimizer(model, config)
-    total_steps = config.local_steps or config.local_epochs * len(loader)
-    return run_steps(model, optimizer, loader, total_steps, task=task, proximal_mu=proximal_mu, defenses=defenses)
+    """Train `model` in place for this round's `local_budget` over (x, y)."""
+    budget = local_budget(config, len(x), batch_size=batch_size)
+    loader = batch_loader(x, y, budget.batch_size, rng)
+    return run_steps(model, make_optimizer(model, config), loader, budget.steps, task=task,
+                     proximal_mu=proximal_mu, hooks=hooks)
 
 
 def run_steps(
@@ -82,13 +88,13 @@ def run_steps(
     *,
     task: Task,
     proximal_mu: float = 0.0,
-    defenses: Wrappers = (),
+    hooks: Sequence[TrainingHook] = (),
 ) -> LocalResult:
-    """`total_steps` optimizer steps over `loader` (restarted as needed), through the defenses' wrappers."""
+    """`total_steps` optimizer steps over `loader` (restarted as needed), through the hooks."""
     device = next(model.parameters()).device
     n = len(loader.dataset)  # type: ignore[arg-type]
-    for defense, ctx in defenses:
-        model, optimizer, loader = defense.wrap_training(model, optimizer, loader, ctx=ctx)
+    for hook in hooks:
+        model, optimizer, loader = hook.wrap(model, optimizer, loader)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     model.train()
     losses: list[float] = []
@@ -104,7 +110,13 @@ def run_steps(
                 optimizer.step()
                 continue
             used.update(dict.fromkeys(ib.tolist()))
-            loss = task.loss(model(xb.to(device)), yb.to(device))
+            batch = Batch(xb.to(device), yb.to(device), ib)
+            prediction = model(batch.x)
+            loss = task.loss(prediction, batch.y)
+            for hook in hooks:
+                term = hook.loss_term(batch, prediction, model)
+                if term is not None:
+                    loss = loss + term
             if proximal_mu > 0:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
                 loss = loss + 0.5 * proximal_mu * prox
@@ -114,22 +126,23 @@ def run_steps(
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            for hook in hooks:
+                hook.after_step(step, model, batch)
     return LocalResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=total_steps, examples=n,
                        used=list(used))
 
 
 def one_batch_gradient(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: Task, batch_size: int, rng: np.random.Generator,
-    defenses: Wrappers = (),
+    hooks: Sequence[TrainingHook] = (),
 ) -> tuple[dict[str, torch.Tensor], LocalResult]:
     """FedSGD: the gradient of the loss on one random batch (what a malicious server may ask for).
 
-    Taken from one plain SGD step through the training defenses' wrappers, so DP-SGD's per-sample
-    clipping and noise shape the gradient exactly as they shape training."""
-    loader = DataLoader(TensorDataset(x, y, torch.arange(len(x))),
-                        batch_sampler=PermutationBatches(len(x), batch_size, rng, batches=1))
+    Taken from one plain SGD step through the hooks, so that DP-SGD's per-sample clipping and noise
+    shape the gradient exactly as they shape training."""
+    loader = batch_loader(x, y, batch_size, rng, batches=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    result = run_steps(model, optimizer, loader, 1, task=task, defenses=defenses)
+    result = run_steps(model, optimizer, loader, 1, task=task, hooks=hooks)
     grads = {name: (p.grad.detach().cpu().clone() if p.grad is not None else torch.zeros_like(p, device="cpu"))
              for name, p in model.named_parameters()}
     return grads, result

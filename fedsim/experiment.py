@@ -1,0 +1,76 @@
+"""The experiment: everything derived from the scenario before training, typed.
+
+`prepare` loads the cohort, splits it into clients and a server test set, and builds the task; it is
+deterministic from the scenario and seed, so `fedsim attack` rebuilds the same experiment from a run
+folder. Attack families receive it (and the run folder) instead of reaching into the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fedsim.scenario import Scenario, ScenarioError
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedsim.data.partition import FederationSplit
+    from fedsim.data.synthetic import Cohort
+    from fedsim.tasks import Task
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The cohort, its split, the task and the server's test set of one scenario."""
+
+    scenario: Scenario
+    cohort: Cohort
+    split: FederationSplit
+    task: Task
+    x_test: torch.Tensor  # the server's held-out scans: its test set, and an attacker's population sample
+    y_test: torch.Tensor
+    withheld: Mapping[str, str] = field(default_factory=dict)  # observation kind -> why this run's setting
+    # does not hand it to an adversary (e.g. secure aggregation hides single clients' updates)
+
+    def tensors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed (inputs, targets) of cohort rows."""
+        return self.task.tensors(self.cohort, rows)
+
+    @property
+    def train_rows(self) -> list[int]:
+        """Every row some client trains on (the members of the federated model)."""
+        return [i for c in self.split.clients for i in c.train]
+
+    def prior(self) -> torch.Tensor:
+        """The population-mean scan: what an attacker knows without attacking."""
+        return self.x_test.mean(dim=0)
+
+
+def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,
+            log: Callable[[str], None] = print) -> Experiment:
+    """Load the cohort, split it and build the task (deterministic from the scenario and seed)."""
+    import numpy as np
+
+    from fedsim.data.datasets import load_dataset
+    from fedsim.data.partition import cohort_metadata, split_federation
+    from fedsim.tasks import TASKS
+
+    log(f"generating / loading cohort: {scenario.data.dataset}, {scenario.data.n_subjects} subjects at "
+        f"{scenario.data.shape}^3, {scenario.data.sites} sites")
+    cohort = load_dataset(scenario.data, seed=scenario.seed)
+    task_cls = TASKS.get(scenario.task.name)
+    targets = task_cls.targets(cohort)
+    try:
+        split = split_federation(site=cohort.site, age=cohort.age, config=scenario.data,
+                                 n_clients=scenario.federation.clients, seed=scenario.seed,
+                                 **cohort_metadata(cohort))
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    train_rows = [i for c in split.clients for i in c.train]
+    mean, std = float(np.mean(targets[train_rows])), float(np.std(targets[train_rows]) or 1.0)
+    task = task_cls(config=scenario.task, target_mean=mean, target_std=std)
+    x_test, y_test = task.tensors(cohort, split.test)
+    return Experiment(scenario=scenario, cohort=cohort, split=split, task=task, x_test=x_test, y_test=y_test,
+                      withheld=dict(withheld or {}))

@@ -1,0 +1,89 @@
+"""The federated setting: hospitals train a shared model on their own scans, a server aggregates.
+
+Flower's simulation engine on Ray runs one ClientApp per hospital and the ServerApp; the server's
+observation layer records what the threat model lets an adversary see: a targeted client's
+`gradient` or `weights`, a round's `aggregate` under secure aggregation, and the `final_model`.
+The setting composes the two apps (which meet only through Flower messages) and the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from fedsim.settings.base import AGGREGATE, FINAL_MODEL, GRADIENT, SETTINGS, WEIGHTS, Setting, SettingOutcome
+
+if TYPE_CHECKING:
+    from fedsim.experiment import Experiment
+    from fedsim.run_folder import RunFolder
+    from fedsim.scenario import Scenario
+
+SECURE_AGGREGATION = "secure aggregation leaves the server only each round's aggregate"
+
+
+@SETTINGS.register("federated")
+class Federated(Setting):
+    """Hospitals train one model on their own data; a server aggregates (Flower on Ray)."""
+
+    name: ClassVar[str] = "federated"
+    produces: ClassVar[frozenset[str]] = frozenset({GRADIENT, WEIGHTS, AGGREGATE, FINAL_MODEL})
+
+    @classmethod
+    def check_scenario(cls, config: Any, scenario: Scenario) -> None:
+        from fedsim.server.strategies import check_strategy_args
+
+        check_strategy_args(scenario.federation)
+
+    def withheld(self) -> dict[str, str]:
+        from fedsim.defenses.base import hides_client_updates
+
+        hidden = hides_client_updates(self.scenario)
+        return {GRADIENT: SECURE_AGGREGATION, WEIGHTS: SECURE_AGGREGATION} if hidden else {}
+
+    def run(self, experiment: Experiment, run: RunFolder, *, log: Callable[[str], None]) -> SettingOutcome:
+        import torch
+
+        from fedsim.clients.app import ClientPlan, make_client_app
+        from fedsim.engine import EngineError, run_federation
+        from fedsim.server.app import ServerPlan, make_server_app
+
+        sc, task = self.scenario, experiment.task
+        if sc.resources.num_gpus > 0 and not sc.resources.ray_address and not torch.cuda.is_available():
+            log("resources.num_gpus: no GPU on this machine; clients train on CPU")
+        baseline = task.baseline(task.target_mean, experiment.y_test)
+        rounds, key = sc.federation.rounds, task.primary_metric
+
+        def on_round(r: int, scores: dict[str, float]) -> None:
+            label = "initial" if r == 0 else f"round {r}/{rounds}"
+            log(f"[{label}] test {key.upper()} {scores[key]:.2f} ({task.baseline_name} {baseline[key]:.2f}) "
+                f"· {run.elapsed():.0f}s")
+
+        server_plan = ServerPlan(scenario=sc, task=task, x_test=experiment.x_test, y_test=experiment.y_test, run=run,
+                                 updates_hidden=bool(self.withheld()), on_round=on_round)
+        client_plan = ClientPlan(run_dir=str(run.path.resolve()), scenario=sc, splits=tuple(experiment.split.clients),
+                                 target_mean=task.target_mean, target_std=task.target_std)
+        error = None
+        try:
+            run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
+                           num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log)
+        except EngineError as exc:
+            error = str(exc)
+        strategy = server_plan.outcome.get("strategy")
+        failures = list(strategy.failures) if strategy is not None else []
+        arrays = server_plan.outcome.get("arrays")
+        server = server_plan.outcome.get("server_metrics", {})
+        last = max(server) if server else None
+        return SettingOutcome(
+            final={k.removeprefix("test_"): v for k, v in server[last].items()} if last is not None else {},
+            initial={k.removeprefix("test_"): v for k, v in server.get(0, {}).items()},
+            rounds_completed=last or 0, failures=failures, error=error,
+            final_state=arrays.to_torch_state_dict() if arrays is not None else None,
+            summary={"rounds": rounds, "client_failures": len(failures),
+                     "device": "cuda" if sc.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"})
+
+    @classmethod
+    def report_setup(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:
+        fed = run.scenario_raw()["federation"]
+        local = f"steps {fed['local_steps']}" if fed["local_steps"] else f"epochs {fed['local_epochs']}"
+        return [f"- Federation: {fed['clients']} clients, {fed['rounds']} rounds of `{fed['strategy']}`, "
+                f"local {local}, batch {fed['batch_size']}, {fed['optimizer']} lr {fed['lr']}"]
