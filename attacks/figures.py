@@ -42,7 +42,8 @@ def reconstruction_figure(truth: torch.Tensor, recon: torch.Tensor, prior: torch
                 if i == 0 and k == 0:
                     ax.set_title(label, fontsize=8, loc="left")
     fig.suptitle(f"{scores.get('attack')} · round {scores.get('round')} client {scores.get('client')} · "
-                 f"PSNR {scores.get('psnr', float('nan')):.1f} dB (prior {scores.get('prior_psnr', float('nan')):.1f}) · "
+                 f"PSNR {scores.get('psnr', float('nan')):.1f} dB "
+                 f"(prior {scores.get('prior_psnr', float('nan')):.1f}) · "
                  f"SSIM {scores.get('ssim', float('nan')):.2f} · re-id top-1 {scores.get('reid_top1', 0):.0%}",
                  fontsize=9)
     fig.tight_layout()

@@ -67,7 +67,7 @@ def score(recon: Reconstruction, truth: dict[str, Any], *, experiment: Experimen
             out["target_error"] = float((recon.labels[perm].float() - y_true.float()).abs().mean())
         else:  # classes: compared as multisets, since iDLG recovers them without their order
             recovered, true = sorted(recon.labels[:n].tolist()), sorted(y_true.tolist())
-            out["label_accuracy"] = sum(a == b for a, b in zip(recovered, true)) / max(n, 1)
+            out["label_accuracy"] = sum(a == b for a, b in zip(recovered, true, strict=True)) / max(n, 1)
     return out
 
 
@@ -121,8 +121,9 @@ class ReconstructionFamily(AttackFamily):
         if not rows and not behaviours:
             return []
         targets = server.get("targets", {})
+        who = "malicious: " + ", ".join(behaviours) if behaviours else "honest-but-curious (only watches)"
         lines = ["", "## Server behaviour and attacks",
-                 f"- Server: {'malicious: ' + ', '.join(behaviours) if behaviours else 'honest-but-curious (only watches)'}"
+                 f"- Server: {who}"
                  f"; observed clients {targets.get('clients') or 'all'} in rounds {targets.get('rounds') or 'all'}.",
                  "- Scores compare each reconstruction with the true scan and with the population-mean image (the "
                  "prior an attacker has without attacking); re-identification ranks the true scan among the "

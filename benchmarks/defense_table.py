@@ -51,7 +51,7 @@ INVERSION = ["federation.rounds=1",
 def _runs(path: str, configs: list[tuple[str, str, list]], overrides: list[str], out: Path) -> list[dict]:
     points = expand(REPO / path, grid={"defenses": [c[2] for c in configs]}, overrides=overrides)
     _, rows = run_sweep(points, out_dir=out, log=print)
-    return [{"defense": d, "strength": s, **row} for (d, s, _), row in zip(configs, rows)]
+    return [{"defense": d, "strength": s, **row} for (d, s, _), row in zip(configs, rows, strict=True)]
 
 
 def _get(row: dict, key: str) -> float | None:
@@ -82,7 +82,7 @@ def main() -> None:
           "threshold) | TPR@1%FPR | MIA AUC (client update, alignment) | ε (δ=1e-5) | s/round vs none |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     table = []
-    for u, g in zip(utility, inversion):
+    for u, g in zip(utility, inversion, strict=True):
         row = {"defense": u["defense"], "strength": u["strength"], "test_mae": _get(u, "test_mae"),
                "ig_gain": _get(g, "inverting_gradients.psnr_gain"), "ig_reid": _get(g, "inverting_gradients.reid_top1"),
                "dlg_gain": _get(g, "dlg.psnr_gain"),
@@ -92,7 +92,8 @@ def main() -> None:
                "eps": _get(u, "dp_epsilon"), "slow": (_get(u, "client_s_per_round") or float("nan")) / base_s}
         table.append(row)
         print(f"| {row['defense']} | {row['strength']} | {_f(row['test_mae'], '.2f')} | {_f(row['ig_gain'], '+.1f')} | "
-              f"{_f(row['ig_reid'], '.0%')} | {_f(row['dlg_gain'], '+.1f')} | {_f(row['auc'])} | {_f(row['tpr1'], '.2f')} | "
+              f"{_f(row['ig_reid'], '.0%')} | {_f(row['dlg_gain'], '+.1f')} | {_f(row['auc'])} | "
+              f"{_f(row['tpr1'], '.2f')} | "
               f"{_f(row['align_auc'])} | {_f(row['eps'], '.2f')} | {row['slow']:.2f}x |")
     skipped = [g["defense"] for g in inversion if g.get("inverting_gradients.status")]
     if skipped:

@@ -200,7 +200,8 @@ def summarize(run_dirs: list[Path]) -> None:
             m = {k: statistics.fmean(r[k] for r in ok) for k in ("psnr_gain", "ssim", "prior_ssim", "reid_top1",
                                                                  "reid_top5")}
             gains = [r["psnr_gain"] for r in ok]
-            print(f"| {run.parent.name} | {name} | {len(ok)} | {m['psnr_gain']:+.2f} ({min(gains):+.1f}..{max(gains):+.1f}) "
+            print(f"| {run.parent.name} | {name} | {len(ok)} | "
+                  f"{m['psnr_gain']:+.2f} ({min(gains):+.1f}..{max(gains):+.1f}) "
                   f"| {sum(g > 0 for g in gains)}/{len(ok)} | {m['ssim']:.3f} ({m['prior_ssim']:.3f}) | "
                   f"{m['reid_top1']:.0%} | {m['reid_top5']:.0%} | "
                   f"{statistics.median(r['median_rank'] for r in ok):.0f} |")

@@ -85,7 +85,8 @@ def main() -> None:
         within = statistics.fmean(float(np.nanstd(r[key])) for r in per_run if key in r)
         wins = [np.mean(np.asarray(r[key]) >= np.asarray(r[(key[0], "mia_loss_threshold")]))
                 for r in per_run if key in r and (key[0], "mia_loss_threshold") in r]
-        cell = f"{means[0]:.3f}" if len(means) == 1 else f"{statistics.fmean(means):.3f} ± {statistics.stdev(means):.3f}"
+        spread = f" ± {statistics.stdev(means):.3f}" if len(means) > 1 else ""
+        cell = f"{statistics.fmean(means):.3f}{spread}"
         print(f"| {key[0]} | {key[1]} | {cell} | {within:.3f} | {100 * statistics.fmean(wins):.0f}% |")
 
 

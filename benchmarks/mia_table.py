@@ -72,7 +72,8 @@ def main() -> None:
                         cell[col].append(float(row[col]))
     print(f"\n{args.source or args.scenario} {' '.join(args.overrides)}; seeds {args.seeds}; mean ± sd; "
           f"{time.perf_counter() - t0:.0f} s\n")
-    print(f"| target | attack | AUC | null AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | empirical ε ≥ | train {key} | test {key} |")
+    print("| target | attack | AUC | null AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | empirical ε ≥ "
+          f"| train {key} | test {key} |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for (target, attack), cell in sorted(results.items()):
         cols = " | ".join(_cell(cell[c]) for c in (*COLUMNS, f"train_{key}", f"test_{key}"))

@@ -67,7 +67,8 @@ class Defense(Configurable):
         the server sent another architecture than the one agreed (`model_vetting`). `model` is what
         the client built from the message; `config` is the server's train instructions."""
 
-    def transform_data(self, x: torch.Tensor, y: torch.Tensor, *, ctx: ClientRound) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform_data(self, x: torch.Tensor, y: torch.Tensor, *,
+                       ctx: ClientRound) -> tuple[torch.Tensor, torch.Tensor]:
         """Data and labels hook: what the client trains on this round (label noise changes `y`)."""
         return x, y
 

@@ -138,7 +138,8 @@ class ModelVetting(Defense):
         reference = previous or norms(agreed)
         sizes = {k: v.numel() for k, v in model.state_dict().items()}
         out = [k for k, n in received.items() if k in reference
-               and abs(n - reference[k]) > self.params.rel_tol * reference[k] + self.params.abs_tol * math.sqrt(sizes[k])]
+               and abs(n - reference[k]) > self.params.rel_tol * reference[k]
+               + self.params.abs_tol * math.sqrt(sizes[k])]
         if out:
             k = out[0]
             raise TamperedModelError(

@@ -26,7 +26,8 @@ class SecureAggregation(Defense):
     @classmethod
     def check_scenario(cls, params: BaseModel, scenario: Scenario) -> None:
         fed = scenario.federation
-        per_round = max(int(fed.clients * fed.fraction_train), round(fed.clients * fed.fraction_train), 1)  # as Flower samples
+        share = fed.clients * fed.fraction_train
+        per_round = max(int(share), round(share), 1)  # as Flower samples
         if per_round < 2:
             raise ValueError(f"needs at least 2 clients per round (federation.clients x fraction_train gives "
                              f"{per_round}): the sum of one update is that update")

@@ -66,7 +66,10 @@ def _setting(scenario: Scenario) -> type[Setting]:
     return setting
 
 
-def _families(scenario: Scenario, setting: type[Setting]) -> dict[type[AttackFamily], list[tuple[int, PluginSpec, type]]]:
+FamilyAttacks = dict[type[AttackFamily], list[tuple[int, PluginSpec, type]]]
+
+
+def _families(scenario: Scenario, setting: type[Setting]) -> FamilyAttacks:
     """The family of every attack (checked against what the setting can produce), then each
     family's own checks."""
     from fedsim.attacks import ATTACKS

@@ -20,13 +20,13 @@ def learning_curves(records: list[dict[str, Any]], summary: dict[str, Any], out:
     if not server:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot(*zip(*server), "o-", color="black", label=f"global model, server test {key.upper()}")
+    ax.plot(*zip(*server, strict=True), "o-", color="black", label=f"global model, server test {key.upper()}")
     clients = sorted({r["client"] for r in records if r.get("kind") == "evaluate"})
     for c in clients:
         pts = sorted((r["round"], r[f"val_{key}"]) for r in records
                      if r.get("kind") == "evaluate" and r["client"] == c and r.get(f"val_{key}") is not None)
         if pts:
-            ax.plot(*zip(*pts), ".--", alpha=0.7, label=f"client {c} validation")
+            ax.plot(*zip(*pts, strict=True), ".--", alpha=0.7, label=f"client {c} validation")
     base = summary.get("baseline_predict_mean", {}).get(key)
     if base is not None:
         ax.axhline(base, color="grey", linestyle=":", label=summary.get("baseline_name", "predict the mean"))

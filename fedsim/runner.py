@@ -101,7 +101,7 @@ def _write_partitions(run: RunFolder, experiment: Experiment, log: Log) -> None:
         "clients": [
             {**size, "sites": sorted({cohort.site_names[cohort.site[i]] for i in c.train}),
              "mean_age": float(np.mean(cohort.age[c.train]))}
-            for size, c in zip(split.sizes(), split.clients)
+            for size, c in zip(split.sizes(), split.clients, strict=True)
         ],
     })
     log("partitions: " + ", ".join(f"client {s['client']}: {s['train']} train / {s['val']} val"

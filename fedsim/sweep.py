@@ -75,7 +75,7 @@ def expand(path: Path, *, grid: dict[str, list[Any]], overrides: list[str]) -> l
         raise ScenarioError(f"{path}: nothing to sweep (add a sweep.grid section or --grid key=v1,v2)")
     points = []
     for combo in itertools.product(*full.values()):
-        values = dict(zip(full, combo))
+        values = dict(zip(full, combo, strict=True))
         variant = copy.deepcopy(raw)
         variant.pop("sweep", None)
         try:

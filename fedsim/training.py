@@ -118,7 +118,7 @@ def run_steps(
                 if term is not None:
                     loss = loss + term
             if proximal_mu > 0:
-                prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+                prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
                 loss = loss + 0.5 * proximal_mu * prox
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"local training diverged (loss {float(loss.detach())} at step {step}); "

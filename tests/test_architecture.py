@@ -153,3 +153,26 @@ def test_listing_and_validating_import_no_heavy_library():
                           cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout.splitlines()[-1]
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """A plain `pip install .` must bring everything the packages import, at any depth (CI also
+    installs into a fresh environment: `make package-check`)."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\[<>=~!; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    dist_of = {"yaml": "pyyaml", "sklearn": "scikit-learn", "flwr": "flwr", "PIL": "pillow"}
+    missing = set()
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "fedsim":
+                    continue
+                if dist_of.get(top, top).lower().replace("_", "-") not in declared:
+                    missing.add(f"{top} ({path.name})")
+    assert not missing, f"imported but not in pyproject's dependencies: {sorted(missing)}"

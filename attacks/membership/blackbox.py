@@ -98,7 +98,7 @@ def shadow_attack(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, 
     rng = np.random.default_rng(seed)
     n = len(aux_y)
     feats, labels = [], []
-    for s in range(n_shadows):
+    for _ in range(n_shadows):
         inside = np.zeros(n, dtype=bool)
         inside[rng.permutation(n)[: n // 2]] = True
         predict_fn = train_fn(_take(aux_x, np.flatnonzero(inside)), _take(aux_y, np.flatnonzero(inside)),

@@ -80,8 +80,8 @@ class MembershipFamily(AttackFamily):
                 target = ev.build_target(name, run, experiment, cfg, log=log)
                 if target is None:
                     continue
-                sets = ev.membership_sets(target.members, nonmembers, eval_size=cfg.eval_size,
-                                          aux_samples=cfg.aux_samples, seed=seed, match=ev.match_values(cfg, experiment))
+                sets = ev.membership_sets(target.members, nonmembers, eval_size=cfg.eval_size, seed=seed,
+                                          aux_samples=cfg.aux_samples, match=ev.match_values(cfg, experiment))
             except (ScenarioError, ValueError) as exc:  # e.g. an update that used fewer scans than eval_size needs
                 rows += [{"attack": s.key, "target": name, "status": "error", "error": str(exc)} for s in specs]
                 continue

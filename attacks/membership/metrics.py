@@ -95,7 +95,7 @@ def best_empirical_epsilon(scores: np.ndarray, is_member: np.ndarray, *, delta: 
     per_point = 1.0 - (1.0 - confidence) / len(fpr)
     n_in, n_out = int(labels.sum()), int((~labels).sum())
     return max(empirical_epsilon(tpr=t, fpr=f, n_members=n_in, n_nonmembers=n_out, delta=delta,
-                                 confidence=per_point) for f, t in zip(fpr, tpr))
+                                 confidence=per_point) for f, t in zip(fpr, tpr, strict=True))
 
 
 def roc_figure(curves: dict[str, tuple[list, list, float]], out: Path, title: str) -> Path:

@@ -4,12 +4,13 @@ Fowl et al. 2022), and the tampered model a client builds from the server's desc
 k ReLU units all measure the same linear function m(x) = a.x of the flattened input, with
 thresholds c_1 < ... < c_k at quantiles of m over the population, so a sample switches on exactly
 the units whose threshold lies below its value. Their summed output is added back to the input
-along one fixed direction (`back`, a buffer the client does not train), so the rest of the network still sees the scan (changed by
-about `strength` per voxel) and trains as usual. Because every unit reaches the output through the
-same `back`, a sample's gradient is the same in every unit it switches on: the difference of two
-adjacent units' weight gradients over the difference of their bias gradients is exactly the input
-that lies alone between their thresholds. The block computes in float64 so that a FedAvg weight
-change (tiny beside the weights) survives the server's subtraction `trained - sent`.
+along one fixed direction (`back`, a buffer the client does not train), so the rest of the network
+still sees the scan (changed by about `strength` per voxel) and trains as usual. Because every unit
+reaches the output through the same `back`, a sample's gradient is the same in every unit it
+switches on: the difference of two adjacent units' weight gradients over the difference of their
+bias gradients is exactly the input that lies alone between their thresholds. The block computes in
+float64 so that a FedAvg weight change (tiny beside the weights) survives the server's subtraction
+`trained - sent`.
 
 State-dict keys: `imprint.*` for the block, `body.<agreed key>` for the agreed network.
 """
@@ -88,7 +89,8 @@ def thresholds(measurements: torch.Tensor, bins: int) -> torch.Tensor:
     return torch.tensor([mu - FLOOR_SDS * max(sd, 1e-12), *inner], dtype=torch.float64)
 
 
-def make_imprint(auxiliary: torch.Tensor, *, bins: int, strength: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def make_imprint(auxiliary: torch.Tensor, *, bins: int, strength: float,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The block's arrays (`imprint.*` keys) for inputs shaped like one auxiliary scan.
 
     The measurement is a random unit direction (per-volume z-scoring makes the mean brightness

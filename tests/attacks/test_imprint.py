@@ -138,7 +138,8 @@ def test_bad_imprint_params_fail_before_training(params: dict, message: str):
 
 @pytest.mark.e2e
 def test_imprint_through_flower_recovers_scans_and_the_federation_completes(tmp_path):
-    raw = tiny_scenario(server={"behaviours": [{"name": "request_gradient"}, {"name": "imprint", "params": {"bins": 4}}],
+    raw = tiny_scenario(server={"behaviours": [{"name": "request_gradient"},
+                                               {"name": "imprint", "params": {"bins": 4}}],
                                 "targets": {"clients": [0], "rounds": [1]}},
                         attacks=[{"name": "imprint"}])
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)

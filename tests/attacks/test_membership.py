@@ -211,7 +211,8 @@ def test_gradient_features_shape_and_model_unchanged(overfit: dict) -> None:
     assert feats.shape == (32, n_tensors + 1) and len(gradient_feature_names(model)) == n_tensors + 1
     assert np.isfinite(feats).all() and (feats >= 0).all()
     assert model.training
-    assert all(g is None and p.grad is None or torch.equal(g, p.grad) for g, p in zip(grads_before, model.parameters()))
+    assert all(g is None and p.grad is None or torch.equal(g, p.grad)
+               for g, p in zip(grads_before, model.parameters(), strict=True))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     scores = whitebox_attack(model, nn.functional.mse_loss, overfit["eval_x"], overfit["eval_y"], **overfit["aux"])
     assert membership_metrics(scores, overfit["labels"])["auc"] > 0.7

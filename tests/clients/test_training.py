@@ -57,7 +57,7 @@ def test_proximal_term_keeps_weights_closer_to_global():
         start = [p.detach().clone() for p in model.parameters()]
         cfg = FederationConfig(local_steps=20, batch_size=8, lr=1e-2)
         train_local(model, x, y, task=task, config=cfg, rng=np.random.default_rng(2), proximal_mu=mu)
-        drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start))
+        drift[mu] = sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start, strict=True))
     assert drift[10.0] < drift[0.0]
 
 

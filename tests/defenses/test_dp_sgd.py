@@ -95,7 +95,7 @@ def test_every_per_sample_gradient_is_clipped_to_max_grad_norm(clip: float, mode
         raw.append(flat(p.grad_sample[0] for p in opt.params).norm())
         opt.clip_and_accumulate()
         clipped.append(flat(p.summed_grad for p in opt.params))
-    for g, r in zip(clipped, raw):
+    for g, r in zip(clipped, raw, strict=True):
         assert float(g.norm()) <= clip * (1 + 1e-4)
         assert math.isclose(float(g.norm()), min(clip, float(r)), rel_tol=1e-3)  # clipped only when above C
     opt.zero_grad()  # the same four samples in one batch: clipping is per sample, not per batch
@@ -141,7 +141,8 @@ def federated_rounds(params: dict, rounds: int, config: FederationConfig, x, y) 
         model.load_state_dict(weights)
         defense = DEFENSES.get("dp_sgd")(**params)
         ctx = ctx_for(config, state, r)
-        train_local(model, x, y, task=TASK, config=config, rng=np.random.default_rng(r), hooks=[defense.training_hook(ctx)])
+        train_local(model, x, y, task=TASK, config=config, rng=np.random.default_rng(r),
+                    hooks=[defense.training_hook(ctx)])
         metrics.append(defense.round_metrics(ctx=ctx))
     return metrics, model
 
@@ -201,7 +202,8 @@ def test_history_keeps_a_segment_per_sample_rate():
     state: dict[str, float] = {}
     config = FederationConfig(batch_size=4, local_steps=2, lr=1e-3)
     d1, ctx1 = DPSGD(noise_multiplier=1.0), ctx_for(config, state)
-    train_local(fresh_model(), x, y, task=TASK, config=config, rng=np.random.default_rng(0), hooks=[d1.training_hook(ctx1)])
+    train_local(fresh_model(), x, y, task=TASK, config=config, rng=np.random.default_rng(0),
+                hooks=[d1.training_hook(ctx1)])
     d1.round_metrics(ctx=ctx1)
     d2, ctx2 = DPSGD(noise_multiplier=1.0), ctx_for(config, state, 2)  # the server asks for a 2-image gradient
     grads, _ = one_batch_gradient(fresh_model(), x, y, task=TASK, batch_size=2, rng=np.random.default_rng(1),

@@ -1,4 +1,5 @@
-"""Secure aggregation: the server (and every attacker) sees each targeted round's aggregate, never one client's update."""
+"""Secure aggregation: the server (and every attacker) sees each targeted round's aggregate, never one
+client's update."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_per_client_attacks_are_skipped_and_only_the_aggregate_is_recorded(tmp_p
     assert not list((run / "observations").glob("round*_client*")) and not (run / "private").exists()
     seen = load_file(run / "observations/round001_aggregate/update.safetensors")
     final = load_file(run / "model.safetensors")
-    assert seen.keys() == final.keys() and all((seen[k] == final[k]).all() for k in seen)  # 1 round: the aggregate is the model
+    # 1 round: the aggregate is the model
+    assert seen.keys() == final.keys() and all((seen[k] == final[k]).all() for k in seen)
     assert json.loads((run / "observations/round001_aggregate/update.json").read_text())["kind"] == "aggregate"
     assert "secure aggregation" in (run / "report.md").read_text()
 
