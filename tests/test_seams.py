@@ -119,7 +119,8 @@ def test_a_setting_and_a_family_from_files_run_and_report(tmp_path: Path):
 
     assert result.error is None and result.summary["published"] == 1
     (row,) = result.summary["averaging"]
-    assert row["status"] == "ok" and row["observation"] == "party001_mean" and 0 <= row["hits"] <= 2
+    assert row["status"] == "ok" and row["observation"] == "party001_mean"
+    assert row["hits"] == 2 > row["chance"]  # a site's mean scan sits nearest that site's own patients
     assert [f["name"] for f in result.summary["families"]] == ["averaging"]
     report = (result.run_dir / "report.md").read_text()
     assert "- Gossip: one hospital publishes the mean of its scans" in report and "## Averaging attacks" in report

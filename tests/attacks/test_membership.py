@@ -123,12 +123,32 @@ def test_empirical_epsilon_never_beats_randomized_response(eps_true: float) -> N
     assert np.median(bounds) > 0.6 * eps_true  # and the bound is not vacuous
 
 
-def test_roc_figure_writes_png(tmp_path) -> None:
+def test_roc_points_are_the_scores_thresholds_and_the_figure_draws_them(tmp_path, monkeypatch) -> None:
+    """Every ROC point is (FPR, TPR) of one threshold on the scores, counted by hand; the AUC is the
+    chance a member outscores a non-member (ties half); and the figure plots exactly those points."""
+    import matplotlib.pyplot as plt
+
     rng = np.random.default_rng(0)
-    labels = np.r_[np.ones(100), np.zeros(100)]
-    m = membership_metrics(rng.normal(size=200) + labels, labels)
+    labels = np.r_[np.ones(30), np.zeros(40)].astype(bool)
+    scores = np.round(rng.normal(size=70) + labels, 1)  # rounded: ties between members and non-members
+    m = membership_metrics(scores, labels)
+    points = {(0.0, 0.0)} | {(float((scores[~labels] >= s).mean()), float((scores[labels] >= s).mean()))
+                             for s in np.unique(scores)}
+    assert set(zip(m["fpr"], m["tpr"], strict=True)) == points
+    wins = (scores[labels][:, None] > scores[~labels][None]).mean() + 0.5 * (
+        scores[labels][:, None] == scores[~labels][None]).mean()
+    assert m["auc"] == pytest.approx(wins) and m["auc"] == pytest.approx(np.trapezoid(m["tpr"], m["fpr"]))
+    assert m["balanced_accuracy"] == pytest.approx(max((t + 1 - f) / 2 for f, t in points))
+
+    axes = []
+    subplots = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: axes.append(subplots(*a, **k)) or axes[-1])
     out = roc_figure({"toy": (m["fpr"], m["tpr"], m["auc"])}, tmp_path / "roc.png", "toy")
-    assert out.exists() and out.stat().st_size > 1000
+    (line,) = [ln for ln in axes[0][1].lines if ln.get_label().startswith("toy")]
+    assert line.get_label() == f"toy (AUC {m['auc']:.2f})" and line.get_drawstyle() == "steps-post"
+    np.testing.assert_allclose(line.get_xdata(), np.clip(m["fpr"], 1e-3, 1))
+    np.testing.assert_allclose(line.get_ydata(), np.clip(m["tpr"], 1e-3, 1))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------- toy overfit regressors

@@ -72,13 +72,19 @@ def test_sites_are_round_robin_and_ages_in_their_range(small: Cohort) -> None:
         assert lo <= age <= hi
 
 
-def test_default_sites_differ() -> None:
-    assert len(DEFAULT_SITES) >= 8
-    assert len({s.name for s in DEFAULT_SITES}) == len(DEFAULT_SITES)
-    first = DEFAULT_SITES[:3]
-    assert len({s.age_range for s in first}) == 3
-    assert len({s.contrast for s in first}) == 3
-    assert len({s.noise_sigma for s in first}) == 3 and len({s.bias_strength for s in first}) == 3
+def test_each_site_scans_with_its_own_scanner(aging: Cohort) -> None:
+    """The non-IID split is in the pixels: in air the noise is Rician at the site's sigma (Rayleigh:
+    std = sigma * sqrt(2 - pi / 2)), and tissue intensities follow the site's contrast."""
+    rayleigh = np.sqrt(2 - np.pi / 2)
+    tissue = {}
+    for s in range(3):
+        rows = np.flatnonzero(aging.site == s)
+        air = np.mean([aging.images[i][:4, :4, :4].std() for i in rows])  # a corner outside the head
+        assert air == pytest.approx(DEFAULT_SITES[s].noise_sigma * rayleigh, rel=0.1), s
+        tissue[s] = [np.mean([np.median(aging.images[i][aging.labels[i] == k]) for i in rows]) for k in (1, 2, 3)]
+    for k in range(3):  # CSF, GM and WM each rank the sites as their contrasts do
+        by_profile = sorted(range(3), key=lambda s: DEFAULT_SITES[s].contrast[k])
+        assert sorted(range(3), key=lambda s: tissue[s][k]) == by_profile, k
 
 
 def test_tissue_fractions_are_shares_of_intracranial_volume() -> None:
