@@ -19,10 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file
 
+from fedsim.attacks.membership.config import MembershipConfig
 from fedsim.attacks.membership.evaluation import (
-    build_targets,
+    build_target,
     match_values,
     membership_sets,
     nonmember_pool,
@@ -31,6 +31,7 @@ from fedsim.attacks.membership.evaluation import (
 )
 from fedsim.experiment import prepare
 from fedsim.loading import load_scenario
+from fedsim.run_folder import RunFolder
 from fedsim.scenario import PluginSpec
 
 ATTACKS = {
@@ -47,23 +48,24 @@ def _rounds(run: Path, client: int) -> list[int]:
 def score_run(run: Path, splits: int) -> dict[tuple[str, str], list[float]]:
     """{(target, attack): [AUC per split]} for one run folder, with "null" as the null AUC."""
     scenario = load_scenario(run / "scenario.yaml")
-    prep = prepare(scenario)
-    final = load_file(run / "model.safetensors") if (run / "model.safetensors").is_file() else None
-    cfg, out = scenario.membership, defaultdict(list)
+    experiment = prepare(scenario)
+    cfg, out = MembershipConfig(**scenario.sections["membership"]), defaultdict(list)
     jobs = [(name, cfg.round) for name in cfg.targets if name != "client_update"]
     jobs += [("client_update", r) for r in _rounds(run, cfg.client)] if "client_update" in cfg.targets else []
     for name, rnd in jobs:
-        sc = scenario.model_copy(update={"membership": cfg.model_copy(update={"targets": [name], "round": rnd})})
-        (target,) = build_targets(run, sc, prep, final, log=lambda _: None)
+        target = build_target(name, RunFolder(run), experiment, cfg.model_copy(update={"round": rnd}),
+                              log=lambda _: None)
+        if target is None:
+            continue
         label = f"{name} r{rnd}" if name == "client_update" else name
-        match = match_values(sc, prep)
+        match = match_values(cfg, experiment)
         for split in range(splits):
-            sets = membership_sets(target.members, nonmember_pool(prep), eval_size=cfg.eval_size,
+            sets = membership_sets(target.members, nonmember_pool(experiment), eval_size=cfg.eval_size,
                                    aux_samples=cfg.aux_samples, seed=split, match=match)
-            x, y = prep.task.tensors(prep.cohort, sets.eval_rows)
-            out[(label, "null")].append(null_auc(prep, target.members, y, sets.is_member).get("null_auc", np.nan))
+            x, y = experiment.tensors(sets.eval_rows)
+            out[(label, "null")].append(null_auc(experiment, target.members, y, sets.is_member).get("null_auc", np.nan))
             for attack in ATTACKS[name]:
-                row = score_attack(PluginSpec(name=attack), target, sets, x, y, prep=prep, train_fn=None,
+                row = score_attack(PluginSpec(name=attack), target, sets, x, y, experiment=experiment, train_fn=None,
                                    seed=split, delta=cfg.delta, log=lambda _: None)
                 out[(label, attack)].append(row["auc"] if row["status"] == "ok" else np.nan)
     return out
