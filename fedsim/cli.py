@@ -52,22 +52,24 @@ def _fail(message: str, code: int) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.loading import load_scenario
+    from fedsim.run_folder import RunFolder
     from fedsim.runner import run_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)
     result = run_scenario(scenario, out_dir=args.out)
+    report = RunFolder(result.run_dir).report_file
     print(f"run folder: {result.run_dir}")
     if result.error:
         return _fail(f"run failed: {result.error} (results so far are in {result.run_dir})", 1)
     refused = [f for f in result.failures if f["error"].startswith("TamperedModelError")]
     if refused:  # the model-vetting defense doing its job, not a failure of the run
         print(f"{len(refused)} client update(s) refused a tampered model (model_vetting); see "
-              f"{result.run_dir / 'report.md'}")
+              f"{report}")
     failures = [f for f in result.failures if f not in refused]
     if failures:
         first = failures[0]
         return _fail(f"{len(failures)} client update(s) failed; first: round {first['round']} "
-                     f"client {first['client']}: {first['error']} (see {result.run_dir / 'report.md'})", 1)
+                     f"client {first['client']}: {first['error']} (see {report})", 1)
     return 0
 
 
@@ -113,6 +115,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from fedsim.loading import apply_override
+    from fedsim.run_folder import RunFolder
     from fedsim.runner import rerun_attack
     from fedsim.scenario import PluginSpec
 
@@ -120,7 +123,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     for item in args.overrides:
         apply_override(params, item)
     rows = rerun_attack(args.run_dir, PluginSpec(name=args.attack, params=params))
-    print(f"wrote {args.run_dir / 'attacks'} and {args.run_dir / 'report.md'}")
+    print(f"wrote the attack's results and {RunFolder(args.run_dir).report_file}")
     failed = [r for r in rows if r.get("status") == "error"]
     return _fail(f"attack failed: {failed[0]['error']}", 1) if failed else 0
 
@@ -133,7 +136,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not run.is_run():
         return _fail(f"not a run folder (no scenario.yaml / summary.json): {args.run_dir}", EXIT_BAD_INPUT)
     write_outputs(run)
-    print(f"wrote {args.run_dir / 'report.md'}")
+    print(f"wrote {run.report_file}")
     return 0
 
 

@@ -11,8 +11,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from fedsim.families import AttackFamily
+from fedsim.families import FAMILIES, AttackFamily, resolve_family
 from fedsim.markdown import cell
+from fedsim.plugins import load_builtins
 from fedsim.run_folder import RunFolder
 from fedsim.settings.base import SETTINGS, Setting
 
@@ -42,9 +43,6 @@ def to_csv(records: list[dict[str, Any]]) -> str:
 def run_families(summary: dict[str, Any]) -> list[type[AttackFamily]]:
     """The families whose sections a run's report shows: those the run recorded, else (a run folder
     written before families were recorded) every registered one, in registration order."""
-    from fedsim.families import FAMILIES, resolve_family
-    from fedsim.plugins import load_builtins
-
     load_builtins()
     refs = [f["plugin"] for f in summary.get("families", [])] or FAMILIES.registered()
     found = []
@@ -58,8 +56,6 @@ def run_families(summary: dict[str, Any]) -> list[type[AttackFamily]]:
 
 def run_setting(scenario: dict[str, Any]) -> type[Setting] | None:
     """The setting a run folder's scenario names (None if it cannot be found any more)."""
-    from fedsim.plugins import load_builtins
-
     load_builtins()
     try:
         return SETTINGS.get(scenario.get("setting", "federated"))
@@ -72,7 +68,7 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
     """A short Markdown report: setup, partitions, result vs baseline, per-round table, the families'
     sections, failures."""
     scenario = run.scenario_raw()
-    partitions = run.read_json("partitions.json", {"clients": []})
+    partitions = run.partitions()
     key = summary.get("primary_metric", "mae")
     data, model = scenario["data"], scenario["task"]["model"]
     setting = run_setting(scenario)

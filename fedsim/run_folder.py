@@ -162,6 +162,13 @@ class RunFolder:
         path = self.path / name
         return json.loads(path.read_text()) if path.is_file() else default
 
+    def partitions(self) -> dict[str, Any]:
+        """partitions.json: each client's sizes, sites and mean age, and the server's test-set size."""
+        return self.read_json("partitions.json", {"clients": []})
+
+    def write_partitions(self, partitions: dict[str, Any]) -> None:
+        self.write_json("partitions.json", partitions)
+
     def summary(self) -> dict[str, Any]:
         return self.read_json("summary.json", {})
 

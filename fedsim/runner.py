@@ -15,7 +15,7 @@ from typing import Any
 from fedsim.experiment import Experiment, prepare
 from fedsim.families import AttackFamily, family_ref, resolve_family
 from fedsim.plugins import family_groups, setting_of
-from fedsim.report import final_dp_epsilon, write_outputs
+from fedsim.report import final_dp_epsilon, run_families, write_outputs
 from fedsim.run_folder import RunFolder
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.seeding import seed_everything
@@ -83,9 +83,10 @@ def rerun_attack(run_dir: Path, spec: PluginSpec, *, log: Log = print) -> list[d
     summary = run.summary()
     key = family_cls.summary_key()
     summary[key] = [r for r in summary.get(key, []) if r.get("attack") != spec.key] + rows
-    recorded = summary.setdefault("families", [])
-    if all(f["name"] != family_cls.name for f in recorded):
-        recorded.append(_family_entry(family_cls))
+    if "families" not in summary:  # a run folder from before families were recorded: the ones with rows
+        summary["families"] = [_family_entry(f) for f in run_families(summary) if summary.get(f.summary_key())]
+    if all(f["name"] != family_cls.name for f in summary["families"]):
+        summary["families"].append(_family_entry(family_cls))
     run.write_summary(summary)
     write_outputs(run)
     return rows
@@ -95,7 +96,7 @@ def _write_partitions(run: RunFolder, experiment: Experiment, log: Log) -> None:
     import numpy as np
 
     split, cohort = experiment.split, experiment.cohort
-    run.write_json("partitions.json", {
+    run.write_partitions({
         "by": experiment.scenario.data.partition.by,
         "test": len(split.test),
         "clients": [

@@ -239,7 +239,7 @@ def target_fit(experiment: Experiment, target: TargetModel) -> dict[str, float]:
     return {f"train_{key}": train, f"test_{key}": test}
 
 
-def null_auc(experiment: Any, members: list[int], y: torch.Tensor, is_member: np.ndarray) -> dict[str, float]:
+def null_auc(experiment: Experiment, members: list[int], y: torch.Tensor, is_member: np.ndarray) -> dict[str, float]:
     """AUC of the loss attack against a model that learned nothing but the members' mean target.
 
     It carries no membership information, so its distance from 0.5 is what the evaluation set's

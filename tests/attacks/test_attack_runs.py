@@ -100,13 +100,19 @@ def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tm
                        if r["attack"].endswith("NearestGradient"))
     assert example_row["status"] == "ok" and 0 < example_row["best_cosine"] <= 1
 
-    # fedsim attack re-runs an attacker on the recorded federation without training again
+    # fedsim attack re-runs an attacker on the recorded federation without training again, also in a
+    # run folder written before summary.json named its families
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["families"]
+    (run / "summary.json").write_text(json.dumps(summary))
     proc = subprocess.run([sys.executable, "-m", "fedsim", "attack", str(run), "--attack", "dlg",
                            "--set", "iterations=5"], capture_output=True, text=True, timeout=240, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert sum(r["attack"] == "dlg" for r in summary["attacks"]) == 1
     assert summary["rounds_completed"] == 2  # training results untouched
+    assert [f["name"] for f in summary["families"]] == ["reconstruction"]
+    assert "| dlg | 1 | 0 | gradient | 1 |" in (run / "report.md").read_text()
 
 
 def test_bad_attack_input_fails_before_training(tmp_path: Path):
