@@ -7,6 +7,7 @@ process and kept in `_STATE`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import TASKS, Task
 from fedsim.training import one_batch_gradient, predict, train_local
-from fedsim.training_plan import local_budget
+from fedsim.training_plan import LocalBudget, local_budget
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,13 @@ _DEFENSE_TENSORS = "fedsim-defense-tensors"
 
 
 def _defenses(plan: ClientPlan, context: Context, task: Task, pid: int, server_round: int,
-              batch_size: int, n_examples: int) -> list[tuple[Defense, ClientRound]]:
+              budget: LocalBudget) -> list[tuple[Defense, ClientRound]]:
     """The scenario's defenses with their per-round context; each one's state is restored from earlier rounds.
 
     Built here, in the worker: a defense from path/to/file.py must be imported where it runs."""
     saved = dict(context.state[_DEFENSE_STATE]) if _DEFENSE_STATE in context.state else {}
     tensors = context.state[_DEFENSE_TENSORS].to_torch_state_dict() if _DEFENSE_TENSORS in context.state else {}
     fed = plan.scenario.federation
-    budget = local_budget(fed, n_examples, batch_size=batch_size)
     out = []
     for i, spec in enumerate(plan.scenario.defenses):
         mine = {k.split(".", 1)[1]: v for k, v in saved.items() if k.split(".", 1)[0] == str(i)}
@@ -146,7 +146,11 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         model = _model(plan, data, msg)
         fed = plan.scenario.federation
         batch_size = int(config.get(BATCH_KEY, fed.batch_size))
-        defenses = _defenses(plan, context, data.task, pid, server_round, batch_size, len(data.y_train))
+        gradient_requested = str(config.get(UPDATE_KEY, "weights")) == "gradient"
+        budget = local_budget(fed, len(data.y_train), batch_size=batch_size)
+        if gradient_requested:  # FedSGD: one batch, one gradient
+            budget = dataclasses.replace(budget, steps=1)
+        defenses = _defenses(plan, context, data.task, pid, server_round, budget)
         for defense, ctx in defenses:  # e.g. model_vetting: refuse a tampered model before training on it
             defense.inspect_model(model, config=dict(config), ctx=ctx)
         reference = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -155,7 +159,6 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         for defense, ctx in defenses:
             x, y = defense.transform_data(x, y, ctx=ctx)
         hooks = [defense.training_hook(ctx) for defense, ctx in defenses]
-        gradient_requested = str(config.get(UPDATE_KEY, "weights")) == "gradient"
         if gradient_requested:
             update, result = one_batch_gradient(model, x, y, task=data.task, batch_size=batch_size, rng=rng,
                                                 hooks=hooks)

@@ -74,7 +74,7 @@ def _read_xls(path: Path) -> list[dict[str, str]]:
     header = [str(c.value).strip() for c in sheet.row(0)] if sheet.nrows else []
     rows = []
     for r in range(1, sheet.nrows):
-        rows.append({h: _cell_text(c.value) for h, c in zip(header, sheet.row(r), strict=True)})
+        rows.append({h: _cell_text(c.value) for h, c in zip(header, sheet.row(r), strict=False)})
     return rows
 
 

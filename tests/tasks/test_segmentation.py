@@ -96,7 +96,7 @@ def test_models_give_class_logits_per_voxel_and_suit_opacus(name: str, norm: str
     out = model(torch.randn(2, 1, 16, 16, 16))
     assert out.shape == (2, 4, 16, 16, 16)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert ModuleValidator.validate(model, strict=True) == []  # DP-SGD can wrap it
+    assert ModuleValidator.validate(model, strict=False) == []  # DP-SGD can wrap it
 
 
 def test_models_reject_a_single_level():
