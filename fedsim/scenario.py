@@ -304,4 +304,5 @@ def scenario_to_yaml(scenario: Scenario) -> str:
     """The resolved scenario (defaults filled in) as YAML, for the run folder; owned sections are
     written at the top level, where the user wrote them."""
     raw = scenario.model_dump(mode="json")
-    return yaml.safe_dump({**raw, **raw.pop("sections")}, sort_keys=False)
+    sections = raw.pop("sections")
+    return yaml.safe_dump({**raw, **sections}, sort_keys=False)

@@ -65,3 +65,14 @@ def test_load_reports_missing_file_and_bad_yaml(tmp_path: Path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(tiny_scenario()))
     assert load_scenario(good, ["seed=9"]).seed == 9
+
+
+def test_the_resolved_scenario_round_trips_with_owned_sections_at_the_top(tmp_path):
+    from fedsim.scenario import scenario_to_yaml
+
+    scenario = validate_scenario(tiny_scenario(membership={"eval_size": 6}))
+    written = yaml.safe_load(scenario_to_yaml(scenario))
+    assert "sections" not in written and written["membership"]["eval_size"] == 6
+    assert written["membership"]["aux_samples"] == 40  # the family's defaults, filled in
+    (tmp_path / "s.yaml").write_text(scenario_to_yaml(scenario))
+    assert load_scenario(tmp_path / "s.yaml") == scenario
