@@ -58,7 +58,9 @@ class Observation:
     local_steps: int | None = None
     lr: float | None = None
     labels: torch.Tensor | None = None
-    auxiliary: torch.Tensor | None = None
+    auxiliary: torch.Tensor | None = None  # the server's own held-out scans
+    population: Callable[[int], torch.Tensor] | None = None  # n -> n scans of other people of the same
+    # population (an attacker's own data; with auxiliary)
     behaviours: tuple[str, ...] = ()
 
     def model(self) -> nn.Module:

@@ -41,6 +41,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         lr=meta.get("lr") if threat.hyperparameters else None,
         labels=truth["targets"] if threat.labels else None,
         auxiliary=experiment.x_test if threat.auxiliary else None,
+        population=experiment.population if threat.auxiliary else None,
         behaviours=tuple(meta.get("behaviours", [])),
     )
 
@@ -83,13 +84,13 @@ class ReconstructionFamily(AttackFamily):
         return "attacks"  # the key summary.json has always used for these rows
 
     def check(self, experiment: Experiment, specs: list[PluginSpec]) -> None:
-        """An attack with a population prior needs enough of the server's own scans."""
+        """An attack that needs auxiliary scans (a population prior, a learned map) gets enough."""
         for spec in specs:
             plugin = ATTACKS.get(spec.name)
-            check = getattr(plugin, "check_auxiliary", None)
-            if check is not None and plugin.threat.auxiliary:
+            check = getattr(plugin, "check_experiment", None)
+            if check is not None:
                 try:
-                    check(plugin.parse(spec.params), len(experiment.x_test))
+                    check(plugin.parse(spec.params), experiment)
                 except ValueError as exc:
                     raise ScenarioError(f"attacks.{attack_index(self.scenario, spec)}: {spec.name}: {exc}") from None
 

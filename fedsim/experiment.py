@@ -33,6 +33,7 @@ class Experiment:
     y_test: torch.Tensor
     withheld: Mapping[str, str] = field(default_factory=dict)  # observation kind -> why this run's setting
     # does not hand it to an adversary (e.g. secure aggregation hides single clients' updates)
+    _population: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def tensors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed (inputs, targets) of cohort rows."""
@@ -46,6 +47,23 @@ class Experiment:
     def prior(self) -> torch.Tensor:
         """The population-mean scan: what an attacker knows without attacking."""
         return self.x_test.mean(dim=0)
+
+    def population(self, n: int) -> torch.Tensor:
+        """`n` preprocessed scans of people outside the cohort (an attacker's own data, e.g. public
+        scans from the same sites); where the dataset has none, the server's own held-out scans."""
+        from fedsim.data.datasets import load_population
+
+        if n in self._population:
+            return self._population[n]
+        data = self.scenario.data
+        cohort = load_population(data, seed=self.scenario.seed, n_subjects=n)
+        if cohort is None:
+            if n > len(self.x_test):
+                raise ValueError(f"dataset '{data.dataset}' has no population sample beyond the server's "
+                                 f"{len(self.x_test)} held-out scans ({n} asked for)")
+            return self.x_test[:n]
+        self._population[n] = self.task.tensors(cohort, list(range(len(cohort))))[0]
+        return self._population[n]
 
 
 def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,

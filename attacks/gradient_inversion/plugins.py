@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
+from fedsim.data.datasets import Dataset
+from fedsim.plugin import NoParams
+from fedsim.settings.base import GRADIENT
 
 if TYPE_CHECKING:
     import torch
 
     from fedsim.attacks.gradient_inversion.optimize import InversionConfig
+    from fedsim.experiment import Experiment
 
 
 class InversionParams(BaseModel):
@@ -49,8 +53,9 @@ class GradientInversion(ReconstructionAttack):
     Params = InversionParams
 
     @classmethod
-    def check_auxiliary(cls, params: InversionParams, n_auxiliary: int) -> None:
+    def check_experiment(cls, params: InversionParams, experiment: Experiment) -> None:
         """A PCA prior on N centred scans has at most N - 1 components: refuse before training."""
+        n_auxiliary = len(experiment.x_test)
         if params.parameterization == "pca" and n_auxiliary <= params.n_components:
             raise ValueError(f"params.n_components: a {params.n_components}-component PCA prior needs at least "
                              f"{params.n_components + 1} auxiliary scans, but the server holds {n_auxiliary} (its "
@@ -142,3 +147,59 @@ class FedAvgUpdateInversion(GradientInversion):
         if observation.kind != "weights":
             raise ValueError("fedavg_update_inversion needs a weight update (kind 'weights')")
         return super().reconstruct(observation)
+
+
+class LearnedParams(NoParams):
+    aux_subjects: int = Field(600, ge=20, description="the attacker's own scans of the population it fits on")
+    augment: int = Field(2, ge=1, le=4, description="pairs per scan: itself, its left-right flip, then 1-voxel "
+                         "shifts of each")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="auxiliary subjects held out to choose the ridge")
+    ridge: float | None = Field(None, gt=0, description="ridge strength relative to the Gram matrix's mean "
+                                "diagonal; default: the best of a grid on the held-out subjects")
+    chunk: int = Field(16, ge=1, description="scans per vectorised per-scan gradient")
+    seed: int = 0
+
+
+@ATTACKS.register("learned_inversion")
+class LearnedInversion(ReconstructionAttack):
+    """Learned inversion: a ridge map from the error-normalised gradient to the scan, fitted on the
+    attacker's own scans simulated through the global model the server sent (no label needed).
+
+    At batch B it returns the error-weighted mean of the batch's reconstructions, B times."""
+
+    threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True, auxiliary=True)
+    consumes: ClassVar[frozenset[str]] = frozenset({GRADIENT})
+    Params = LearnedParams
+
+    @classmethod
+    def check_experiment(cls, params: LearnedParams, experiment: Experiment) -> None:
+        """The attacker's scans exist, the head is a regression, and some client sends a gradient."""
+        from fedsim.data.datasets import DATASETS
+
+        sc = experiment.scenario
+        has_population = DATASETS.get(sc.data.dataset).population is not Dataset.population
+        if not has_population and params.aux_subjects > len(experiment.x_test):
+            raise ValueError(f"params.aux_subjects: dataset '{sc.data.dataset}' gives the attacker only the server's "
+                             f"{len(experiment.x_test)} held-out scans, fewer than {params.aux_subjects}")
+        if not experiment.y_test.dtype.is_floating_point or experiment.y_test.ndim != 1:
+            raise ValueError(f"task '{sc.task.name}': learned_inversion needs a regression head (one output)")
+        if not any(b.name == "request_gradient" for b in sc.server.behaviours):
+            raise ValueError("inverts one-batch (FedSGD) gradients: add the server behaviour request_gradient "
+                             "(FedAvg weight updates are not simulated yet)")
+
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        from fedsim.attacks.gradient_inversion import learned
+
+        obs, p = observation, self.params
+        if obs.population is None or obs.loss_fn is None:
+            raise PermissionError("learned inversion needs the architecture and the attacker's own scans")
+        model = obs.model()
+        inversion = learned.fit_cached(model, obs.global_state, lambda: obs.population(p.aux_subjects),
+                                       augment_copies=p.augment, val_fraction=p.val_fraction, ridge=p.ridge,
+                                       chunk=p.chunk, seed=p.seed)
+        names = learned.trainable_names(model)
+        image = inversion.predict(learned.observed_features(obs.update, names, learned.output_bias(model)))
+        n = obs.images_in_update()
+        return Reconstruction(images=image.expand(n, *image.shape[1:]).contiguous(), extra={
+            "aux_pairs": len(inversion.features), "ridge": inversion.ridge, "val_mse": inversion.val_mse,
+            "fit_seconds": inversion.seconds, "features": int(inversion.keep.sum())})

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from fedsim.registry import registry
+from fedsim.seeding import derive_seed
 
 if TYPE_CHECKING:  # the generators load where a cohort is loaded (the CT one needs MONAI)
     from fedsim.data.synthetic import Cohort
@@ -18,6 +19,12 @@ class Dataset(ABC):
     @abstractmethod
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
         """Return the whole cohort; partitioning happens elsewhere."""
+
+    def population(self, config: DataConfig, *, seed: int, n_subjects: int) -> Cohort | None:
+        """Other people of the same population, none of them in the cohort: what an attacker may hold
+        beside the federation (public scans from the same sites and scanners). None: the dataset
+        has no such sample, and an attacker has only the server's own held-out scans."""
+        return None
 
 
 DATASETS = registry("dataset", base=Dataset)
@@ -33,6 +40,10 @@ class SyntheticBrain(Dataset):
         spec = CohortSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
         return load_cohort(spec)  # cached under $FEDSIM_CACHE (or ~/.cache/fedsim)
 
+    def population(self, config: DataConfig, *, seed: int, n_subjects: int) -> Cohort:
+        """The same generator and sites with a seed of its own: new subjects."""
+        return self.load(config.model_copy(update={"n_subjects": n_subjects}), seed=derive_seed(seed, "population"))
+
 
 @DATASETS.register("synthetic_head_ct")
 class SyntheticHeadCT(Dataset):
@@ -44,7 +55,15 @@ class SyntheticHeadCT(Dataset):
         spec = CTSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
         return load_ct_cohort(spec)  # cached beside the MRI cohort it is made from
 
+    def population(self, config: DataConfig, *, seed: int, n_subjects: int) -> Cohort:
+        return self.load(config.model_copy(update={"n_subjects": n_subjects}), seed=derive_seed(seed, "population"))
+
 
 def load_dataset(config: DataConfig, *, seed: int) -> Cohort:
     """Load the cohort named by ``config.dataset``."""
     return DATASETS.get(config.dataset)().load(config, seed=seed)
+
+
+def load_population(config: DataConfig, *, seed: int, n_subjects: int) -> Cohort | None:
+    """`n_subjects` people of the cohort's population outside it, if the dataset has them."""
+    return DATASETS.get(config.dataset)().population(config, seed=seed, n_subjects=n_subjects)

@@ -41,7 +41,8 @@ def _gia(tmp_path: Path, **extra) -> dict:
                                {"name": "request_batch_size", "params": {"batch_size": 1}}],
                 "targets": {"clients": [0], "rounds": [1]}},
         attacks=[{"name": "dlg", "params": {"iterations": 30}},
-                 {"name": f"{plugin}:Crashing"}],
+                 {"name": f"{plugin}:Crashing"},
+                 {"name": "learned_inversion", "params": {"aux_subjects": 60}}],
         **extra,
     )
 
@@ -65,6 +66,9 @@ def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tm
     assert dlg["psnr"] == pytest.approx(dlg["prior_psnr"] + dlg["psnr_gain"])
     assert 0 <= dlg["reid_top1"] <= 1 and "target_error" in dlg
     assert (run / "attacks/dlg/round001_client000.png").is_file()
+    fitted = rows["learned_inversion"]  # on the attacker's own 60 scans (x 2 with flips), no label given
+    assert fitted["status"] == "ok" and fitted["aux_pairs"] == 120 and "labels" not in fitted["threat"]
+    assert (run / "attacks/learned_inversion/round001_client000.png").is_file()
     crashed = next(r for name, r in rows.items() if name.endswith(":Crashing"))
     assert crashed["status"] == "error" and "attacker bug" in crashed["error"]
     report = (run / "report.md").read_text()

@@ -1,0 +1,272 @@
+"""Learned gradient inversion: a ridge map from what a client sends to its scan, fitted on the
+attacker's own scans simulated through the global model (an honest-but-curious server).
+
+Normalisation. With a regression head trained on MSE, a batch-1 gradient is 2(f - y) times the
+derivative of the output f with respect to each parameter, and the output bias's entry is 2(f - y)
+times that bias's own derivative. Dividing the gradient by its bias entry leaves df/dtheta over
+df/dbias: a function of the scan alone, which the attacker computes for any scan of its own at the
+same weights, without a label. At batch B the same division gives the error-weighted mean of the B
+scans' features, so the (linear) map returns the error-weighted mean of their reconstructions.
+
+Fit. Features are standardised (those without variance, e.g. conv biases in front of instance
+norm, are dropped) and held as float16; the ridge is solved in the dual, through the N x N Gram
+matrix built in blocks, so memory grows as N x P / 2 bytes plus a few N x N matrices, never as a
+float32 copy of all features. The ridge strength is chosen on auxiliary subjects held out of the fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+RIDGE_GRID = tuple(float(10.0**k) for k in np.arange(-6.0, 1.01, 0.5))  # x the Gram's mean diagonal
+STATS_ROWS = 256  # pairs the feature scales are estimated on
+VAL_VOXELS = 2048  # voxels the held-out reconstructions are compared on
+BLOCK = 512  # rows per block of the Gram and of predictions
+FLOAT16_MAX = 6.0e4
+
+
+def output_bias(model: nn.Module) -> str:
+    """Name of the regression head's bias: the last trainable one-element bias."""
+    for name, p in reversed(list(model.named_parameters())):
+        if p.requires_grad and name.endswith("bias") and p.numel() == 1:
+            return name
+    raise ValueError("learned_inversion needs a regression head with a bias (one output), e.g. task brain_age")
+
+
+def trainable_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def output_gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], *,
+                     chunk: int = 16) -> Iterator[torch.Tensor]:
+    """Per scan, d output / d parameters (flattened in `names` order), `chunk` scans at a time, in
+    training mode, as the client computes its gradient."""
+    params = {n: p.detach() for n, p in model.named_parameters() if n in set(names)}
+    rest = {n: t.detach() for n, t in [*model.named_parameters(), *model.named_buffers()] if n not in params}
+
+    def output(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {**rest, **p}, (xi[None],)).sum()
+
+    per_scan = vmap(grad(output), in_dims=(None, 0), randomness="same")
+    was_training = model.training
+    model.train()
+    try:
+        for i in range(0, len(x), chunk):
+            g = per_scan(params, x[i:i + chunk])
+            yield torch.cat([g[n].flatten(1) for n in names], dim=1).float()
+    finally:
+        model.train(was_training)
+
+
+def normalise(flat: torch.Tensor, bias_index: int) -> torch.Tensor:
+    """Rows divided by their output-bias entry: the label and the loss's scale cancel."""
+    bias = flat[:, bias_index:bias_index + 1]
+    if (bias == 0).any():
+        raise ValueError("the output bias's gradient is zero: the observation carries no error to divide by")
+    return flat / bias
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The attacker's training pairs as a plan over its scans: pair i is `variant[i]` of scan
+    `subject[i]` (0 itself, 1 its left-right flip, 2 a 1-voxel shift of it, 3 of its flip, along
+    `axis[i]`), built a chunk at a time so the augmented scans never sit in memory at once."""
+
+    subject: np.ndarray
+    variant: np.ndarray
+    axis: np.ndarray
+
+    @classmethod
+    def plan(cls, n: int, copies: int, *, spatial: int, seed: int) -> Pairs:
+        rng = np.random.default_rng(seed)
+        return cls(subject=np.tile(np.arange(n), copies), variant=np.repeat(np.arange(copies), n),
+                   axis=rng.integers(0, spatial, size=n * copies))
+
+    @property
+    def original(self) -> np.ndarray:
+        return self.variant == 0
+
+    def scans(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        out = []
+        for s, v, a in zip(self.subject[rows], self.variant[rows], self.axis[rows], strict=True):
+            scan = torch.flip(x[s], dims=[1]) if v in (1, 3) else x[s]  # spatial axis 0: left-right (MNI)
+            out.append(torch.roll(scan, 1 if v == 2 else -1, dims=int(a) + 1) if v >= 2 else scan)
+        return torch.stack(out)
+
+
+@dataclass
+class InversionMap:
+    """A fitted map: standardisation, the fit pairs' features and images, and the ridge's factor."""
+
+    keep: torch.Tensor  # bool (P,): features with variance
+    center: torch.Tensor  # (P_kept,)
+    scale: torch.Tensor  # (P_kept,)
+    features: torch.Tensor  # (N, P_kept) float16, standardised
+    images: torch.Tensor  # (N, V) float16, centred on `mean`
+    mean: torch.Tensor  # (V,) float32
+    factor: torch.Tensor  # (N, N) float64: Cholesky factor of Gram + ridge
+    shape: tuple[int, ...]  # one scan's (C, *spatial)
+    kernel: str  # "linear" or "rbf"
+    gamma: float  # rbf: exp(-gamma * squared distance), from the median distance of the fit pairs
+    ridge: float  # relative to the kernel matrix's mean diagonal
+    val_mse: float  # held-out error at that ridge (per voxel, on a voxel sample)
+    seconds: float
+    norms: torch.Tensor  # (N,) float64: the fit pairs' squared feature norms / P (for the rbf kernel)
+
+    def standardise(self, raw: torch.Tensor) -> torch.Tensor:
+        return ((raw[:, self.keep] - self.center) / self.scale).clamp(-FLOAT16_MAX, FLOAT16_MAX)
+
+    def predict(self, raw: torch.Tensor) -> torch.Tensor:
+        """Scans (m, C, *spatial) for raw normalised features (m, P)."""
+        z = self.standardise(raw).half()
+        k = gram_rows(z, self.features).T  # (N, m)
+        if self.kernel == "rbf":
+            k = rbf(k, self.norms[:, None], (z.float().pow(2).sum(1) / z.shape[1]).double()[None], self.gamma)
+        w = torch.cholesky_solve(k, self.factor)  # (N, m)
+        out = torch.zeros(raw.shape[0], self.images.shape[1], dtype=torch.float64)
+        for i in range(0, len(w), BLOCK):
+            out += w[i:i + BLOCK].T @ self.images[i:i + BLOCK].double()
+        return (out.float() + self.mean).reshape(-1, *self.shape)
+
+
+def gram_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a b^T / P in float64, over blocks of float16 rows."""
+    out = torch.empty(len(a), len(b), dtype=torch.float64)
+    for i in range(0, len(a), BLOCK):
+        ai = a[i:i + BLOCK].float()
+        for j in range(0, len(b), BLOCK):
+            out[i:i + BLOCK, j:j + BLOCK] = (ai @ b[j:j + BLOCK].float().T).double()
+    return out.div_(a.shape[1])
+
+
+def rbf(linear: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, gamma: float) -> torch.Tensor:
+    """exp(-gamma * |a - b|^2) from the linear kernel a.b and the squared norms (all / P)."""
+    return torch.exp(-gamma * (sq_a + sq_b - 2 * linear).clamp_min(0))
+
+
+def _features(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
+              chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardised float16 features and centred float16 images of every pair, with the feature
+    mask, centre and scale and the mean image."""
+    n, shape = len(pairs.subject), x.shape[1:]
+    images = torch.empty(n, int(np.prod(shape)), dtype=torch.float16)
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    pending: list[torch.Tensor] = []
+    stored: torch.Tensor | None = None
+    keep = center = scale = None
+    done = 0  # pairs whose features are stored
+    for start in range(0, n, chunk):
+        scans = pairs.scans(x, slice(start, start + chunk))
+        images[start:start + len(scans)] = scans.flatten(1).half()
+        total += scans.flatten(1).double().sum(0)
+        raw = normalise(next(output_gradients(model, scans, names, chunk=len(scans))), bias_index)
+        if keep is None:
+            pending.append(raw)
+            if sum(len(p) for p in pending) < min(STATS_ROWS, n):
+                continue
+            raw, pending = torch.cat(pending), []
+            std = raw.std(0)
+            keep = std > 1e-6 * std.max()  # zero up to rounding (conv biases in front of a norm)
+            center, scale = raw[:, keep].mean(0), std[keep]
+            stored = torch.empty(n, int(keep.sum()), dtype=torch.float16)
+        stored[done:done + len(raw)] = ((raw[:, keep] - center) / scale).clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
+        done += len(raw)
+    mean = (total / n).float()
+    for start in range(0, n, BLOCK):
+        images[start:start + BLOCK] -= mean.half()
+    return stored, keep, center, scale, images, mean
+
+
+def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val: np.ndarray,
+                 originals: np.ndarray, *, grid: Sequence[float], seed: int) -> tuple[float, float]:
+    """The relative ridge under which the held-out originals' reconstructions are most often nearest
+    their own scan among all the attacker's original scans (re-identification: what the attacker is
+    after; ties go to the weaker ridge, since detail is what identifies), and its voxel error."""
+    rng = np.random.default_rng(seed)
+    voxels = torch.as_tensor(rng.choice(images.shape[1], size=min(VAL_VOXELS, images.shape[1]), replace=False))
+    k_ff = gram[np.ix_(fit, fit)].float()  # float32 is plenty to rank ridges, and half the memory
+    diag = float(k_ff.diagonal().mean())
+    s, u = torch.linalg.eigh(k_ff)
+    del k_ff
+    y_f, y_v = images[fit][:, voxels].float(), images[val][:, voxels].float()
+    mean = y_f.mean(0)
+    a = u.T @ (y_f - mean)
+    kv_u = gram[np.ix_(val, fit)].float() @ u
+    del u
+    pool = _zscore(images[torch.as_tensor(originals)][:, voxels].float())
+    own = torch.as_tensor(np.searchsorted(originals, val))
+    scores = []
+    for r in grid:
+        pred = (kv_u / (s + r * diag)) @ a + mean
+        nearest = torch.cdist(_zscore(pred), pool).argmin(1)
+        hits = float((nearest == own).double().mean())
+        scores.append((hits, float((pred - y_v).pow(2).mean())))
+    best = max(range(len(grid)), key=lambda i: (scores[i][0], -i))
+    return grid[best], scores[best][1]
+
+
+def _zscore(rows: torch.Tensor) -> torch.Tensor:
+    return (rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + 1e-12)
+
+
+def fit_inversion(model: nn.Module, scans: torch.Tensor, *, augment_copies: int = 2, val_fraction: float = 0.15,
+                  ridge: float | None = None, kernel: str = "linear", chunk: int = 16, seed: int = 0) -> InversionMap:
+    """Fit the map on the attacker's `scans` (N, C, *spatial) through `model` at its current weights."""
+    start = time.perf_counter()
+    names = trainable_names(model)
+    bias_index = sum(dict(model.named_parameters())[n].numel() for n in names[:names.index(output_bias(model))])
+    pairs = Pairs.plan(len(scans), augment_copies, spatial=scans.dim() - 2, seed=seed)
+    features, keep, center, scale, images, mean = _features(model, scans, pairs, names, bias_index, chunk)
+    subject, original = pairs.subject, pairs.original
+    gram = gram_rows(features, features)
+    norms = gram.diagonal().clone()
+    gamma = 0.0
+    if kernel == "rbf":  # exp(-d^2 / median d^2): the kernel's width from the pairs themselves
+        gamma = 1.0 / float((norms[:, None] + norms[None] - 2 * gram).clamp_min(0).median())
+        gram = rbf(gram, norms[:, None], norms[None], gamma)
+    if ridge is None:
+        rng = np.random.default_rng(seed)
+        held = rng.permutation(len(scans))[: max(2, round(val_fraction * len(scans)))]
+        val = np.flatnonzero(np.isin(subject, held) & original)
+        fit = np.flatnonzero(~np.isin(subject, held))
+        ridge, val_mse = choose_ridge(gram, images, fit, val, np.flatnonzero(original), grid=RIDGE_GRID, seed=seed)
+    else:
+        val_mse = float("nan")
+    gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
+    factor = torch.linalg.cholesky(gram)
+    del gram
+    return InversionMap(keep=keep, center=center, scale=scale, features=features, images=images, mean=mean,
+                        factor=factor, shape=tuple(scans.shape[1:]), kernel=kernel, gamma=gamma, ridge=ridge,
+                        val_mse=val_mse, seconds=time.perf_counter() - start, norms=norms)
+
+
+def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str) -> torch.Tensor:
+    """A client's FedSGD gradient as the map's input: flattened in parameter order, error-normalised."""
+    flat = torch.cat([update[n].detach().double().flatten() for n in names])[None]
+    bias_index = sum(update[n].numel() for n in names[:names.index(bias_name)])
+    return normalise(flat, bias_index).float()
+
+
+_LAST: dict[str, InversionMap] = {}  # the last fit, by global weights and settings: a round's targets share it
+
+
+def fit_cached(model: nn.Module, state: dict[str, torch.Tensor], scans: Callable[[], torch.Tensor],
+               **settings: object) -> InversionMap:
+    """`fit_inversion` at these weights, reused for the next observation of the same round."""
+    digest = hashlib.sha1(repr(sorted(settings.items())).encode())
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    key = digest.hexdigest()
+    if key not in _LAST:
+        _LAST.clear()  # one fit in memory at a time
+        _LAST[key] = fit_inversion(model, scans(), **settings)  # type: ignore[arg-type]
+    return _LAST[key]
