@@ -120,6 +120,7 @@ class InversionMap:
     val_mse: float  # held-out error at that ridge (per voxel, on a voxel sample)
     seconds: float
     norms: torch.Tensor  # (N,) float64: the fit pairs' squared feature norms / P (for the rbf kernel)
+    spread: float  # mean distance of the fit pairs' images from their mean image
 
     def standardise(self, raw: torch.Tensor) -> torch.Tensor:
         return ((raw[:, self.keep] - self.center) / self.scale).clamp(-FLOAT16_MAX, FLOAT16_MAX)
@@ -135,6 +136,22 @@ class InversionMap:
         for i in range(0, len(w), BLOCK):
             out += w[i:i + BLOCK].T @ self.images[i:i + BLOCK].double()
         return (out.float() + self.mean).reshape(-1, *self.shape)
+
+    def batch_images(self, raw: torch.Tensor, n: int) -> torch.Tensor:
+        """`n` scans for the error-normalised gradient of a batch of `n` (raw: (1, P)).
+
+        At batch 1 the prediction itself. Beyond, the prediction is the batch's reconstructions
+        weighted by e_i / sum(e): errors of both signs make it an extrapolation along the dominant
+        members' deviations, whose sign is unknown. So both signs are returned, scaled to a typical
+        scan's distance from the mean: mean + d, mean - d, ... (each finds a different member
+        where the errors have opposite signs)."""
+        pred = self.predict(raw)
+        if n == 1:
+            return pred
+        dev = pred.flatten(1) - self.mean
+        dev = dev / dev.norm().clamp_min(1e-12) * self.spread
+        pair = torch.cat([self.mean + dev, self.mean - dev])
+        return pair.repeat((n + 1) // 2, 1)[:n].reshape(n, *self.shape)
 
 
 def gram_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -183,6 +200,11 @@ def _features(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[s
     for start in range(0, n, BLOCK):
         images[start:start + BLOCK] -= mean.half()
     return stored, keep, center, scale, images, mean
+
+
+def _spread(images: torch.Tensor) -> float:
+    """Mean norm of the centred images' rows."""
+    return float(torch.cat([images[i:i + BLOCK].float().norm(dim=1) for i in range(0, len(images), BLOCK)]).mean())
 
 
 def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val: np.ndarray,
@@ -245,7 +267,7 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, augment_copies: int 
     del gram
     return InversionMap(keep=keep, center=center, scale=scale, features=features, images=images, mean=mean,
                         factor=factor, shape=tuple(scans.shape[1:]), kernel=kernel, gamma=gamma, ridge=ridge,
-                        val_mse=val_mse, seconds=time.perf_counter() - start, norms=norms)
+                        val_mse=val_mse, seconds=time.perf_counter() - start, norms=norms, spread=_spread(images))
 
 
 def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str) -> torch.Tensor:

@@ -165,7 +165,8 @@ class LearnedInversion(ReconstructionAttack):
     """Learned inversion: a ridge map from the error-normalised gradient to the scan, fitted on the
     attacker's own scans simulated through the global model the server sent (no label needed).
 
-    At batch B it returns the error-weighted mean of the batch's reconstructions, B times."""
+    At batch B > 1 the map gives the error-weighted mean of the batch's reconstructions; the attack
+    returns its deviation from the mean image with both signs (see learned.InversionMap.batch_images)."""
 
     threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True, auxiliary=True)
     consumes: ClassVar[frozenset[str]] = frozenset({GRADIENT})
@@ -198,8 +199,8 @@ class LearnedInversion(ReconstructionAttack):
                                        augment_copies=p.augment, val_fraction=p.val_fraction, ridge=p.ridge,
                                        chunk=p.chunk, seed=p.seed)
         names = learned.trainable_names(model)
-        image = inversion.predict(learned.observed_features(obs.update, names, learned.output_bias(model)))
-        n = obs.images_in_update()
-        return Reconstruction(images=image.expand(n, *image.shape[1:]).contiguous(), extra={
+        raw = learned.observed_features(obs.update, names, learned.output_bias(model))
+        images = inversion.batch_images(raw, obs.images_in_update())
+        return Reconstruction(images=images, extra={
             "aux_pairs": len(inversion.features), "ridge": inversion.ridge, "val_mse": inversion.val_mse,
             "fit_seconds": inversion.seconds, "features": int(inversion.keep.sum())})

@@ -163,8 +163,11 @@ def _synthesize_t1(
     return np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2)
 
 
-def _simulate_subject(spec: CohortSpec, index: int) -> _Subject:
-    """One subject, seeded from (seed, index) only, so results never depend on worker count."""
+def _simulate_subject(spec: CohortSpec, index: int, session: int = 0) -> _Subject:
+    """One subject, seeded from (seed, index) only, so results never depend on worker count.
+
+    `session` > 0 scans the same anatomy again: the scanner's texture, bias field and noise are drawn
+    from (seed, index, session) instead (a later visit, for re-identification across scans)."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, index]))
     site = DEFAULT_SITES[index % spec.n_sites]
     sex = int(rng.integers(2))
@@ -184,7 +187,8 @@ def _simulate_subject(spec: CohortSpec, index: int) -> _Subject:
     tissues = _block_average(fine, spec.working_side // spec.shape)
     background = np.clip(1.0 - tissues.sum(0), 0.0, 1.0)
     labels = np.concatenate([background[None], tissues]).argmax(0).astype(np.uint8)
-    image = _synthesize_t1(rng, tissues, site, atrophy)
+    scanner = rng if session == 0 else np.random.default_rng(np.random.SeedSequence([spec.seed, index, session]))
+    image = _synthesize_t1(scanner, tissues, site, atrophy)
     return _Subject(image=image.astype(np.float32), labels=labels, age=age, bio_age=bio_age, sex=sex)
 
 
@@ -220,6 +224,12 @@ def generate_cohort(spec: CohortSpec, *, workers: int | None = None) -> Cohort:
         site=(np.arange(spec.n_subjects) % spec.n_sites).astype(np.int16),
         site_names=[s.name for s in DEFAULT_SITES[: spec.n_sites]],
     )
+
+
+def rescan(spec: CohortSpec, indices: list[int], *, session: int = 1) -> np.ndarray:
+    """Images (len(indices), S, S, S) of the cohort's subjects scanned again in session `session`:
+    same anatomy and site, new scanner noise (not cached: a few subjects at a time)."""
+    return np.stack([_simulate_subject(spec, i, session).image for i in indices])
 
 
 def tissue_fractions(labels: np.ndarray) -> np.ndarray:

@@ -203,3 +203,17 @@ def test_template_is_small_and_in_unit_range() -> None:
     litres = brain.sum() * tpl.voxel_mm**3 / 1e6
     assert 1.4 < litres < 2.2
     assert tpl.gm.sum() > tpl.wm.sum() > tpl.csf.sum()
+
+
+def test_a_rescan_is_the_same_anatomy_with_new_scanner_noise(small: Cohort) -> None:
+    spec = CohortSpec(n_subjects=6, shape=16, n_sites=3, seed=1)
+    np.testing.assert_array_equal(synthetic.rescan(spec, [0, 4], session=0), small.images[[0, 4]])
+    again = synthetic.rescan(spec, [0, 4], session=1)
+    assert not np.allclose(again, small.images[[0, 4]])
+    for k, i in enumerate((0, 4)):  # tissue by tissue the intensities agree; only the noise moved
+        for label in (1, 2, 3):
+            mask = small.labels[i] == label
+            assert abs(again[k][mask].mean() - small.images[i][mask].mean()) < 0.05
+        same_person = np.corrcoef(again[k].ravel(), small.images[i].ravel())[0, 1]
+        other = np.corrcoef(again[k].ravel(), small.images[(i + 3) % 6].ravel())[0, 1]
+        assert same_person > other

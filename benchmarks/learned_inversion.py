@@ -1,0 +1,201 @@
+"""How much does a learned inversion recover from FedSGD gradients? Prints a markdown table.
+
+For each input (2D central slices, 3D volumes at 32^3) x network x state (untrained; trained 5
+epochs on other scans), the attacker fits `learned_inversion`'s map on `--aux` scans of its own
+(x `--augment` with flips and shifts) through the network at its current weights, then inverts the
+FedSGD gradients of `--victims` other subjects at each batch size. Victims are also the
+re-identification pool (chance = 1 / victims); "rescan" ranks against a second scan of each victim
+(same anatomy, new scanner noise), so the attack cannot win by matching a scan's own noise. At
+batch > 1 the attack returns the map's deviation from the mean with both signs: "one" counts the
+batches where the nearest pool scan of either image is a member, "two" where the two images find
+two different members; the gain is the best-reconstructed member's. Optimisation attacks (Inverting
+Gradients, the PCA prior) run at batch 1 on the first `--optim` victims of the same observations.
+
+    python benchmarks/learned_inversion.py [--dims 2,3 --models small_cnn,brain_age_cnn,lenet
+        --states untrained,trained --batches 1,2,4,8 --aux 1800 --augment 4 --victims 300 --optim 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim.attacks.gradient_inversion import learned
+from fedsim.attacks.gradient_inversion.optimize import InversionConfig, gradients_of, invert_gradient
+from fedsim.attacks.metrics import psnr, reidentification_ranks, score_reconstruction
+from fedsim.data.synthetic import CohortSpec, load_cohort, rescan
+from fedsim.models.brain_age import BrainAgeCNN
+from fedsim.models.lenet import LeNet
+from fedsim.scenario import FederationConfig
+from fedsim.tasks.brain_age import zscore_volumes
+from fedsim.training import train_local
+
+SEED, TRAIN = 2024, 400
+
+
+class SmallCNN(nn.Module):
+    """The feasibility study's net: three 3x3 conv + ReLU, global average pooling, a linear head."""
+
+    def __init__(self, spatial_dims: int, out_bias: float, out_scale: float) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        self.features = nn.Sequential(conv(1, 16, 3), nn.ReLU(), conv(16, 32, 3), nn.ReLU(), conv(32, 64, 3), nn.ReLU())
+        self.head = nn.Linear(64, 1)
+        self.out_scale = out_scale
+        nn.init.constant_(self.head.bias, out_bias / out_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(2).mean(2)).squeeze(1) * self.out_scale
+
+
+def build(name: str, dims: int, mean: float, std: float) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "small_cnn":
+        return SmallCNN(dims, mean, std)
+    if name == "lenet":
+        return LeNet(spatial_dims=dims, out_bias=mean, out_scale=std)
+    return BrainAgeCNN(channels=(8, 16, 32, 64) if dims == 3 else (16, 32, 64), spatial_dims=dims,
+                       out_bias=mean, out_scale=std)
+
+
+class MSE:
+    """The brain-age task's loss (what every client minimises)."""
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(pred, target)
+
+
+def tensors(images: np.ndarray, dims: int) -> torch.Tensor:
+    x = zscore_volumes(images if dims == 3 else images[..., images.shape[-1] // 2])[:, None]
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dict]:
+    n = args.aux + args.victims + TRAIN
+    spec = CohortSpec(n_subjects=n, shape=32, n_sites=3, seed=SEED)
+    cohort = load_cohort(spec)
+    x, age = tensors(cohort.images, dims), torch.from_numpy(cohort.age.astype(np.float32))
+    aux, vic, train = np.arange(args.aux), np.arange(args.aux, args.aux + args.victims), np.arange(n - TRAIN, n)
+    victims = vic.tolist()
+    later = tensors(rescan(spec, victims, session=1), dims)
+    xv, yv = x[vic], age[vic]
+    model = build(name, dims, float(age[train].mean()), float(age[train].std()))
+    if state == "trained":
+        train_local(model, x[train], age[train], task=MSE(), rng=np.random.default_rng(0),
+                    config=FederationConfig(local_epochs=5, batch_size=8, lr=1e-3))
+    with torch.no_grad():
+        test_mae = float(torch.cat([model(xv[i:i + 50]) for i in range(0, len(xv), 50)]).sub(yv).abs().mean())
+    t0 = time.perf_counter()
+    inversion = learned.fit_inversion(model, x[aux], augment_copies=args.augment, seed=0)
+    fit_s = time.perf_counter() - t0
+    names, bias = learned.trainable_names(model), learned.output_bias(model)
+    prior = x[aux].mean(0)
+    rows = []
+    for batch in args.batches:
+        groups = [list(range(i, i + batch)) for i in range(0, len(xv) - batch + 1, batch)]
+        feats = torch.cat([learned.observed_features(dict(zip(names, gradients_of(model, MSE().loss, xv[g], yv[g]),
+                                                              strict=True)), names, bias) for g in groups])
+        recon = torch.cat([inversion.batch_images(f[None], batch) for f in feats])  # batch images per batch
+        row = {"dims": dims, "model": name, "state": state, "test_mae": test_mae, "batch": batch,
+               "attack": "learned", "aux_pairs": len(inversion.features), "fit_s": fit_s,
+               "ridge": inversion.ridge, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+        if batch == 1:
+            s = score_reconstruction(recon, xv, prior=prior, candidates=xv, true_index=list(range(len(xv))))
+            again = reidentification_ranks(recon, later, list(range(len(xv))))
+            sites = cohort.site[vic]
+            row.update({k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")},
+                       rescan_top1=float((again == 1).double().mean()),
+                       worst_site_top1=min(float((reidentification_ranks(recon[sites == k], xv,
+                                                  np.flatnonzero(sites == k)) == 1).double().mean()) for k in range(3)))
+        else:  # the two signed images of each batch: is a member the nearest pool scan of either / of both?
+            nearest = torch.cdist(_z(recon), _z(xv)).argmin(1).reshape(len(groups), batch)[:, :2].tolist()
+            gains = [float((psnr(recon[i * batch:(i + 1) * batch], xv[g])
+                            - psnr(prior[None].expand(batch, *prior.shape), xv[g])).max())
+                     for i, g in enumerate(groups)]
+            row.update(found_one=statistics.fmean(bool(set(n) & set(g)) for n, g in zip(nearest, groups, strict=True)),
+                       found_two=statistics.fmean(len(set(n) & set(g)) == 2 for n, g in zip(nearest, groups,
+                                                                                         strict=True)),
+                       psnr_gain=statistics.fmean(gains))
+        rows.append(row)
+        print(_line(row), flush=True)
+    rows += optimisation_rows(args, model, xv, yv, x[aux], dims, name, state)
+    return rows
+
+
+def optimisation_rows(args: argparse.Namespace, model: nn.Module, xv: torch.Tensor, yv: torch.Tensor,
+                      xa: torch.Tensor, dims: int, name: str, state: str) -> list[dict]:
+    """Inverting Gradients and the PCA prior on the same batch-1 gradients of the first victims."""
+    if args.optim <= 0:
+        return []
+    configs = {"inverting_gradients": InversionConfig(objective="cosine", lr=0.03, tv=1e-4, iterations=100),
+               "ig_pca_prior": InversionConfig(objective="abs_cosine", lr=0.05, signed=False, tv=0.0,
+                                               prior_pull=3e-3, parameterization="pca", n_components=20,
+                                               iterations=300)}
+    rows = []
+    for label, config in configs.items():
+        recon = []
+        for i in range(args.optim):
+            grads = gradients_of(model, MSE().loss, xv[i:i + 1], yv[i:i + 1])
+            recon.append(invert_gradient(model, MSE().loss, grads, input_shape=(1, *xv.shape[1:]), labels=yv[i:i + 1],
+                                         auxiliary=xa[:256], config=config).images.detach())
+        s = score_reconstruction(torch.cat(recon), xv[:args.optim], prior=xa.mean(0), candidates=xv,
+                                 true_index=list(range(args.optim)))
+        row = {"dims": dims, "model": name, "state": state, "batch": 1, "attack": label,
+               **{k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")}}
+        rows.append(row)
+        print(_line(row), flush=True)
+    return rows
+
+
+def _z(x: torch.Tensor) -> torch.Tensor:
+    flat = x.flatten(1).double()
+    return (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True)
+
+
+def _f(value: object, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _line(r: dict) -> str:
+    found = _f(r.get("reid_top1"), ".0%") if r["batch"] == 1 else (
+        f"one: {_f(r.get('found_one'), '.0%')}, two: {_f(r.get('found_two'), '.0%')}")
+    return (f"| {r['dims']}D | {r['model']} | {r['state']} | {r['attack']} | {r['batch']} | {_f(r.get('psnr'), '.1f')} "
+            f"| {_f(r.get('psnr_gain'), '+.1f')} | {_f(r.get('ssim'), '.3f')} | {found} "
+            f"| {_f(r.get('reid_top5'), '.0%')} "
+            f"| {_f(r.get('median_rank'), '.0f')} | {_f(r.get('rescan_top1'), '.0%')} | "
+            f"{_f(r.get('worst_site_top1'), '.0%')} | {r.get('aux_pairs', '–')} | {_f(r.get('fit_s'), '.0f')} "
+            f"| {_f(r.get('peak_gb'), '.1f')} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dims", type=lambda s: [int(v) for v in s.split(",")], default=[2, 3])
+    p.add_argument("--models", type=lambda s: s.split(","), default=["small_cnn", "brain_age_cnn", "lenet"])
+    p.add_argument("--states", type=lambda s: s.split(","), default=["untrained", "trained"])
+    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4, 8])
+    p.add_argument("--aux", type=int, default=1800)
+    p.add_argument("--augment", type=int, default=4)
+    p.add_argument("--victims", type=int, default=300)
+    p.add_argument("--optim", type=int, default=10, help="victims the optimisation attacks run on (0: none)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"FedSGD gradients, {args.victims} victims (chance top-1 {1 / args.victims:.1%}), attacker's scans "
+          f"{args.aux} x {args.augment}, seed {SEED}\n")
+    print("| input | network | state | attack | batch | PSNR | gain dB | SSIM | re-id top-1 | top-5 | median rank "
+          "| rescan top-1 | worst site top-1 | pairs | fit s | peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for dims in args.dims:
+        for name in args.models:
+            for state in args.states:
+                cell(args, dims, name, state)
+
+
+if __name__ == "__main__":
+    main()
