@@ -18,9 +18,11 @@ Gradients, the PCA prior) run at batch 1 on the first `--optim` victims of the s
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -77,6 +79,7 @@ def tensors(images: np.ndarray, dims: int) -> torch.Tensor:
 
 
 def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dict]:
+    torch.set_num_threads(args.threads)
     n = args.aux + args.victims + TRAIN
     spec = CohortSpec(n_subjects=n, shape=32, n_sites=3, seed=SEED)
     cohort = load_cohort(spec)
@@ -191,10 +194,12 @@ def main() -> None:
     print("| input | network | state | attack | batch | PSNR | gain dB | SSIM | re-id top-1 | top-5 | median rank "
           "| rescan top-1 | worst site top-1 | pairs | fit s | peak GB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    spawn = multiprocessing.get_context("spawn")  # one process per cell: "peak GB" is that cell's own
     for dims in args.dims:
         for name in args.models:
             for state in args.states:
-                cell(args, dims, name, state)
+                with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                    pool.submit(cell, args, dims, name, state).result()
 
 
 if __name__ == "__main__":
