@@ -39,11 +39,19 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         batch_size=meta.get("batch_size") if threat.hyperparameters else None,
         local_steps=meta.get("local_steps") if threat.hyperparameters else None,
         lr=meta.get("lr") if threat.hyperparameters else None,
+        optimizer=optimizer_of(experiment) if threat.hyperparameters else None,
         labels=truth["targets"] if threat.labels else None,
         auxiliary=experiment.x_test if threat.auxiliary else None,
         population=experiment.population if threat.auxiliary else None,
         behaviours=tuple(meta.get("behaviours", [])),
     )
+
+
+def optimizer_of(experiment: Experiment) -> dict[str, Any]:
+    """The optimizer the server agreed with its clients (the scenario's federation section)."""
+    fed = experiment.scenario.federation
+    return {"name": fed.optimizer, "momentum": fed.momentum if fed.optimizer == "sgd" else 0.0,
+            "weight_decay": fed.weight_decay}
 
 
 def score(recon: Reconstruction, truth: dict[str, Any], *, experiment: Experiment, client: int) -> dict[str, float]:

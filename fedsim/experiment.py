@@ -33,7 +33,8 @@ class Experiment:
     y_test: torch.Tensor
     withheld: Mapping[str, str] = field(default_factory=dict)  # observation kind -> why this run's setting
     # does not hand it to an adversary (e.g. secure aggregation hides single clients' updates)
-    _population: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _population: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False,
+                                                                       compare=False)
 
     def tensors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Preprocessed (inputs, targets) of cohort rows."""
@@ -48,9 +49,10 @@ class Experiment:
         """The population-mean scan: what an attacker knows without attacking."""
         return self.x_test.mean(dim=0)
 
-    def population(self, n: int) -> torch.Tensor:
-        """`n` preprocessed scans of people outside the cohort (an attacker's own data, e.g. public
-        scans from the same sites); where the dataset has none, the server's own held-out scans."""
+    def population(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` preprocessed (scans, targets) of people outside the cohort (an attacker's own data,
+        e.g. public scans from the same sites, whose ages it knows); where the dataset has none, the
+        server's own held-out scans."""
         from fedsim.data.datasets import load_population
 
         if n in self._population:
@@ -61,8 +63,8 @@ class Experiment:
             if n > len(self.x_test):
                 raise ValueError(f"dataset '{data.dataset}' has no population sample beyond the server's "
                                  f"{len(self.x_test)} held-out scans ({n} asked for)")
-            return self.x_test[:n]
-        self._population[n] = self.task.tensors(cohort, list(range(len(cohort))))[0]
+            return self.x_test[:n], self.y_test[:n]
+        self._population[n] = self.task.tensors(cohort, list(range(len(cohort))))
         return self._population[n]
 
 

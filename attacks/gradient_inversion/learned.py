@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedsim.attacks.gradient_inversion.client_steps import ClientSteps, replay
+
 RIDGE_GRID = tuple(float(10.0**k) for k in np.arange(-6.0, 1.01, 0.5))  # x the Gram's mean diagonal
 STATS_ROWS = 256  # pairs the feature scales are estimated on
 VAL_VOXELS = 2048  # voxels the held-out reconstructions are compared on
@@ -169,22 +171,56 @@ def rbf(linear: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, gamma: flo
     return torch.exp(-gamma * (sq_a + sq_b - 2 * linear).clamp_min(0))
 
 
-def _features(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
-              chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Standardised float16 features and centred float16 images of every pair, with the feature
-    mask, centre and scale and the mean image."""
-    n, shape = len(pairs.subject), x.shape[1:]
-    images = torch.empty(n, int(np.prod(shape)), dtype=torch.float16)
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
+def _scan_pairs(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
+                chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """FedSGD: per pair, its error-normalised output gradient (label-free) and its scan."""
+    for start in range(0, len(pairs.subject), chunk):
+        scans = pairs.scans(x, slice(start, start + chunk))
+        yield normalise(next(output_gradients(model, scans, names, chunk=len(scans))), bias_index), scans.flatten(1)
+
+
+def live_entries(model: nn.Module, scans: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """Parameters the output depends on at all (bool, flattened): not, e.g., a conv bias in front of
+    instance norm, whose gradient is rounding noise that Adam would scale up to a full step."""
+    g = next(output_gradients(model, scans[:STATS_ROWS // 8], names, chunk=STATS_ROWS // 8)).abs().amax(0)
+    return g > 1e-6 * g.max()
+
+
+def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    x: torch.Tensor, y: torch.Tensor, pairs: Pairs, held: np.ndarray, plan: ClientSteps,
+                    names: Sequence[str], bias_index: int, chunk: int,
+                    seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """FedAvg: per pair, a pseudo-client of that scan and `plan.images - 1` others of its side of the
+    held-out split; its error-normalised replayed weight change and the mean of its scans."""
+    rng = np.random.default_rng(seed + 1)
+    side = np.isin(pairs.subject, held)
+    pools = {True: np.flatnonzero(side), False: np.flatnonzero(~side)}
+    per_chunk = max(1, chunk // plan.images)
+    live = live_entries(model, x, names)
+    for start in range(0, len(pairs.subject), per_chunk):
+        leads = np.arange(start, min(start + per_chunk, len(pairs.subject)))
+        others = [rng.choice(pools[bool(side[i])], size=plan.images - 1) for i in leads]
+        members = np.concatenate([leads[:, None], np.array(others, dtype=int).reshape(len(leads), -1)], axis=1)
+        scans = pairs.scans(x, members.ravel()).reshape(*members.shape, *x.shape[1:])
+        targets = y[torch.as_tensor(pairs.subject[members])]
+        update = replay(model, loss_fn, scans, targets, plan, names) * live  # dead entries: constant, dropped
+        yield normalise(update, bias_index), scans.flatten(2).mean(1)
+
+
+def _features(n: int, voxels: int, rows: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Standardised float16 features and centred float16 images of `n` pairs streamed from `rows`,
+    with the feature mask, centre and scale and the mean image."""
+    images = torch.empty(n, voxels, dtype=torch.float16)
+    total = torch.zeros(voxels, dtype=torch.float64)
     pending: list[torch.Tensor] = []
     stored: torch.Tensor | None = None
     keep = center = scale = None
-    done = 0  # pairs whose features are stored
-    for start in range(0, n, chunk):
-        scans = pairs.scans(x, slice(start, start + chunk))
-        images[start:start + len(scans)] = scans.flatten(1).half()
-        total += scans.flatten(1).double().sum(0)
-        raw = normalise(next(output_gradients(model, scans, names, chunk=len(scans))), bias_index)
+    start = done = 0  # pairs whose images / features are stored
+    for raw, target in rows:
+        images[start:start + len(target)] = target.half()
+        total += target.double().sum(0)
+        start += len(target)
         if keep is None:
             pending.append(raw)
             if sum(len(p) for p in pending) < min(STATS_ROWS, n):
@@ -197,14 +233,15 @@ def _features(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[s
         stored[done:done + len(raw)] = ((raw[:, keep] - center) / scale).clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
         done += len(raw)
     mean = (total / n).float()
-    for start in range(0, n, BLOCK):
-        images[start:start + BLOCK] -= mean.half()
+    for i in range(0, n, BLOCK):
+        images[i:i + BLOCK] -= mean.half()
     return stored, keep, center, scale, images, mean
 
 
-def _spread(images: torch.Tensor) -> float:
-    """Mean norm of the centred images' rows."""
-    return float(torch.cat([images[i:i + BLOCK].float().norm(dim=1) for i in range(0, len(images), BLOCK)]).mean())
+def _spread(scans: torch.Tensor, mean: torch.Tensor) -> float:
+    """Mean distance of the attacker's scans from the mean image: how far one scan lies from it."""
+    flat = scans.flatten(1)
+    return float(torch.cat([(flat[i:i + BLOCK] - mean).norm(dim=1) for i in range(0, len(flat), BLOCK)]).mean())
 
 
 def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val: np.ndarray,
@@ -239,14 +276,27 @@ def _zscore(rows: torch.Tensor) -> torch.Tensor:
     return (rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + 1e-12)
 
 
-def fit_inversion(model: nn.Module, scans: torch.Tensor, *, augment_copies: int = 2, val_fraction: float = 0.15,
+def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tensor | None = None,
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                  plan: ClientSteps | None = None, augment_copies: int = 2, val_fraction: float = 0.15,
                   ridge: float | None = None, kernel: str = "linear", chunk: int = 16, seed: int = 0) -> InversionMap:
-    """Fit the map on the attacker's `scans` (N, C, *spatial) through `model` at its current weights."""
+    """Fit the map on the attacker's `scans` (N, C, *spatial) through `model` at its current weights:
+    on their FedSGD gradients (the default plan), or on pseudo-clients replaying `plan`'s weight update
+    (which needs the scans' `targets` and the task's `loss_fn`)."""
     start = time.perf_counter()
+    plan = plan or ClientSteps(gradient=True)
     names = trainable_names(model)
     bias_index = sum(dict(model.named_parameters())[n].numel() for n in names[:names.index(output_bias(model))])
     pairs = Pairs.plan(len(scans), augment_copies, spatial=scans.dim() - 2, seed=seed)
-    features, keep, center, scale, images, mean = _features(model, scans, pairs, names, bias_index, chunk)
+    rng = np.random.default_rng(seed)
+    held = rng.permutation(len(scans))[: max(2, round(val_fraction * len(scans)))]
+    if plan.gradient:
+        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk)
+    else:
+        if targets is None or loss_fn is None:
+            raise ValueError("replaying a weight update needs the attacker's targets and the task's loss")
+        rows = _replayed_pairs(model, loss_fn, scans, targets, pairs, held, plan, names, bias_index, chunk, seed)
+    features, keep, center, scale, images, mean = _features(len(pairs.subject), int(np.prod(scans.shape[1:])), rows)
     subject, original = pairs.subject, pairs.original
     gram = gram_rows(features, features)
     norms = gram.diagonal().clone()
@@ -255,8 +305,6 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, augment_copies: int 
         gamma = 1.0 / float((norms[:, None] + norms[None] - 2 * gram).clamp_min(0).median())
         gram = rbf(gram, norms[:, None], norms[None], gamma)
     if ridge is None:
-        rng = np.random.default_rng(seed)
-        held = rng.permutation(len(scans))[: max(2, round(val_fraction * len(scans)))]
         val = np.flatnonzero(np.isin(subject, held) & original)
         fit = np.flatnonzero(~np.isin(subject, held))
         ridge, val_mse = choose_ridge(gram, images, fit, val, np.flatnonzero(original), grid=RIDGE_GRID, seed=seed)
@@ -267,12 +315,16 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, augment_copies: int 
     del gram
     return InversionMap(keep=keep, center=center, scale=scale, features=features, images=images, mean=mean,
                         factor=factor, shape=tuple(scans.shape[1:]), kernel=kernel, gamma=gamma, ridge=ridge,
-                        val_mse=val_mse, seconds=time.perf_counter() - start, norms=norms, spread=_spread(images))
+                        val_mse=val_mse, seconds=time.perf_counter() - start, norms=norms,
+                        spread=_spread(scans, mean))
 
 
-def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str) -> torch.Tensor:
-    """A client's FedSGD gradient as the map's input: flattened in parameter order, error-normalised."""
-    flat = torch.cat([update[n].detach().double().flatten() for n in names])[None]
+def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str, *,
+                      global_state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """A client's FedSGD gradient, or its weight change from `global_state` (FedAvg), as the map's
+    input: flattened in parameter order, error-normalised."""
+    flat = torch.cat([(update[n].detach().double() - (global_state[n].double() if global_state else 0.0)).flatten()
+                      for n in names])[None]
     bias_index = sum(update[n].numel() for n in names[:names.index(bias_name)])
     return normalise(flat, bias_index).float()
 
@@ -280,9 +332,12 @@ def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bia
 _LAST: dict[str, InversionMap] = {}  # the last fit, by global weights and settings: a round's targets share it
 
 
-def fit_cached(model: nn.Module, state: dict[str, torch.Tensor], scans: Callable[[], torch.Tensor],
+def fit_cached(model: nn.Module, state: dict[str, torch.Tensor],
+               population: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                **settings: object) -> InversionMap:
-    """`fit_inversion` at these weights, reused for the next observation of the same round."""
+    """`fit_inversion` at these weights on the attacker's (scans, targets), reused for the next
+    observation of the same round and plan."""
     digest = hashlib.sha1(repr(sorted(settings.items())).encode())
     for name in sorted(state):
         digest.update(name.encode())
@@ -290,5 +345,6 @@ def fit_cached(model: nn.Module, state: dict[str, torch.Tensor], scans: Callable
     key = digest.hexdigest()
     if key not in _LAST:
         _LAST.clear()  # one fit in memory at a time
-        _LAST[key] = fit_inversion(model, scans(), **settings)  # type: ignore[arg-type]
+        scans, targets = population()
+        _LAST[key] = fit_inversion(model, scans, targets=targets, loss_fn=loss_fn, **settings)  # type: ignore[arg-type]
     return _LAST[key]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
 from fedsim.data.datasets import Dataset
 from fedsim.plugin import NoParams
-from fedsim.settings.base import GRADIENT
+from fedsim.settings.base import GRADIENT, WEIGHTS
 
 if TYPE_CHECKING:
     import torch
@@ -156,25 +156,51 @@ class LearnedParams(NoParams):
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="auxiliary subjects held out to choose the ridge")
     ridge: float | None = Field(None, gt=0, description="ridge strength relative to the Gram matrix's mean "
                                 "diagonal; default: the best of a grid on the held-out subjects")
+    max_images: int = Field(16, ge=1, description="most scans a replayed weight update may mix (each pseudo-client "
+                            "costs that many scans' training steps)")
     chunk: int = Field(16, ge=1, description="scans per vectorised per-scan gradient")
     seed: int = 0
 
 
+def images_per_weight_update(experiment: Experiment) -> int:
+    """The most distinct scans a targeted client mixes into a weight update (0: all send FedSGD
+    gradients), from the federation's budget and the server's batch-size requests."""
+    from fedsim.training_plan import local_budget
+
+    sc = experiment.scenario
+    targeted = sc.server.targets.clients
+    most = 0
+    for client, split in enumerate(experiment.split.clients):
+        if targeted is not None and client not in targeted:
+            continue
+        applies = [b for b in sc.server.behaviours
+                   if b.params.get("clients") is None or client in b.params["clients"]]
+        if any(b.name == "request_gradient" for b in applies):
+            continue
+        sizes = [int(b.params.get("batch_size", 1)) for b in applies if b.name == "request_batch_size"]
+        budget = local_budget(sc.federation, len(split.train), batch_size=sizes[-1] if sizes else None)
+        most = max(most, min(budget.examples, budget.steps * budget.batch_size))
+    return most
+
+
 @ATTACKS.register("learned_inversion")
 class LearnedInversion(ReconstructionAttack):
-    """Learned inversion: a ridge map from the error-normalised gradient to the scan, fitted on the
-    attacker's own scans simulated through the global model the server sent (no label needed).
+    """Learned inversion: a ridge map from the error-normalised update to the scan, fitted on the
+    attacker's own scans simulated through the global model the server sent. For a FedSGD gradient
+    the simulation is each scan's output gradient (no label needed); for a FedAvg weight update,
+    pseudo-clients of its own labelled scans replay the client's optimizer steps (client_steps.py).
 
-    At batch B > 1 the map gives the error-weighted mean of the batch's reconstructions; the attack
+    Where an update mixes B > 1 scans the map gives a mixture of their reconstructions; the attack
     returns its deviation from the mean image with both signs (see learned.InversionMap.batch_images)."""
 
     threat: ClassVar[ThreatModel] = ThreatModel(hyperparameters=True, auxiliary=True)
-    consumes: ClassVar[frozenset[str]] = frozenset({GRADIENT})
+    consumes: ClassVar[frozenset[str]] = frozenset({GRADIENT, WEIGHTS})
     Params = LearnedParams
 
     @classmethod
     def check_experiment(cls, params: LearnedParams, experiment: Experiment) -> None:
-        """The attacker's scans exist, the head is a regression, and some client sends a gradient."""
+        """The attacker's scans exist, the head is a regression, and every weight update it must
+        replay mixes few enough scans."""
         from fedsim.data.datasets import DATASETS
 
         sc = experiment.scenario
@@ -184,23 +210,34 @@ class LearnedInversion(ReconstructionAttack):
                              f"{len(experiment.x_test)} held-out scans, fewer than {params.aux_subjects}")
         if not experiment.y_test.dtype.is_floating_point or experiment.y_test.ndim != 1:
             raise ValueError(f"task '{sc.task.name}': learned_inversion needs a regression head (one output)")
-        if not any(b.name == "request_gradient" for b in sc.server.behaviours):
-            raise ValueError("inverts one-batch (FedSGD) gradients: add the server behaviour request_gradient "
-                             "(FedAvg weight updates are not simulated yet)")
+        mixed = images_per_weight_update(experiment)
+        if mixed > params.max_images:
+            raise ValueError(f"params.max_images: a targeted client's weight update mixes {mixed} scans "
+                             f"(federation.local_steps x batch_size); replaying it is limited to {params.max_images} "
+                             "(set federation.local_steps, request_batch_size or request_gradient)")
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         from fedsim.attacks.gradient_inversion import learned
+        from fedsim.attacks.gradient_inversion.client_steps import ClientSteps
 
         obs, p = observation, self.params
         if obs.population is None or obs.loss_fn is None:
             raise PermissionError("learned inversion needs the architecture and the attacker's own scans")
+        n = obs.images_in_update()
+        if obs.kind == WEIGHTS and n > p.max_images:
+            raise ValueError(f"this weight update mixes {n} scans, more than params.max_images={p.max_images}")
+        plan = ClientSteps.of(obs.kind, images=n, batch_size=obs.batch_size, local_steps=obs.local_steps,
+                              lr=obs.lr, optimizer=obs.optimizer)
         model = obs.model()
         inversion = learned.fit_cached(model, obs.global_state, lambda: obs.population(p.aux_subjects),
-                                       augment_copies=p.augment, val_fraction=p.val_fraction, ridge=p.ridge,
-                                       chunk=p.chunk, seed=p.seed)
+                                       loss_fn=obs.loss_fn, plan=plan, augment_copies=p.augment,
+                                       val_fraction=p.val_fraction, ridge=p.ridge, chunk=p.chunk, seed=p.seed)
         names = learned.trainable_names(model)
-        raw = learned.observed_features(obs.update, names, learned.output_bias(model))
-        images = inversion.batch_images(raw, obs.images_in_update())
+        raw = learned.observed_features(obs.update, names, learned.output_bias(model),
+                                        global_state=obs.global_state if obs.kind == WEIGHTS else None)
+        images = inversion.batch_images(raw, n)
         return Reconstruction(images=images, extra={
             "aux_pairs": len(inversion.features), "ridge": inversion.ridge, "val_mse": inversion.val_mse,
-            "fit_seconds": inversion.seconds, "features": int(inversion.keep.sum())})
+            "fit_seconds": inversion.seconds, "features": int(inversion.keep.sum()),
+            "replayed": "gradient" if plan.gradient else f"{plan.optimizer} x {plan.steps} steps, batch "
+                        f"{plan.batch_size}, {plan.images} scans"})

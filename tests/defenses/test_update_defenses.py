@@ -210,7 +210,8 @@ def test_defended_update_is_what_the_server_sees(tmp_path: Path):
                   {"name": "clip_update", "params": {"max_norm": 1, "noise_multiplier": 0.01}},
                   {"name": "prune", "params": {"keep": 0.5}},
                   {"name": "model_noise", "params": {"sigma": 0.02}}],
-        server={"targets": {"clients": [0], "rounds": [1]}, "capture": True}, federation={"rounds": 1})
+        server={"targets": {"clients": [0], "rounds": [1]}, "capture": True}, federation={"rounds": 1},
+        attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 40}}])
     scenario = validate_scenario(raw)
     result = run_scenario(scenario, out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and not result.failures
@@ -233,3 +234,7 @@ def test_defended_update_is_what_the_server_sees(tmp_path: Path):
     mine = next(r for r in records if r["kind"] == "train" and r["round"] == 1 and r["client"] == 0)
     assert mine["update_norm"] > 0 and mine["update_clipped"] == float(mine["update_norm"] > 1)
     assert mine["prune_kept"] == pytest.approx(0.5, abs=1 / n) and mine["model_noise_std"] == 0.02
+    # the learned inversion replays the client's 2 Adam steps of batch 4 on its own scans, and is
+    # scored on the defended weight update the server saw
+    (row,) = result.summary["attacks"]
+    assert row["status"] == "ok" and row["kind"] == "weights" and row["replayed"] == "adam x 2 steps, batch 4, 8 scans"
