@@ -7,6 +7,8 @@ times that bias's own derivative. Dividing the gradient by its bias entry leaves
 df/dbias: a function of the scan alone, which the attacker computes for any scan of its own at the
 same weights, without a label. At batch B the same division gives the error-weighted mean of the B
 scans' features, so the (linear) map returns the error-weighted mean of their reconstructions.
+A FedAvg weight change is replayed on the attacker's own labelled scans (client_steps.py) and
+scaled to unit norm, signed by its bias entry (`normalise_update`).
 
 Fit. Features are standardised (those without variance, e.g. conv biases in front of instance
 norm, are dropped) and held as float16; the ridge is solved in the dual, through the N x N Gram
@@ -74,6 +76,14 @@ def normalise(flat: torch.Tensor, bias_index: int) -> torch.Tensor:
     if (bias == 0).any():
         raise ValueError("the output bias's gradient is zero: the observation carries no error to divide by")
     return flat / bias
+
+
+def normalise_update(flat: torch.Tensor, bias_index: int) -> torch.Tensor:
+    """Weight changes (rows) to unit norm, signed by their output-bias entry. After several steps
+    (or Adam's, whose first steps are sign(gradient) x lr) that entry is no longer the error and may
+    cancel to exactly zero in float32; the norm removes the error's scale and the sign its sign."""
+    sign = torch.where(flat[:, bias_index:bias_index + 1] < 0, -1.0, 1.0).to(flat.dtype)
+    return flat / (flat.norm(dim=1, keepdim=True).clamp_min(1e-30) * sign)
 
 
 @dataclass(frozen=True)
@@ -191,7 +201,7 @@ def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
                     names: Sequence[str], bias_index: int, chunk: int,
                     seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """FedAvg: per pair, a pseudo-client of that scan and `plan.images - 1` others of its side of the
-    held-out split; its error-normalised replayed weight change and the mean of its scans."""
+    held-out split; its normalised replayed weight change and the mean of its scans."""
     rng = np.random.default_rng(seed + 1)
     side = np.isin(pairs.subject, held)
     pools = {True: np.flatnonzero(side), False: np.flatnonzero(~side)}
@@ -204,7 +214,7 @@ def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         scans = pairs.scans(x, members.ravel()).reshape(*members.shape, *x.shape[1:])
         targets = y[torch.as_tensor(pairs.subject[members])]
         update = replay(model, loss_fn, scans, targets, plan, names) * live  # dead entries: constant, dropped
-        yield normalise(update, bias_index), scans.flatten(2).mean(1)
+        yield normalise_update(update, bias_index), scans.flatten(2).mean(1)
 
 
 def _features(n: int, voxels: int, rows: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
@@ -321,12 +331,12 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
 
 def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str, *,
                       global_state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """A client's FedSGD gradient, or its weight change from `global_state` (FedAvg), as the map's
-    input: flattened in parameter order, error-normalised."""
+    """A client's FedSGD gradient (error-normalised), or its weight change from `global_state`
+    (FedAvg; `normalise_update`), as the map's input, flattened in parameter order."""
     flat = torch.cat([(update[n].detach().double() - (global_state[n].double() if global_state else 0.0)).flatten()
                       for n in names])[None]
     bias_index = sum(update[n].numel() for n in names[:names.index(bias_name)])
-    return normalise(flat, bias_index).float()
+    return (normalise(flat, bias_index) if global_state is None else normalise_update(flat, bias_index)).float()
 
 
 _LAST: dict[str, InversionMap] = {}  # the last fit, by global weights and settings: a round's targets share it
