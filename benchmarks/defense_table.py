@@ -5,12 +5,15 @@ Each defense runs on two scenarios, through the real engine (`fedsim.sweep`):
   1% FPR of the loss-threshold attack on the global model and of gradient alignment on client 0's
   round-1 update; DP-SGD's epsilon; client seconds per round);
 - inversion: scenarios/gia_fedsgd.yaml cut to one round (a malicious server asks client 0 for a
-  batch-1 gradient and client 1 for a batch-8 one; Inverting Gradients and DLG rebuild the scans):
-  PSNR gain over the population-mean image and re-identification rate, averaged over both clients.
+  batch-1 gradient and client 1 for a batch-8 one; Inverting Gradients, DLG and the learned
+  inversion (the honest-but-curious server's map, fitted on 600 scans of its own x 2) rebuild the
+  scans): PSNR gain over the population-mean image and re-identification rate, averaged over both
+  clients.
 
-    python benchmarks/defense_table.py            # ~30-45 min on 2 CPU cores
+    python benchmarks/defense_table.py            # ~45-60 min on 2 CPU cores
     python benchmarks/defense_table.py --quick    # one strength per defense
     python benchmarks/defense_table.py --only none dp_sgd
+    python benchmarks/defense_table.py --inversion-only   # the inversion columns alone
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ STRENGTHS: list[tuple[str, str, list[dict[str, Any]]]] = [  # (defense, strength
 QUICK = {"-", "z=1", "C=1,z=0.01", "σ=0.02", "σ=0.05", "keep 10%", "5 y"}
 INVERSION = ["federation.rounds=1",
              "attacks=[{name: inverting_gradients, params: {iterations: 100, objective: cosine, lr: 0.03, tv: 0.0001}},"
-             " {name: dlg, params: {iterations: 100}}]"]
+             " {name: dlg, params: {iterations: 100}},"
+             " {name: learned_inversion, params: {aux_subjects: 600, augment: 2}}]"]
 
 
 def _runs(path: str, configs: list[tuple[str, str, list]], overrides: list[str], out: Path) -> list[dict]:
@@ -68,6 +72,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one or two strengths per defense")
     ap.add_argument("--only", nargs="*", help="defenses to run (always with 'none' as the reference)")
     ap.add_argument("--strengths", nargs="*", help="only these strength labels (plus 'none')")
+    ap.add_argument("--inversion-only", action="store_true", help="skip the utility and membership runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench")
     args = ap.parse_args()
@@ -75,24 +80,37 @@ def main() -> None:
                and (not args.only or c[0] in args.only or c[0] == "none")
                and (not args.strengths or c[1] in args.strengths or c[0] == "none")]
     seed = [f"seed={args.seed}"]
-    utility = _runs("scenarios/defense_brain_age.yaml", configs, seed, args.out)
     inversion = _runs("scenarios/gia_fedsgd.yaml", configs, seed + INVERSION, args.out)
+    if args.inversion_only:
+        print("\n| defense | strength | IG PSNR gain dB | IG re-id | DLG PSNR gain dB | learned PSNR gain dB "
+              "| learned re-id |")
+        print("|---|---|---|---|---|---|---|")
+        for g in inversion:
+            print(f"| {g['defense']} | {g['strength']} | {_f(_get(g, 'inverting_gradients.psnr_gain'), '+.1f')} | "
+                  f"{_f(_get(g, 'inverting_gradients.reid_top1'), '.0%')} | {_f(_get(g, 'dlg.psnr_gain'), '+.1f')} | "
+                  f"{_f(_get(g, 'learned_inversion.psnr_gain'), '+.1f')} | "
+                  f"{_f(_get(g, 'learned_inversion.reid_top1'), '.0%')} |")
+        return
+    utility = _runs("scenarios/defense_brain_age.yaml", configs, seed, args.out)
     base_s = _get(utility[0], "client_s_per_round") or float("nan")
-    print("\n| defense | strength | test MAE | IG PSNR gain dB | IG re-id | DLG PSNR gain dB | MIA AUC (global, "
-          "threshold) | TPR@1%FPR | MIA AUC (client update, alignment) | ε (δ=1e-5) | s/round vs none |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| defense | strength | test MAE | IG PSNR gain dB | IG re-id | DLG PSNR gain dB | learned PSNR gain dB "
+          "| learned re-id | MIA AUC (global, threshold) | TPR@1%FPR | MIA AUC (client update, alignment) "
+          "| ε (δ=1e-5) | s/round vs none |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     table = []
     for u, g in zip(utility, inversion, strict=True):
         row = {"defense": u["defense"], "strength": u["strength"], "test_mae": _get(u, "test_mae"),
                "ig_gain": _get(g, "inverting_gradients.psnr_gain"), "ig_reid": _get(g, "inverting_gradients.reid_top1"),
-               "dlg_gain": _get(g, "dlg.psnr_gain"),
+               "dlg_gain": _get(g, "dlg.psnr_gain"), "learned_gain": _get(g, "learned_inversion.psnr_gain"),
+               "learned_reid": _get(g, "learned_inversion.reid_top1"),
                "auc": _get(u, "mia_loss_threshold@global_model.auc"),
                "tpr1": _get(u, "mia_loss_threshold@global_model.tpr_at_1pct_fpr"),
                "align_auc": _get(u, "mia_update_alignment@client_update.auc"),
                "eps": _get(u, "dp_epsilon"), "slow": (_get(u, "client_s_per_round") or float("nan")) / base_s}
         table.append(row)
         print(f"| {row['defense']} | {row['strength']} | {_f(row['test_mae'], '.2f')} | {_f(row['ig_gain'], '+.1f')} | "
-              f"{_f(row['ig_reid'], '.0%')} | {_f(row['dlg_gain'], '+.1f')} | {_f(row['auc'])} | "
+              f"{_f(row['ig_reid'], '.0%')} | {_f(row['dlg_gain'], '+.1f')} | {_f(row['learned_gain'], '+.1f')} | "
+              f"{_f(row['learned_reid'], '.0%')} | {_f(row['auc'])} | "
               f"{_f(row['tpr1'], '.2f')} | "
               f"{_f(row['align_auc'])} | {_f(row['eps'], '.2f')} | {row['slow']:.2f}x |")
     skipped = [g["defense"] for g in inversion if g.get("inverting_gradients.status")]

@@ -1,9 +1,12 @@
-"""How much does a learned inversion recover from FedSGD gradients? Prints a markdown table.
+"""How much does a learned inversion recover from FedSGD gradients and FedAvg updates? Prints a
+markdown table.
 
 For each input (2D central slices, 3D volumes at 32^3) x network x state (untrained; trained 5
 epochs on other scans), the attacker fits `learned_inversion`'s map on `--aux` scans of its own
 (x `--augment` with flips and shifts) through the network at its current weights, then inverts the
-FedSGD gradients of `--victims` other subjects at each batch size. Victims are also the
+FedSGD gradients of `--victims` other subjects at each batch size, and the FedAvg weight updates of
+clients taking `--fedavg-steps` Adam steps of batch 1 over 1 or 5 of them (the map then fitted on
+pseudo-clients replaying those steps on the attacker's labelled scans). Victims are also the
 re-identification pool (chance = 1 / victims); "rescan" ranks against a second scan of each victim
 (same anatomy, new scanner noise), so the attack cannot win by matching a scan's own noise. At
 batch > 1 the attack returns the map's deviation from the mean with both signs: "one" counts the
@@ -12,7 +15,8 @@ two different members; the gain is the best-reconstructed member's. Optimisation
 Gradients, the PCA prior) run at batch 1 on the first `--optim` victims of the same observations.
 
     python benchmarks/learned_inversion.py [--dims 2,3 --models small_cnn,brain_age_cnn,lenet
-        --states untrained,trained --batches 1,2,4,8 --aux 1800 --augment 4 --victims 300 --optim 10]
+        --states untrained,trained --protocols fedsgd,fedavg --batches 1,2,4,8 --fedavg-steps 5
+        --fedavg-images 1,5 --aux 1800 --augment 4 --victims 300 --optim 10]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from fedsim.attacks.gradient_inversion import learned
+from fedsim.attacks.gradient_inversion.client_steps import ClientSteps
 from fedsim.attacks.gradient_inversion.optimize import InversionConfig, gradients_of, invert_gradient
 from fedsim.attacks.metrics import psnr, reidentification_ranks, score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort, rescan
@@ -94,41 +99,87 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
                     config=FederationConfig(local_epochs=5, batch_size=8, lr=1e-3))
     with torch.no_grad():
         test_mae = float(torch.cat([model(xv[i:i + 50]) for i in range(0, len(xv), 50)]).sub(yv).abs().mean())
-    t0 = time.perf_counter()
-    inversion = learned.fit_inversion(model, x[aux], augment_copies=args.augment, seed=0)
-    fit_s = time.perf_counter() - t0
     names, bias = learned.trainable_names(model), learned.output_bias(model)
     prior = x[aux].mean(0)
+    base = {"dims": dims, "model": name, "state": state, "test_mae": test_mae}
+    scoring = Scoring(xv, later, cohort.site[vic], prior)
+    base["data_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # before any fit: cohort, model
     rows = []
-    for batch in args.batches:
-        groups = [list(range(i, i + batch)) for i in range(0, len(xv) - batch + 1, batch)]
-        feats = torch.cat([learned.observed_features(dict(zip(names, gradients_of(model, MSE().loss, xv[g], yv[g]),
-                                                              strict=True)), names, bias) for g in groups])
-        recon = torch.cat([inversion.batch_images(f[None], batch) for f in feats])  # batch images per batch
-        row = {"dims": dims, "model": name, "state": state, "test_mae": test_mae, "batch": batch,
-               "attack": "learned", "aux_pairs": len(inversion.features), "fit_s": fit_s,
-               "ridge": inversion.ridge, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
-        if batch == 1:
-            s = score_reconstruction(recon, xv, prior=prior, candidates=xv, true_index=list(range(len(xv))))
-            again = reidentification_ranks(recon, later, list(range(len(xv))))
-            sites = cohort.site[vic]
-            row.update({k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")},
-                       rescan_top1=float((again == 1).double().mean()),
-                       worst_site_top1=min(float((reidentification_ranks(recon[sites == k], xv,
-                                                  np.flatnonzero(sites == k)) == 1).double().mean()) for k in range(3)))
-        else:  # the two signed images of each batch: is a member the nearest pool scan of either / of both?
-            nearest = torch.cdist(_z(recon), _z(xv)).argmin(1).reshape(len(groups), batch)[:, :2].tolist()
-            gains = [float((psnr(recon[i * batch:(i + 1) * batch], xv[g])
-                            - psnr(prior[None].expand(batch, *prior.shape), xv[g])).max())
-                     for i, g in enumerate(groups)]
-            row.update(found_one=statistics.fmean(bool(set(n) & set(g)) for n, g in zip(nearest, groups, strict=True)),
-                       found_two=statistics.fmean(len(set(n) & set(g)) == 2 for n, g in zip(nearest, groups,
-                                                                                         strict=True)),
-                       psnr_gain=statistics.fmean(gains))
-        rows.append(row)
-        print(_line(row), flush=True)
+    if "fedsgd" in args.protocols:
+        t0 = time.perf_counter()
+        inversion = learned.fit_inversion(model, x[aux], augment_copies=args.augment, seed=0)
+        fit_s = time.perf_counter() - t0
+        for batch in args.batches:
+            groups = [list(range(i, i + batch)) for i in range(0, len(xv) - batch + 1, batch)]
+            feats = torch.cat([learned.observed_features(dict(zip(names, gradients_of(model, MSE().loss, xv[g], yv[g]),
+                                                                  strict=True)), names, bias) for g in groups])
+            recon = torch.cat([inversion.batch_images(f[None], batch) for f in feats])  # batch images per batch
+            rows.append(scoring.row({**base, "protocol": "FedSGD", "batch": batch, "attack": "learned"},
+                                    recon, groups, inversion, fit_s))
+    if "fedavg" in args.protocols:
+        for images in args.fedavg_images:
+            plan = ClientSteps(gradient=False, optimizer="adam", lr=FEDAVG_LR, steps=args.fedavg_steps, batch_size=1,
+                               images=images)
+            t0 = time.perf_counter()
+            inversion = learned.fit_inversion(model, x[aux], targets=age[aux], loss_fn=MSE().loss, plan=plan,
+                                              augment_copies=args.augment, seed=0)
+            fit_s = time.perf_counter() - t0
+            groups = [list(range(i, i + images)) for i in range(0, len(xv) - images + 1, images)]
+            feats = torch.cat([fedavg_features(model, xv[g], yv[g], plan, names, bias) for g in groups])
+            recon = torch.cat([inversion.batch_images(f[None], images) for f in feats])
+            rows.append(scoring.row({**base, "protocol": f"FedAvg {plan.steps} steps, {images} scan(s)",
+                                     "batch": images, "attack": "learned"}, recon, groups, inversion, fit_s))
     rows += optimisation_rows(args, model, xv, yv, x[aux], dims, name, state)
     return rows
+
+
+FEDAVG_LR = FederationConfig().lr  # fedsim's client default (Adam)
+
+
+def fedavg_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: ClientSteps, names: list[str],
+                    bias: str) -> torch.Tensor:
+    """What a client holding scans `x` sends after `plan.steps` Adam steps of batch 1 (torch.optim)."""
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=plan.lr)
+    model.train()
+    for batch in plan.schedule():
+        optimizer.zero_grad()
+        MSE().loss(model(x[batch]), y[batch]).backward()
+        optimizer.step()
+    feats = learned.observed_features(model.state_dict(), names, bias, global_state=start)
+    model.load_state_dict(start)
+    return feats
+
+
+class Scoring:
+    """Scores of the reconstructions of groups of victims (one update per group)."""
+
+    def __init__(self, xv: torch.Tensor, later: torch.Tensor, sites: np.ndarray, prior: torch.Tensor) -> None:
+        self.xv, self.later, self.sites, self.prior = xv, later, sites, prior
+
+    def row(self, base: dict, recon: torch.Tensor, groups: list[list[int]], inversion: learned.InversionMap,
+            fit_s: float) -> dict:
+        xv, prior, n = self.xv, self.prior, len(groups[0])
+        row = {**base, "aux_pairs": len(inversion.features), "fit_s": fit_s, "ridge": inversion.ridge,
+               "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+        if n == 1:
+            s = score_reconstruction(recon, xv, prior=prior, candidates=xv, true_index=list(range(len(xv))))
+            again = reidentification_ranks(recon, self.later, list(range(len(xv))))
+            row.update({k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")},
+                       rescan_top1=float((again == 1).double().mean()),
+                       worst_site_top1=min(float((reidentification_ranks(
+                           recon[self.sites == k], xv, np.flatnonzero(self.sites == k)) == 1).double().mean())
+                           for k in range(3)))
+        else:  # the two signed images of each group: is a member the nearest pool scan of either / of both?
+            nearest = torch.cdist(_z(recon), _z(xv)).argmin(1).reshape(len(groups), n)[:, :2].tolist()
+            gains = [float((psnr(recon[i * n:(i + 1) * n], xv[g]) - psnr(prior[None].expand(n, *prior.shape), xv[g]))
+                           .max()) for i, g in enumerate(groups)]
+            pairs = list(zip(nearest, groups, strict=True))
+            row.update(found_one=statistics.fmean(bool(set(a) & set(g)) for a, g in pairs),
+                       found_two=statistics.fmean(len(set(a) & set(g)) == 2 for a, g in pairs),
+                       psnr_gain=statistics.fmean(gains))
+        print(_line(row), flush=True)
+        return row
 
 
 def optimisation_rows(args: argparse.Namespace, model: nn.Module, xv: torch.Tensor, yv: torch.Tensor,
@@ -149,7 +200,7 @@ def optimisation_rows(args: argparse.Namespace, model: nn.Module, xv: torch.Tens
                                          auxiliary=xa[:256], config=config).images.detach())
         s = score_reconstruction(torch.cat(recon), xv[:args.optim], prior=xa.mean(0), candidates=xv,
                                  true_index=list(range(args.optim)))
-        row = {"dims": dims, "model": name, "state": state, "batch": 1, "attack": label,
+        row = {"dims": dims, "model": name, "state": state, "protocol": "FedSGD", "batch": 1, "attack": label,
                **{k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")}}
         rows.append(row)
         print(_line(row), flush=True)
@@ -168,12 +219,18 @@ def _f(value: object, spec: str = ".2f") -> str:
 def _line(r: dict) -> str:
     found = _f(r.get("reid_top1"), ".0%") if r["batch"] == 1 else (
         f"one: {_f(r.get('found_one'), '.0%')}, two: {_f(r.get('found_two'), '.0%')}")
-    return (f"| {r['dims']}D | {r['model']} | {r['state']} | {r['attack']} | {r['batch']} | {_f(r.get('psnr'), '.1f')} "
+    return (f"| {r['dims']}D | {r['model']} | {r['state']} | {r['protocol']} | {r['attack']} | {r['batch']} "
+            f"| {_f(r.get('psnr'), '.1f')} "
             f"| {_f(r.get('psnr_gain'), '+.1f')} | {_f(r.get('ssim'), '.3f')} | {found} "
             f"| {_f(r.get('reid_top5'), '.0%')} "
             f"| {_f(r.get('median_rank'), '.0f')} | {_f(r.get('rescan_top1'), '.0%')} | "
             f"{_f(r.get('worst_site_top1'), '.0%')} | {r.get('aux_pairs', '–')} | {_f(r.get('fit_s'), '.0f')} "
-            f"| {_f(r.get('peak_gb'), '.1f')} |")
+            f"| {_f(r.get('peak_gb'), '.1f')}{_data(r)} |")
+
+
+def _data(r: dict) -> str:
+    """The process's peak before the fit (cohort, rescans, model): what the attack adds is the rest."""
+    return f" (data {r['data_gb']:.1f})" if "data_gb" in r and "peak_gb" in r else ""
 
 
 def main() -> None:
@@ -181,7 +238,12 @@ def main() -> None:
     p.add_argument("--dims", type=lambda s: [int(v) for v in s.split(",")], default=[2, 3])
     p.add_argument("--models", type=lambda s: s.split(","), default=["small_cnn", "brain_age_cnn", "lenet"])
     p.add_argument("--states", type=lambda s: s.split(","), default=["untrained", "trained"])
-    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4, 8])
+    p.add_argument("--protocols", type=lambda s: s.split(","), default=["fedsgd", "fedavg"])
+    p.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4, 8],
+                   help="FedSGD batch sizes")
+    p.add_argument("--fedavg-steps", type=int, default=5)
+    p.add_argument("--fedavg-images", type=lambda s: [int(v) for v in s.split(",")], default=[1, 5],
+                   help="scans a FedAvg client holds (it takes --fedavg-steps Adam steps of batch 1 over them)")
     p.add_argument("--aux", type=int, default=1800)
     p.add_argument("--augment", type=int, default=4)
     p.add_argument("--victims", type=int, default=300)
@@ -189,11 +251,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"FedSGD gradients, {args.victims} victims (chance top-1 {1 / args.victims:.1%}), attacker's scans "
-          f"{args.aux} x {args.augment}, seed {SEED}\n")
-    print("| input | network | state | attack | batch | PSNR | gain dB | SSIM | re-id top-1 | top-5 | median rank "
-          "| rescan top-1 | worst site top-1 | pairs | fit s | peak GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"{args.victims} victims (chance top-1 {1 / args.victims:.1%}), attacker's scans {args.aux} x "
+          f"{args.augment}, seed {SEED}; FedAvg: {args.fedavg_steps} Adam steps of batch 1, lr {FEDAVG_LR}\n")
+    print("| input | network | state | update | attack | scans | PSNR | gain dB | SSIM | re-id top-1 | top-5 "
+          "| median rank | rescan top-1 | worst site top-1 | pairs | fit s | peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     spawn = multiprocessing.get_context("spawn")  # one process per cell: "peak GB" is that cell's own
     for dims in args.dims:
         for name in args.models:
