@@ -10,7 +10,7 @@ Each defense runs on two scenarios, through the real engine (`fedsim.sweep`):
   scans): PSNR gain over the population-mean image and re-identification rate, averaged over both
   clients.
 
-    python benchmarks/defense_table.py            # ~45-60 min on 2 CPU cores
+    python benchmarks/defense_table.py            # ~35-50 min on 2 CPU cores (~15 s a row of it the learned fit)
     python benchmarks/defense_table.py --quick    # one strength per defense
     python benchmarks/defense_table.py --only none dp_sgd
     python benchmarks/defense_table.py --inversion-only   # the inversion columns alone
