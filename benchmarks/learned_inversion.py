@@ -107,7 +107,7 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
     rows = []
     if "fedsgd" in args.protocols:
         t0 = time.perf_counter()
-        inversion = learned.fit_inversion(model, x[aux], augment_copies=args.augment, seed=0)
+        inversion = learned.fit_inversion(model, x[aux], augment_copies=args.augment, kernel=args.kernel, seed=0)
         fit_s = time.perf_counter() - t0
         for batch in args.batches:
             groups = [list(range(i, i + batch)) for i in range(0, len(xv) - batch + 1, batch)]
@@ -122,7 +122,7 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
                                images=images)
             t0 = time.perf_counter()
             inversion = learned.fit_inversion(model, x[aux], targets=age[aux], loss_fn=MSE().loss, plan=plan,
-                                              augment_copies=args.augment, seed=0)
+                                              augment_copies=args.augment, kernel=args.kernel, seed=0)
             fit_s = time.perf_counter() - t0
             groups = [list(range(i, i + images)) for i in range(0, len(xv) - images + 1, images)]
             feats = torch.cat([fedavg_features(model, xv[g], yv[g], plan, names, bias) for g in groups])
@@ -246,6 +246,7 @@ def main() -> None:
                    help="scans a FedAvg client holds (it takes --fedavg-steps Adam steps of batch 1 over them)")
     p.add_argument("--aux", type=int, default=1800)
     p.add_argument("--augment", type=int, default=4)
+    p.add_argument("--kernel", choices=["linear", "rbf"], default="linear")
     p.add_argument("--victims", type=int, default=300)
     p.add_argument("--optim", type=int, default=10, help="victims the optimisation attacks run on (0: none)")
     p.add_argument("--threads", type=int, default=2)

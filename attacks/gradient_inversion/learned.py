@@ -5,7 +5,8 @@ Normalisation. With a regression head trained on MSE, a batch-1 gradient is 2(f 
 derivative of the output f with respect to each parameter, and the output bias's entry is 2(f - y)
 times that bias's own derivative. Dividing the gradient by its bias entry leaves df/dtheta over
 df/dbias: a function of the scan alone, which the attacker computes for any scan of its own at the
-same weights, without a label. At batch B the same division gives the error-weighted mean of the B
+same weights, without a label. A one-logit classifier under binary cross-entropy has the same form,
+with sigmoid(f) - y for the error. At batch B the same division gives the error-weighted mean of the B
 scans' features, so the (linear) map returns the error-weighted mean of their reconstructions.
 A FedAvg weight change is replayed on the attacker's own labelled scans (client_steps.py) and
 scaled to unit norm, signed by its bias entry (`normalise_update`).
@@ -38,7 +39,8 @@ FLOAT16_MAX = 6.0e4
 
 
 def output_bias(model: nn.Module) -> str:
-    """Name of the regression head's bias: the last trainable one-element bias."""
+    """Name of the output's bias (a regression head, or a one-logit classifier): the last trainable
+    one-element bias."""
     for name, p in reversed(list(model.named_parameters())):
         if p.requires_grad and name.endswith("bias") and p.numel() == 1:
             return name
@@ -89,8 +91,9 @@ def normalise_update(flat: torch.Tensor, bias_index: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class Pairs:
     """The attacker's training pairs as a plan over its scans: pair i is `variant[i]` of scan
-    `subject[i]` (0 itself, 1 its left-right flip, 2 a 1-voxel shift of it, 3 of its flip, along
-    `axis[i]`), built a chunk at a time so the augmented scans never sit in memory at once."""
+    `subject[i]` (0 itself, 1 its left-right flip; from 2 on, even variants shift the scan and odd
+    ones its flip by one voxel along `axis[i]`, by +1, -1, -1, +1, ... so that no two copies of a
+    scan coincide), built a chunk at a time so the augmented scans never sit in memory at once."""
 
     subject: np.ndarray
     variant: np.ndarray
@@ -109,9 +112,14 @@ class Pairs:
     def scans(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         out = []
         for s, v, a in zip(self.subject[rows], self.variant[rows], self.axis[rows], strict=True):
-            scan = torch.flip(x[s], dims=[1]) if v in (1, 3) else x[s]  # spatial axis 0: left-right (MNI)
-            out.append(torch.roll(scan, 1 if v == 2 else -1, dims=int(a) + 1) if v >= 2 else scan)
+            scan = torch.flip(x[s], dims=[1]) if v % 2 else x[s]  # spatial axis 0: left-right (MNI)
+            out.append(torch.roll(scan, _shift(int(v)), dims=int(a) + 1) if v >= 2 else scan)
         return torch.stack(out)
+
+
+def _shift(variant: int) -> int:
+    """+1, -1 for variants 2, 3; -1, +1 for 4, 5; then again (each pair draws its own axis)."""
+    return (1 if variant % 2 == 0 else -1) * (1 if (variant // 2) % 2 == 1 else -1)
 
 
 @dataclass

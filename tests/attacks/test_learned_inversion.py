@@ -86,6 +86,8 @@ def test_pairs_are_the_scan_its_flip_and_shifts():
     assert out.shape == (8, 1, 4, 4) and pairs.original.tolist() == [True, True] + [False] * 6
     assert torch.equal(out[0], x[0]) and torch.equal(out[3], torch.flip(x[1], dims=[1]))
     assert sorted(out[4].flatten().tolist()) == sorted(x[0].flatten().tolist())  # a shift keeps every voxel
+    more = learned.Pairs.plan(1, 6, spatial=2, seed=0).scans(x[:1], slice(None))  # copies beyond 4: more shifts
+    assert len({tuple(m.flatten().tolist()) for m in more}) == 6
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -109,7 +111,7 @@ def test_what_it_cannot_invert_is_refused_before_training(tmp_path):
     classes = tiny_scenario(task={"name": "sex_classification"},
                             server={"behaviours": [{"name": "request_gradient"}]},
                             attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 20}}])
-    with pytest.raises(ScenarioError, match="needs a regression head"):
+    with pytest.raises(ScenarioError, match="needs a network with one output"):
         run_scenario(validate_scenario(classes), out_dir=tmp_path, log=lambda _: None)
     assert not list(tmp_path.glob("*/*"))  # nothing trained, no run folder
 
