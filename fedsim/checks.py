@@ -32,6 +32,9 @@ def check_plugins(scenario: Scenario) -> Scenario:
             registry(kind).check_name(value)
         except PluginError as exc:
             raise ScenarioError(f"{'.'.join(path)}: {exc}") from None
+    check_task = getattr(registries["task"].get(scenario.task.name), "check_scenario", None)
+    if check_task is not None:  # a label only some datasets have
+        _as_scenario_error("", check_task, scenario)
     check_data = getattr(registries["dataset"].get(scenario.data.dataset), "check_scenario", None)
     if check_data is not None:  # on-disk layouts: the folder holds matching files, sites match clients
         _as_scenario_error("", check_data, scenario)

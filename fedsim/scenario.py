@@ -74,6 +74,8 @@ class DataConfig(Section):
     n_subjects: int = Field(150, ge=8, le=100_000, description="synthetic cohorts only (see max_subjects)")
     shape: int = Field(32, description="volume side in voxels (16, 32, 48 or 64)")
     sites: int = Field(3, ge=1, le=8, description="synthetic cohorts only; real data has its own sites")
+    neurodegeneration: bool = Field(False, description="synthetic_brain only: diagnose part of each site's "
+                                    "subjects with an Alzheimer-like disease (label `diagnosis`)")
     path: Path | None = Field(None, validate_default=True, description="data folder, for datasets read from disk")
     test_fraction: float = Field(0.2, gt=0, lt=0.9)
     val_fraction: float = Field(0.15, ge=0, lt=0.9)

@@ -208,8 +208,13 @@ class LearnedInversion(ReconstructionAttack):
         if not has_population and params.aux_subjects > len(experiment.x_test):
             raise ValueError(f"params.aux_subjects: dataset '{sc.data.dataset}' gives the attacker only the server's "
                              f"{len(experiment.x_test)} held-out scans, fewer than {params.aux_subjects}")
-        if not experiment.y_test.dtype.is_floating_point or experiment.y_test.ndim != 1:
-            raise ValueError(f"task '{sc.task.name}': learned_inversion needs a regression head (one output)")
+        from fedsim.attacks.gradient_inversion.learned import output_bias
+
+        try:  # a regression head, or a one-logit classifier: either way the error is one number
+            output_bias(experiment.task.build_model())
+        except ValueError:
+            raise ValueError(f"task '{sc.task.name}': learned_inversion needs a network with one output "
+                             "(a regression head or a one-logit classifier such as task diagnosis)") from None
         mixed = images_per_weight_update(experiment)
         if mixed > params.max_images:
             raise ValueError(f"params.max_images: a targeted client's weight update mixes {mixed} scans "

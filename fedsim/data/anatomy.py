@@ -22,6 +22,11 @@ from fedsim.data.template import load_template
 DEEP_CSF_MM = 12.0  # CSF deeper than this below the brain surface is ventricular, not sulcal
 VENTRICLE_SMOOTH_MM = 6.0  # smoothing of the ventricle mask whose gradient pushes the walls out
 VENTRICLE_WALL_MM = 12.0  # wall displacement per unit of (ventricle_scale - 1)
+# medial temporal lobes (hippocampus, entorhinal cortex) in mm from the cube's centre, which is the
+# MNI brain's bounding-box centre (scripts/make_template.py): left-right, anterior-posterior, up-down
+MTL_CENTRES_MM = ((-26.0, -4.0, -20.0), (26.0, -4.0, -20.0))
+MTL_SIGMA_MM = (7.0, 11.0, 7.0)
+MTL_MAX_LOSS = 0.6  # share of the region's grey matter lost at full disease severity
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class AnatomyBase:
     cortical_weight: np.ndarray  # exp(-depth / 7 mm): where cortical thinning acts
     wm_weight: np.ndarray  # white-matter loss profile, stronger near the surface, mean ~1 over WM
     ventricle_push: np.ndarray  # (3, T, T, T) unitless, points into the lateral ventricles, max norm 1
+    mtl_weight: np.ndarray  # (T, T, T) 0..1, Gaussian over both medial temporal lobes: where disease acts
     tissue_box: np.ndarray  # (2, 3) template-index bounds outside which all tissue is 0
     push_box: np.ndarray  # (2, 3) the same for ventricle_push
     voxel_mm: float
@@ -70,6 +76,15 @@ def _support_box(volumes: np.ndarray) -> np.ndarray:
     return np.stack([nonzero.min(0) - 1, nonzero.max(0) + 1]).astype(np.float32)
 
 
+def _medial_temporal_weight(side: int, voxel_mm: float) -> np.ndarray:
+    """Where a neurodegenerative disease's grey-matter loss concentrates (hippocampi first)."""
+    axis = (np.arange(side, dtype=np.float32) + 0.5) * voxel_mm - side * voxel_mm / 2
+    grid = np.meshgrid(axis, axis, axis, indexing="ij", sparse=True)
+    weight = sum(np.exp(-0.5 * sum(((g - c) / s) ** 2 for g, c, s in zip(grid, centre, MTL_SIGMA_MM, strict=True)))
+                 for centre in MTL_CENTRES_MM)
+    return np.clip(weight, 0.0, 1.0).astype(np.float32)
+
+
 @lru_cache(maxsize=1)
 def anatomy_base() -> AnatomyBase:
     """Derive depth-dependent atrophy weights and the ventricle map from the shipped template."""
@@ -88,6 +103,7 @@ def anatomy_base() -> AnatomyBase:
         cortical_weight=np.exp(-depth / 7.0).astype(np.float32),
         wm_weight=wm_profile.astype(np.float32),
         ventricle_push=push.astype(np.float32),
+        mtl_weight=_medial_temporal_weight(tpl.shape, tpl.voxel_mm),
         tissue_box=_support_box(tissues),
         push_box=_support_box(push),
         voxel_mm=tpl.voxel_mm,
@@ -109,15 +125,20 @@ def atrophy_factor(bio_age: float) -> float:
     return float(np.clip((bio_age - 20.0) / 70.0, 0.0, 1.3))
 
 
-def atrophied_tissues(base: AnatomyBase, bio_age: float) -> np.ndarray:
-    """Cortical thinning (GM -> CSF, strongest at the surface) and white-matter loss after 50.
+def atrophied_tissues(base: AnatomyBase, bio_age: float, disease: float = 0.0) -> np.ndarray:
+    """Cortical thinning (GM -> CSF, strongest at the surface) and white-matter loss after 50; a
+    neurodegenerative disease of severity `disease` (0..1) adds grey-matter loss in the medial
+    temporal lobes.
 
     Tissue moves to CSF, so intracranial volume is preserved and the GM fraction falls with age.
     """
     atrophy = atrophy_factor(bio_age)
     wm_atrophy = float(np.clip((bio_age - 50.0) / 40.0, 0.0, 1.3))
     csf, gm, wm = base.tissues
-    gm_loss = gm * np.clip(0.40 * atrophy * base.cortical_weight + 0.06 * atrophy, 0.0, 0.9)
+    loss = 0.40 * atrophy * base.cortical_weight + 0.06 * atrophy
+    if disease:
+        loss = loss + MTL_MAX_LOSS * disease * base.mtl_weight
+    gm_loss = gm * np.clip(loss, 0.0, 0.9)
     wm_loss = wm * np.clip(0.12 * wm_atrophy * base.wm_weight, 0.0, 0.6)
     return np.stack([csf + gm_loss + wm_loss, gm - gm_loss, wm - wm_loss])
 

@@ -37,7 +37,8 @@ class SyntheticBrain(Dataset):
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
         from fedsim.data.synthetic import CohortSpec, load_cohort
 
-        spec = CohortSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed)
+        spec = CohortSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed,
+                          neurodegeneration=config.neurodegeneration)
         return load_cohort(spec)  # cached under $FEDSIM_CACHE (or ~/.cache/fedsim)
 
     def population(self, config: DataConfig, *, seed: int, n_subjects: int) -> Cohort:

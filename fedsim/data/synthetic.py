@@ -40,6 +40,10 @@ GENERATOR_VERSION = "1"  # bump whenever generated data changes: it invalidates 
 VALID_SHAPES = (16, 32, 48, 64)
 BIO_AGE_SD = 4.0  # years between recorded and biological age: the irreducible error
 MIN_SUBJECTS_FOR_POOL = 16  # below this a process pool costs more than it saves
+DX_STREAM = 0x64_78  # the diagnosis draws' own random stream: they never shift anyone's anatomy or scan
+DX_ONSET_AGE, DX_ONSET_WIDTH = 72.0, 6.0  # prevalence rises as a logistic in age around 72
+DX_MIN_SEVERITY = 0.4  # diagnosed cases have severity uniform in [0.4, 1]: mild cases are hard
+DX_VENTRICLES = 0.5  # extra ventricle enlargement at full severity (ageing adds 0.45 by 90)
 
 
 @dataclass(frozen=True)
@@ -51,17 +55,18 @@ class SiteProfile:
     contrast: tuple[float, float, float]  # CSF, GM, WM mean T1 intensity
     bias_strength: float  # peak-to-peak relative intensity variation of the bias field in the brain
     noise_sigma: float  # Rician noise sigma, in the same units as contrast
+    dx_enrichment: float = 0.5  # neurodegeneration: prevalence at old age (a memory clinic's is higher)
 
 
 DEFAULT_SITES: tuple[SiteProfile, ...] = (
-    SiteProfile("site_a_3t_all_ages", (20.0, 90.0), (0.28, 0.62, 0.88), 0.25, 0.020),
-    SiteProfile("site_b_15t_young", (20.0, 60.0), (0.20, 0.52, 0.76), 0.45, 0.045),
-    SiteProfile("site_c_3t_older", (45.0, 90.0), (0.34, 0.68, 0.95), 0.20, 0.015),
-    SiteProfile("site_d_15t_all_ages", (25.0, 85.0), (0.25, 0.58, 0.80), 0.35, 0.035),
-    SiteProfile("site_e_3t_midlife", (35.0, 75.0), (0.30, 0.64, 0.90), 0.30, 0.025),
-    SiteProfile("site_f_7t_young", (20.0, 50.0), (0.24, 0.60, 0.92), 0.45, 0.018),
-    SiteProfile("site_g_15t_older", (55.0, 90.0), (0.22, 0.55, 0.78), 0.25, 0.040),
-    SiteProfile("site_h_3t_all_ages", (20.0, 90.0), (0.31, 0.66, 0.86), 0.35, 0.030),
+    SiteProfile("site_a_3t_all_ages", (20.0, 90.0), (0.28, 0.62, 0.88), 0.25, 0.020, 0.6),
+    SiteProfile("site_b_15t_young", (20.0, 60.0), (0.20, 0.52, 0.76), 0.45, 0.045, 0.6),
+    SiteProfile("site_c_3t_older", (45.0, 90.0), (0.34, 0.68, 0.95), 0.20, 0.015, 0.9),
+    SiteProfile("site_d_15t_all_ages", (25.0, 85.0), (0.25, 0.58, 0.80), 0.35, 0.035, 0.5),
+    SiteProfile("site_e_3t_midlife", (35.0, 75.0), (0.30, 0.64, 0.90), 0.30, 0.025, 0.6),
+    SiteProfile("site_f_7t_young", (20.0, 50.0), (0.24, 0.60, 0.92), 0.45, 0.018, 0.6),
+    SiteProfile("site_g_15t_older", (55.0, 90.0), (0.22, 0.55, 0.78), 0.25, 0.040, 0.9),
+    SiteProfile("site_h_3t_all_ages", (20.0, 90.0), (0.31, 0.66, 0.86), 0.35, 0.030, 0.5),
 )
 
 
@@ -73,6 +78,7 @@ class CohortSpec:
     shape: int = 32  # output side; simulated at 2x (up to 64) and block-averaged for partial volume
     n_sites: int = 3  # uses DEFAULT_SITES[:n_sites]; subject i is at site i % n_sites
     seed: int = 0
+    neurodegeneration: bool = False  # diagnose part of each site's subjects (see `_diagnosis`)
 
     def __post_init__(self) -> None:
         if self.shape not in VALID_SHAPES:
@@ -84,7 +90,8 @@ class CohortSpec:
 
     def key(self) -> str:
         """Short stable hash of all fields and the generator version: the cache file's name."""
-        payload = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True)
+        fields = {k: v for k, v in asdict(self).items() if k != "neurodegeneration" or v}  # old keys stay valid
+        payload = json.dumps({**fields, "generator": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @property
@@ -104,6 +111,7 @@ class Cohort:
     sex: np.ndarray  # int8 (N,) 0 female / 1 male
     site: np.ndarray  # int16 (N,) index into site_names
     site_names: list[str]
+    diagnosis: np.ndarray | None = None  # int8 (N,) 1 neurodegenerative disease / 0 not; None: not simulated
 
     def __len__(self) -> int:
         return len(self.age)
@@ -116,6 +124,7 @@ class _Subject:
     age: float
     bio_age: float
     sex: int
+    diagnosis: int
 
 
 # --------------------------------------------------------------------------- one subject
@@ -174,6 +183,7 @@ def _simulate_subject(spec: CohortSpec, index: int, session: int = 0) -> _Subjec
     age = float(rng.uniform(*site.age_range))
     bio_age = age + BIO_AGE_SD * float(rng.standard_normal())
     atrophy = atrophy_factor(bio_age)
+    diagnosis, severity = _diagnosis(spec, index, site, age) if spec.neurodegeneration else (0, 0.0)
     head_scale = 1.0 + (0.02 if sex else -0.02) + 0.035 * float(rng.standard_normal())
     angles = np.deg2rad(4.0 * rng.standard_normal(3))
     base = anatomy_base()
@@ -181,15 +191,27 @@ def _simulate_subject(spec: CohortSpec, index: int, session: int = 0) -> _Subjec
         head_scale=head_scale,
         rotation=rotation_matrix(angles),
         elastic=elastic_field(rng, spec.working_side, base.fov_mm),
-        ventricle_scale=1.0 + 0.45 * atrophy,
+        ventricle_scale=1.0 + 0.45 * atrophy + DX_VENTRICLES * severity,
     )
-    fine = warp_tissues(atrophied_tissues(base, bio_age), base, warp)
+    fine = warp_tissues(atrophied_tissues(base, bio_age, severity), base, warp)
     tissues = _block_average(fine, spec.working_side // spec.shape)
     background = np.clip(1.0 - tissues.sum(0), 0.0, 1.0)
     labels = np.concatenate([background[None], tissues]).argmax(0).astype(np.uint8)
     scanner = rng if session == 0 else np.random.default_rng(np.random.SeedSequence([spec.seed, index, session]))
     image = _synthesize_t1(scanner, tissues, site, atrophy)
-    return _Subject(image=image.astype(np.float32), labels=labels, age=age, bio_age=bio_age, sex=sex)
+    return _Subject(image=image.astype(np.float32), labels=labels, age=age, bio_age=bio_age, sex=sex,
+                    diagnosis=diagnosis)
+
+
+def _diagnosis(spec: CohortSpec, index: int, site: SiteProfile, age: float) -> tuple[int, float]:
+    """A neurodegenerative diagnosis (Alzheimer-like: medial temporal and ventricular atrophy beyond
+    ageing) and its severity, drawn from a stream of its own. Prevalence rises with age, up to the
+    site's enrichment (a memory clinic sees more cases than a population study)."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, index, DX_STREAM]))
+    prevalence = site.dx_enrichment / (1.0 + np.exp(-(age - DX_ONSET_AGE) / DX_ONSET_WIDTH))
+    if rng.random() >= prevalence:
+        return 0, 0.0
+    return 1, float(rng.uniform(DX_MIN_SEVERITY, 1.0))
 
 
 # --------------------------------------------------------------------------- cohort
@@ -223,6 +245,7 @@ def generate_cohort(spec: CohortSpec, *, workers: int | None = None) -> Cohort:
         sex=np.array([s.sex for s in subjects], dtype=np.int8),
         site=(np.arange(spec.n_subjects) % spec.n_sites).astype(np.int16),
         site_names=[s.name for s in DEFAULT_SITES[: spec.n_sites]],
+        diagnosis=np.array([s.diagnosis for s in subjects], dtype=np.int8) if spec.neurodegeneration else None,
     )
 
 
@@ -253,11 +276,13 @@ def _read_cached(path: Path, spec: CohortSpec) -> Cohort | None:
     """The cached cohort, or None when it is missing, unreadable or not of this spec's size."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            cohort = Cohort(**{k: npz[k] for k in _ARRAYS}, site_names=[str(s) for s in npz["site_names"]])
+            cohort = Cohort(**{k: npz[k] for k in _ARRAYS}, site_names=[str(s) for s in npz["site_names"]],
+                            diagnosis=npz["diagnosis"] if "diagnosis" in npz.files else None)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     expected = (spec.n_subjects,) + (spec.shape,) * 3
-    return cohort if cohort.images.shape == expected else None
+    return cohort if cohort.images.shape == expected and (cohort.diagnosis is not None) == spec.neurodegeneration \
+        else None
 
 
 def _write_atomic(path: Path, cohort: Cohort) -> None:
@@ -267,6 +292,8 @@ def _write_atomic(path: Path, cohort: Cohort) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             arrays = {k: getattr(cohort, k) for k in _ARRAYS}
+            if cohort.diagnosis is not None:
+                arrays["diagnosis"] = cohort.diagnosis
             np.savez(fh, **arrays, site_names=np.array(cohort.site_names))
         os.replace(tmp, path)
     except BaseException:

@@ -10,6 +10,10 @@ TASKS.lazy("brain_age_slice", "fedsim.tasks.brain_age:BrainAgeSliceTask",
            "Age from the central axial slice (2D): the same task at the scale of the 2D attack literature.")
 TASKS.lazy("sex_classification", "fedsim.tasks.sex:SexClassificationTask",
            "Female / male from the volume (head size and shape differ a little); cross-entropy, error rate.")
+TASKS.lazy("diagnosis", "fedsim.tasks.diagnosis:DiagnosisTask",
+           "Neurodegeneration diagnosis (needs data.neurodegeneration): one logit, error rate, balanced accuracy.")
+TASKS.lazy("diagnosis_slice", "fedsim.tasks.diagnosis:DiagnosisSliceTask",
+           "The same diagnosis from the central axial slice (2D).")
 TASKS.lazy("segmentation", "fedsim.tasks.segmentation:SegmentationTask",
            "Voxel-wise segmentation of a 3D volume (synthetic: CSF / GM / WM) with a MONAI UNet or SegResNet.")
 
