@@ -126,15 +126,18 @@ def score_reconstruction(
     prior: torch.Tensor,
     candidates: torch.Tensor,
     true_index: Sequence[int] | torch.Tensor,
+    batch: bool = True,
 ) -> dict[str, float]:
     """Headline leakage scores of one attacked batch (JSON-ready floats).
 
     ``prior`` is the attacker's population-mean image, (C, *spatial) or (1, C, *spatial): what an
     attacker gets without attacking. ``true_index[i]`` is the candidate index of ``truth[i]``.
+    A batch attack returns its images in any order, so they are first paired with the truth;
+    ``batch=False`` scores reconstructions of separate observations (``recon[i]`` from the update of
+    ``truth[i]`` alone), which must never be re-paired across observations.
     """
     _check(recon, truth)
-    perm = match_batch(recon, truth)
-    matched = recon.detach()[perm]
+    matched = recon.detach()[match_batch(recon, truth)] if batch else recon.detach()
     prior_b = (prior.detach() if prior.dim() == truth.dim() else prior.detach()[None]).expand_as(truth)
     ranks = reidentification_ranks(matched, candidates, true_index).double()
     item_psnr = psnr(matched, truth).clamp(max=PSNR_CAP)

@@ -163,7 +163,8 @@ class Scoring:
         row = {**base, "aux_pairs": len(inversion.features), "fit_s": fit_s, "ridge": inversion.ridge,
                "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
         if n == 1:
-            s = score_reconstruction(recon, xv, prior=prior, candidates=xv, true_index=list(range(len(xv))))
+            s = score_reconstruction(recon, xv, prior=prior, candidates=xv, true_index=list(range(len(xv))),
+                                     batch=False)
             again = reidentification_ranks(recon, self.later, list(range(len(xv))))
             row.update({k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")},
                        rescan_top1=float((again == 1).double().mean()),
@@ -199,7 +200,7 @@ def optimisation_rows(args: argparse.Namespace, model: nn.Module, xv: torch.Tens
             recon.append(invert_gradient(model, MSE().loss, grads, input_shape=(1, *xv.shape[1:]), labels=yv[i:i + 1],
                                          auxiliary=xa[:256], config=config).images.detach())
         s = score_reconstruction(torch.cat(recon), xv[:args.optim], prior=xa.mean(0), candidates=xv,
-                                 true_index=list(range(args.optim)))
+                                 true_index=list(range(args.optim)), batch=False)
         row = {"dims": dims, "model": name, "state": state, "protocol": "FedSGD", "batch": 1, "attack": label,
                **{k: s[k] for k in ("psnr", "psnr_gain", "ssim", "reid_top1", "reid_top5", "median_rank")}}
         rows.append(row)

@@ -85,6 +85,9 @@ def test_score_reconstruction_prior_and_perfect_recon(images: torch.Tensor) -> N
     expected_prior = psnr(prior.expand_as(images), images).mean().item()
     assert perfect["prior_psnr"] == pytest.approx(expected_prior)
     assert perfect["psnr_gain"] == pytest.approx(PSNR_CAP - expected_prior)
+    separate = score_reconstruction(images[[1, 0, 3, 2]], images, prior=prior, candidates=candidates,
+                                    true_index=[0, 1, 2, 3], batch=False)  # separate observations: no re-pairing
+    assert separate["reid_top1"] == 0.0 and separate["mse"] > 0.0
 
     as_prior = score_reconstruction(prior[None].expand_as(images).clone(), images, prior=prior,
                                     candidates=candidates, true_index=[0, 1, 2, 3])
