@@ -36,6 +36,11 @@ STATS_ROWS = 256  # pairs the feature scales are estimated on
 VAL_VOXELS = 2048  # voxels the held-out reconstructions are compared on
 BLOCK = 512  # rows per block of the Gram and of predictions
 FLOAT16_MAX = 6.0e4
+Shown = Callable[[torch.Tensor], torch.Tensor]  # scans -> the images a client trains on
+
+
+def _unchanged(scans: torch.Tensor) -> torch.Tensor:
+    return scans
 
 
 def output_bias(model: nn.Module) -> str:
@@ -140,7 +145,8 @@ class InversionMap:
     val_mse: float  # held-out error at that ridge (per voxel, on a voxel sample)
     seconds: float
     norms: torch.Tensor  # (N,) float64: the fit pairs' squared feature norms / P (for the rbf kernel)
-    spread: float  # mean distance of the fit pairs' images from their mean image
+    spread: float  # mean distance of the attacker's scans from their mean image
+    max_spread: float  # the largest: no scan lies farther from the mean, so no reconstruction may
 
     def standardise(self, raw: torch.Tensor) -> torch.Tensor:
         return ((raw[:, self.keep] - self.center) / self.scale).clamp(-FLOAT16_MAX, FLOAT16_MAX)
@@ -155,6 +161,9 @@ class InversionMap:
         out = torch.zeros(raw.shape[0], self.images.shape[1], dtype=torch.float64)
         for i in range(0, len(w), BLOCK):
             out += w[i:i + BLOCK].T @ self.images[i:i + BLOCK].double()
+        # an update unlike any the map was fitted on (noised, clipped, pruned) can send the linear map
+        # far outside the population; the attacker knows no scan lies there, and pulls it back
+        out = out * (self.max_spread / out.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
         return (out.float() + self.mean).reshape(-1, *self.shape)
 
     def batch_images(self, raw: torch.Tensor, n: int) -> torch.Tensor:
@@ -190,11 +199,13 @@ def rbf(linear: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, gamma: flo
 
 
 def _scan_pairs(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
-                chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """FedSGD: per pair, its error-normalised output gradient (label-free) and its scan."""
+                chunk: int, shown: Shown) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """FedSGD: per pair, the error-normalised output gradient (label-free) of what the client would
+    train on (`shown(scan)`), and the scan."""
     for start in range(0, len(pairs.subject), chunk):
         scans = pairs.scans(x, slice(start, start + chunk))
-        yield normalise(next(output_gradients(model, scans, names, chunk=len(scans))), bias_index), scans.flatten(1)
+        grads = next(output_gradients(model, shown(scans), names, chunk=len(scans)))
+        yield normalise(grads, bias_index), scans.flatten(1)
 
 
 def live_entries(model: nn.Module, scans: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
@@ -207,7 +218,7 @@ def live_entries(model: nn.Module, scans: torch.Tensor, names: Sequence[str]) ->
 def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     x: torch.Tensor, y: torch.Tensor, pairs: Pairs, held: np.ndarray, plan: ClientSteps,
                     names: Sequence[str], bias_index: int, chunk: int,
-                    seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    seed: int, shown: Shown) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """FedAvg: per pair, a pseudo-client of that scan and `plan.images - 1` others of its side of the
     held-out split; its normalised replayed weight change and the mean of its scans."""
     rng = np.random.default_rng(seed + 1)
@@ -221,7 +232,8 @@ def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         members = np.concatenate([leads[:, None], np.array(others, dtype=int).reshape(len(leads), -1)], axis=1)
         scans = pairs.scans(x, members.ravel()).reshape(*members.shape, *x.shape[1:])
         targets = y[torch.as_tensor(pairs.subject[members])]
-        update = replay(model, loss_fn, scans, targets, plan, names) * live  # dead entries: constant, dropped
+        trained_on = shown(scans.flatten(0, 1)).reshape(scans.shape)
+        update = replay(model, loss_fn, trained_on, targets, plan, names) * live  # dead entries: constant, dropped
         yield normalise_update(update, bias_index), scans.flatten(2).mean(1)
 
 
@@ -256,10 +268,11 @@ def _features(n: int, voxels: int, rows: Iterator[tuple[torch.Tensor, torch.Tens
     return stored, keep, center, scale, images, mean
 
 
-def _spread(scans: torch.Tensor, mean: torch.Tensor) -> float:
-    """Mean distance of the attacker's scans from the mean image: how far one scan lies from it."""
+def _spread(scans: torch.Tensor, mean: torch.Tensor) -> tuple[float, float]:
+    """Mean and largest distance of the attacker's scans from the mean image."""
     flat = scans.flatten(1)
-    return float(torch.cat([(flat[i:i + BLOCK] - mean).norm(dim=1) for i in range(0, len(flat), BLOCK)]).mean())
+    d = torch.cat([(flat[i:i + BLOCK] - mean).norm(dim=1) for i in range(0, len(flat), BLOCK)])
+    return float(d.mean()), float(d.max())
 
 
 def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val: np.ndarray,
@@ -297,10 +310,14 @@ def _zscore(rows: torch.Tensor) -> torch.Tensor:
 def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tensor | None = None,
                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                   plan: ClientSteps | None = None, augment_copies: int = 2, val_fraction: float = 0.15,
-                  ridge: float | None = None, kernel: str = "linear", chunk: int = 16, seed: int = 0) -> InversionMap:
+                  ridge: float | None = None, kernel: str = "linear", chunk: int = 16, seed: int = 0,
+                  shown: Shown | None = None) -> InversionMap:
     """Fit the map on the attacker's `scans` (N, C, *spatial) through `model` at its current weights:
     on their FedSGD gradients (the default plan), or on pseudo-clients replaying `plan`'s weight update
-    (which needs the scans' `targets` and the task's `loss_fn`)."""
+    (which needs the scans' `targets` and the task's `loss_fn`). `shown` maps scans to what a client
+    trains on (an adaptive attacker's copy of a defense that transforms the images): the map then
+    goes from updates computed on those to the real scans."""
+    shown = shown or _unchanged
     start = time.perf_counter()
     plan = plan or ClientSteps(gradient=True)
     names = trainable_names(model)
@@ -309,11 +326,12 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
     rng = np.random.default_rng(seed)
     held = rng.permutation(len(scans))[: max(2, round(val_fraction * len(scans)))]
     if plan.gradient:
-        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk)
+        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk, shown)
     else:
         if targets is None or loss_fn is None:
             raise ValueError("replaying a weight update needs the attacker's targets and the task's loss")
-        rows = _replayed_pairs(model, loss_fn, scans, targets, pairs, held, plan, names, bias_index, chunk, seed)
+        rows = _replayed_pairs(model, loss_fn, scans, targets, pairs, held, plan, names, bias_index, chunk, seed,
+                               shown)
     features, keep, center, scale, images, mean = _features(len(pairs.subject), int(np.prod(scans.shape[1:])), rows)
     subject, original = pairs.subject, pairs.original
     gram = gram_rows(features, features)
@@ -330,11 +348,12 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
         val_mse = float("nan")
     gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
     factor = torch.linalg.cholesky(gram)
+    spread, max_spread = _spread(scans, mean)
     del gram
     return InversionMap(keep=keep, center=center, scale=scale, features=features, images=images, mean=mean,
                         factor=factor, shape=tuple(scans.shape[1:]), kernel=kernel, gamma=gamma, ridge=ridge,
                         val_mse=val_mse, seconds=time.perf_counter() - start, norms=norms,
-                        spread=_spread(scans, mean))
+                        spread=spread, max_spread=max_spread)
 
 
 def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str, *,

@@ -62,15 +62,18 @@ def test_learned_map_reidentifies_victims_the_prior_cannot(slices):
     assert inversion.features.dtype == torch.float16 and len(inversion.features) == 600
     assert inversion.ridge in learned.RIDGE_GRID
     recon = inversion.predict(torch.cat([observe(task, model, xv[i:i + 1], yv[i:i + 1])[0] for i in range(len(xv))]))
-    scores = score_reconstruction(recon, xv, prior=xa.mean(0), candidates=xv, true_index=list(range(len(xv))))
+    scores = score_reconstruction(recon, xv, prior=xa.mean(0), candidates=xv, true_index=list(range(len(xv))),
+                                 batch=False)
     assert scores["reid_top1"] >= 0.5 and scores["psnr_gain"] > 1.0  # chance is 1 in 40
+    wild = inversion.predict(1e4 * observe(task, model, xv[:1], yv[:1])[0])  # e.g. a noised update
+    assert float((wild.flatten(1) - inversion.mean).norm()) <= inversion.max_spread * (1 + 1e-5)
 
     # the map is of these weights: fitted through a differently initialised network, it finds nobody
     torch.manual_seed(1)
     other = learned.fit_inversion(task.build_model(), xa, augment_copies=2, seed=0)
     wrong = other.predict(torch.cat([observe(task, model, xv[i:i + 1], yv[i:i + 1])[0] for i in range(len(xv))]))
-    assert score_reconstruction(wrong, xv, prior=xa.mean(0), candidates=xv,
-                                true_index=list(range(len(xv))))["reid_top1"] < scores["reid_top1"] / 2
+    assert score_reconstruction(wrong, xv, prior=xa.mean(0), candidates=xv, true_index=list(range(len(xv))),
+                                batch=False)["reid_top1"] < scores["reid_top1"] / 2
 
 
 def test_the_blockwise_gram_is_the_gram():
@@ -178,10 +181,12 @@ def test_a_fedavg_adam_update_is_inverted_through_the_replayed_client(slices, co
                                                   global_state=start))
         model.load_state_dict(start)
     recon = inversion.predict(torch.cat(observed))
-    scores = score_reconstruction(recon, xv, prior=xa.mean(0), candidates=xv, true_index=list(range(len(xv))))
+    scores = score_reconstruction(recon, xv, prior=xa.mean(0), candidates=xv, true_index=list(range(len(xv))),
+                                 batch=False)
     assert scores["reid_top1"] >= 0.5 and scores["psnr_gain"] > 1.0  # chance is 1 in 40
     gradient_map = learned.fit_inversion(model, xa, augment_copies=2, seed=0)  # the FedSGD map, misapplied
     wrong = score_reconstruction(gradient_map.predict(torch.cat(observed)), xv, prior=xa.mean(0), candidates=xv,
-                                 true_index=list(range(len(xv))))
+                                 true_index=list(range(len(xv))),
+                                 batch=False)
     assert wrong["reid_top1"] < scores["reid_top1"]
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
