@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack
 from fedsim.families import FAMILIES, AttackFamily, Log, attack_index
@@ -23,6 +25,18 @@ if TYPE_CHECKING:
     from fedsim.experiment import Experiment
 
 SCORE_COLUMNS = ("psnr_gain", "reid_top1")  # what a sweep averages per attack
+
+
+class ReconstructionConfig(BaseModel):
+    """The `reconstruction:` section: what every reconstruction is scored on beyond PSNR and identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    probes: list[Literal["sex", "diagnosis"]] = Field(
+        default_factory=list, description="attributes the attacker's classifiers (trained on its own clean scans) "
+        "read from each reconstruction; diagnosis needs data.neurodegeneration")
+    probe_scans: int = Field(400, ge=20, le=100_000, description="the attacker's scans each probe is trained on")
+    probe_epochs: int = Field(8, ge=1, le=200)
 
 
 def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, truth: dict[str, Any], *,
@@ -54,8 +68,10 @@ def optimizer_of(experiment: Experiment) -> dict[str, Any]:
             "weight_decay": fed.weight_decay}
 
 
-def score(recon: Reconstruction, truth: dict[str, Any], *, experiment: Experiment, client: int) -> dict[str, float]:
-    """Leakage scores of one reconstruction; the population pool is the server's test set."""
+def score(recon: Reconstruction, truth: dict[str, Any], *, experiment: Experiment, client: int,
+          probes: dict[str, Any] | None = None) -> dict[str, float]:
+    """Leakage scores of one reconstruction; the population pool is the server's test set; with
+    `probes`, what the attacker's classifiers read from it (attribute_probes.py)."""
     import torch
 
     from fedsim.attacks.metrics import match_batch, score_reconstruction
@@ -70,6 +86,10 @@ def score(recon: Reconstruction, truth: dict[str, Any], *, experiment: Experimen
     out = score_reconstruction(images, x_true, prior=experiment.prior(), candidates=candidates,
                                true_index=true_index)
     out["candidates"] = len(candidates)
+    if probes:
+        from fedsim.attacks.attribute_probes import probe_scores
+
+        out.update(probe_scores(probes, images, experiment.cohort, list(truth["rows"])[:n]))
     if recon.labels is not None and len(recon.labels) >= n:
         if y_true.dtype.is_floating_point:  # regression: how far off the recovered age is
             perm = match_batch(images, x_true)
@@ -86,10 +106,19 @@ class ReconstructionFamily(AttackFamily):
 
     name: ClassVar[str] = "reconstruction"
     consumes: ClassVar[frozenset[str]] = frozenset({GRADIENT, WEIGHTS})
+    section: ClassVar[str | None] = "reconstruction"
+    Config = ReconstructionConfig
+    config: ReconstructionConfig
 
     @classmethod
     def summary_key(cls) -> str:
         return "attacks"  # the key summary.json has always used for these rows
+
+    @classmethod
+    def check_scenario(cls, config: ReconstructionConfig, scenario: Any, attacks: list) -> None:
+        if "diagnosis" in config.probes and not scenario.data.neurodegeneration:
+            raise ValueError("reconstruction.probes: 'diagnosis' needs a diagnosis label (data.neurodegeneration: "
+                             "true, dataset synthetic_brain)")
 
     def check(self, experiment: Experiment, specs: list[PluginSpec]) -> None:
         """An attack that needs auxiliary scans (a population prior, a learned map) gets enough."""
@@ -104,6 +133,15 @@ class ReconstructionFamily(AttackFamily):
 
     def run(self, run: RunFolder, experiment: Experiment, specs: list[PluginSpec], *, log: Log) -> list[dict]:
         rows: list[dict[str, Any]] = []
+        probes = None
+        if self.config.probes:
+            from fedsim.attacks.attribute_probes import train_probes
+
+            start = time.perf_counter()
+            probes = train_probes(experiment, list(self.config.probes), scans=self.config.probe_scans,
+                                  epochs=self.config.probe_epochs, seed=self.scenario.seed)
+            read = ", ".join(f"{k}: {p.clean:.0%} on real scans (majority {p.majority:.0%})" for k, p in probes.items())
+            log(f"[probes] {read} · {time.perf_counter() - start:.0f}s")
         for spec in specs:
             kinds = ATTACKS.get(spec.name).consumes or self.consumes
             visible = kinds - set(experiment.withheld)
@@ -116,7 +154,8 @@ class ReconstructionFamily(AttackFamily):
                 own.append({"attack": spec.key, "status": "skipped",
                             "reason": "no client updates were recorded (check server.targets)"})
             else:
-                own += [_attack_one(spec, obs, run=run, experiment=experiment, log=log) for obs in observations]
+                own += [_attack_one(spec, obs, run=run, experiment=experiment, log=log, probes=probes)
+                        for obs in observations]
             run.write_results(spec.key, own)
             rows += own
         return rows
@@ -149,6 +188,7 @@ class ReconstructionFamily(AttackFamily):
                 f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | {r['batch_size']} | {r['psnr']:.1f} | "
                 f"{r['prior_psnr']:.1f} | {r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
                 f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | {_target_column(r)} | {r['seconds']:.0f} |")
+        lines += _probe_table(rows)
         for r in rows:
             if r.get("status") == "ok":
                 name = observation_name(r["round"], r["client"])
@@ -169,11 +209,28 @@ class ReconstructionFamily(AttackFamily):
         row: dict[str, Any] = {}
         for name, rows in by_attack.items():
             ok = [r for r in rows if r.get("status") == "ok"]
-            for metric in SCORE_COLUMNS:
+            probes = sorted(k for k in (ok[0] if ok else {}) if k.startswith("probe_") and k.count("_") == 1)
+            for metric in (*SCORE_COLUMNS, *probes):
                 row[f"{name}.{metric}"] = sum(r[metric] for r in ok) / len(ok) if ok else None
             if not ok:
                 row[f"{name}.status"] = rows[0].get("reason") or rows[0].get("error") or rows[0].get("status")
         return row
+
+
+def _probe_table(rows: list[dict[str, Any]]) -> list[str]:
+    """What the attacker's attribute probes read from each reconstruction, beside guessing the
+    majority class and beside reading the real scan."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    names = sorted({k[len("probe_"):] for r in ok for k in r if k.startswith("probe_") and k.count("_") == 1})
+    if not names:
+        return []
+    lines = ["", "Attribute probes (the attacker's classifiers, trained on its own clean scans) on the "
+             "reconstructions: accuracy, then guessing the majority class / reading the real scans.", "",
+             "| attack | round | client | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for r in ok:
+        cells = [f"{r[f'probe_{n}']:.0%} ({r[f'probe_{n}_majority']:.0%} / {r[f'probe_{n}_clean']:.0%})" for n in names]
+        lines.append(f"| {r['attack']} | {r['round']} | {r['client']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _target_column(row: dict[str, Any]) -> str:
@@ -185,7 +242,7 @@ def _target_column(row: dict[str, Any]) -> str:
 
 
 def _attack_one(spec: PluginSpec, obs: RecordedObservation, *, run: RunFolder, experiment: Experiment,
-                log: Log) -> dict[str, Any]:
+                log: Log, probes: dict[str, Any] | None = None) -> dict[str, Any]:
     meta = obs.meta
     row: dict[str, Any] = {"attack": spec.key, "round": meta["round"], "client": meta["client"],
                            "kind": meta["kind"], "batch_size": meta.get("batch_size"),
@@ -198,7 +255,8 @@ def _attack_one(spec: PluginSpec, obs: RecordedObservation, *, run: RunFolder, e
             f"batch {meta.get('batch_size')}) ...")
         truth = run.read_truth(obs.name)
         recon = attack.reconstruct(build_observation(attack, obs, truth, experiment=experiment))
-        row.update(score(recon, truth, experiment=experiment, client=meta["client"]), status="ok", **recon.extra)
+        row.update(score(recon, truth, experiment=experiment, client=meta["client"], probes=probes), status="ok",
+                   **recon.extra)
         out_dir = run.results_dir(spec.key)
         save_tensors(out_dir / f"{obs.name}.safetensors", {"images": recon.images})
         from fedsim.attacks.figures import reconstruction_figure  # matplotlib: only once there is a figure
