@@ -81,13 +81,30 @@ class LatentDefense:
         """What the client trains on: its scans encoded, perturbed and decoded."""
         return self.coder.decode(self.perturb(self.encode(x)))
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"perturb_opt": self.perturb_opt, "attacker_opt": self.attacker_opt}
+
     def state(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{k}": v.detach().cpu().clone() for name, m in self.modules().items()
-                for k, v in m.state_dict().items()}
+        """Weights and optimizer moments as flat tensors (a FedSGD client takes one step a round:
+        Adam restarted every round would never leave its first, sign-like step)."""
+        out = {f"{name}.{k}": v.detach().cpu().clone() for name, m in self.modules().items()
+               for k, v in m.state_dict().items()}
+        for name, opt in self.optimizers().items():
+            for i, moments in opt.state_dict()["state"].items():
+                out.update({f"{name}.{i}.{k}": torch.as_tensor(v).detach().cpu().clone() for k, v in moments.items()})
+        return out
 
     def load(self, tensors: dict[str, torch.Tensor]) -> None:
         for name, m in self.modules().items():
             m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(f"{name}.")})
+        for name, opt in self.optimizers().items():
+            moments: dict[int, dict[str, torch.Tensor]] = {}
+            for key, v in tensors.items():
+                if key.startswith(f"{name}."):
+                    i, k = key[len(name) + 1:].split(".", 1)
+                    moments.setdefault(int(i), {})[k] = v.clone()
+            if moments:
+                opt.load_state_dict({"state": moments, "param_groups": opt.state_dict()["param_groups"]})
 
 
 def pretrain_coder(coder: AutoEncoder, x: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
@@ -111,11 +128,13 @@ def pretrain_coder(coder: AutoEncoder, x: torch.Tensor, *, epochs: int, batch_si
 
 
 def minimax_step(defense: LatentDefense, model: nn.Module, task_loss, x: torch.Tensor, y: torch.Tensor, *,
-                 privacy_weight: float) -> dict[str, float]:
-    """One attacker step (learn to undo the perturbation), then one defender step (the task loss of
-    the current model on the perturbed images minus `privacy_weight` x the attacker's error against
-    the real scans). Gradients are taken for the defense's own modules only: the model's `.grad`
-    (a FedSGD gradient in the making) is left as it is."""
+                 privacy_weight: float, consistency: float = 0.0) -> dict[str, float]:
+    """One attacker step (learn to undo the perturbation), then one defender step: the task loss of
+    the current model on the perturbed images, plus `consistency` x how far its outputs on them
+    move from its outputs on the real scans (a model trained on perturbed images must still work
+    on real ones), minus `privacy_weight` x the attacker's error against the real scans. Gradients
+    are taken for the defense's own modules only: the model's `.grad` (a FedSGD gradient in the
+    making) is left as it is."""
     with torch.no_grad():
         shown = defense.images(x)
     attacker_loss = nn.functional.mse_loss(defense.attacker(shown), x)
@@ -125,14 +144,16 @@ def minimax_step(defense: LatentDefense, model: nn.Module, task_loss, x: torch.T
     shown = defense.images(x)
     was_training = model.training
     model.eval()  # the defender asks how useful the images are, it does not train the model
-    utility = task_loss(model(shown), y)
+    out = model(shown)
+    utility = task_loss(out, y)
+    drift = nn.functional.mse_loss(out, model(x).detach()) if consistency else torch.zeros(())
     model.train(was_training)
     error = nn.functional.mse_loss(defense.attacker(shown), x)
     params = list(defense.perturb.parameters())
-    grads = torch.autograd.grad(utility - privacy_weight * error, params)
+    grads = torch.autograd.grad(utility + consistency * drift - privacy_weight * error, params)
     _step(defense.perturb_opt, defense.perturb, grads)
     return {"surrogate_mse": float(error.detach()), "distortion_mse": float(nn.functional.mse_loss(shown, x).detach()),
-            "perturbed_task_loss": float(utility.detach())}
+            "perturbed_task_loss": float(utility.detach()), "output_drift": float(drift.detach())}
 
 
 def _step(opt: torch.optim.Optimizer, module: nn.Module, grads: tuple[torch.Tensor, ...]) -> None:

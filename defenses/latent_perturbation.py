@@ -6,7 +6,8 @@ the task loss keeps the images useful.
 
 The autoencoder is pre-trained on the client's own scans in its first round (a hospital need not
 trust, nor the server hold, public data for it) and then fixed; the perturbation and the surrogate
-keep learning round after round. All three live in the client's private state, never in the update.
+warm up against each other on those scans before the first update leaves, and keep learning
+round after round. All three live in the client's private state, never in the update.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ class LatentPerturbationParams(BaseModel):
     epsilon: float = Field(0.5, gt=0, le=10, description="latent budget: |perturbation| <= epsilon x |code| per scan")
     privacy_weight: float = Field(1.0, ge=0, description="defender's weight on the surrogate attacker's error "
                                   "(z-scored voxels) against its task loss")
+    consistency: float = Field(1.0, ge=0, description="defender's weight on the model's output moving between the "
+                               "perturbed and the real scan (keeps the model useful on real scans)")
     channels: tuple[int, ...] = Field((8, 16), min_length=1, max_length=4,
                                       description="autoencoder widths; each level halves the resolution")
     pretrain_epochs: int = Field(10, ge=1, le=500, description="autoencoder epochs on the client's scans (round 1)")
+    warmup_steps: int = Field(100, ge=0, le=100_000, description="minimax steps on the client's scans in round 1, "
+                              "before its first update (a FedSGD client takes one step a round)")
     lr: float = Field(1e-3, gt=0, description="Adam step of the perturbation and of the surrogate attacker")
 
 
@@ -65,7 +70,14 @@ class LatentPerturbation(Defense):
                       ctx: ClientRound) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
         import torch
 
-        from fedsim.defenses.latent_modules import Deperturber, LatentDefense, Perturbation, autoencoder, pretrain_coder
+        from fedsim.defenses.latent_modules import (
+            Deperturber,
+            LatentDefense,
+            Perturbation,
+            autoencoder,
+            minimax_step,
+            pretrain_coder,
+        )
 
         start = time.perf_counter()
         real = loader.dataset.tensors[0]  # type: ignore[attr-defined]  # (x, y, rows): the client's own scans
@@ -85,6 +97,12 @@ class LatentPerturbation(Defense):
                                   batch_size=ctx.config.batch_size, lr=1e-3, generator=generator)
             self.defense.coder.requires_grad_(False)
             ctx.state["autoencoder_mse"] = loss
+            targets = loader.dataset.tensors[1]  # type: ignore[attr-defined]
+            for _ in range(p.warmup_steps):
+                rows = torch.randint(len(real), (min(ctx.config.batch_size, len(real)),), generator=generator)
+                minimax_step(self.defense, model, ctx.task.loss, real[rows], targets[rows],
+                             privacy_weight=p.privacy_weight, consistency=p.consistency)
+            ctx.tensors.update(self.defense.state())
         self.defense.coder.to(real.device)
         self._real, self._seconds = real, time.perf_counter() - start
         return model, optimizer, PerturbedLoader(loader, self.defense)
@@ -94,7 +112,8 @@ class LatentPerturbation(Defense):
 
         start = time.perf_counter()
         x = self._real[batch.rows].to(batch.x.device)
-        scores = minimax_step(self.defense, model, ctx.task.loss, x, batch.y, privacy_weight=self.params.privacy_weight)
+        scores = minimax_step(self.defense, model, ctx.task.loss, x, batch.y, privacy_weight=self.params.privacy_weight,
+                              consistency=self.params.consistency)
         for k, v in scores.items():
             self._metrics.setdefault(k, []).append(v)
         ctx.tensors.clear()

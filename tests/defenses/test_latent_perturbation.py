@@ -42,7 +42,7 @@ def test_minimax_trains_its_own_modules_and_never_touches_the_models_gradient():
     perturb = [p.detach().clone() for p in defense.perturb.parameters()]
     attacker = [p.detach().clone() for p in defense.attacker.parameters()]
     scores = minimax_step(defense, model, task.loss, x, y, privacy_weight=1.0)
-    assert set(scores) == {"surrogate_mse", "distortion_mse", "perturbed_task_loss"}
+    assert set(scores) == {"surrogate_mse", "distortion_mse", "perturbed_task_loss", "output_drift"}
     for n, p in model.named_parameters():
         assert torch.equal(p.grad, before[n]), n  # a FedSGD gradient in the making stays what it was
     assert any(not torch.equal(a, b) for a, b in zip(perturb, defense.perturb.parameters(), strict=True))
@@ -50,13 +50,18 @@ def test_minimax_trains_its_own_modules_and_never_touches_the_models_gradient():
     assert all(p.grad is None for p in defense.coder.parameters())  # the pre-trained autoencoder stays fixed
 
 
-def test_the_private_state_round_trips():
-    defense = _defense()
+def test_the_private_state_round_trips_with_the_optimizers_moments():
+    defense, task = _defense(), BrainAgeSliceTask(config=TaskConfig(model={"channels": [4, 8]}), target_mean=50.0,
+                                                  target_std=10.0)
+    minimax_step(defense, task.build_model(), task.loss, torch.randn(2, 1, 16, 16), torch.tensor([40.0, 60.0]),
+                 privacy_weight=1.0)
     state = defense.state()
+    assert any(k.startswith("perturb_opt.") and k.endswith("exp_avg_sq") for k in state)
     other = _defense()
     for p in other.perturb.parameters():
         p.data.add_(1.0)
     other.load(state)
+    assert state.keys() == other.state().keys()
     assert all(torch.equal(v, other.state()[k]) for k, v in state.items())
 
 
@@ -73,7 +78,8 @@ def test_a_fedsgd_gradient_is_taken_on_the_perturbed_images():
         grads[listed], _ = one_batch_gradient(model, x, y, task=task, batch_size=1, rng=np.random.default_rng(2),
                                               hooks=hooks)
         if listed:
-            assert {k.split(".")[0] for k in ctx.tensors} == {"coder", "perturb", "attacker"}
+            assert {k.split(".")[0] for k in ctx.tensors} == {"coder", "perturb", "attacker", "perturb_opt",
+                                                              "attacker_opt"}
     assert not torch.equal(grads[False]["head.weight"], grads[True]["head.weight"])
 
 
@@ -92,8 +98,11 @@ def test_bad_input_is_a_one_line_error(change, match):
 
 @pytest.mark.e2e
 def test_each_client_keeps_its_modules_across_rounds_and_sends_only_the_model(tmp_path: Path):
-    raw = tiny_scenario(defenses=[{"name": "latent_perturbation", "params": {"channels": [4], "pretrain_epochs": 2}}],
-                        server={"targets": {"clients": [0], "rounds": [1, 2]}, "capture": True})
+    raw = tiny_scenario(defenses=[{"name": "latent_perturbation",
+                                   "params": {"channels": [4], "pretrain_epochs": 2, "warmup_steps": 3}}],
+                        server={"targets": {"clients": [0], "rounds": [2]}, "capture": True},
+                        attacks=[{"name": "inverting_gradients", "params": {"iterations": 5}}],
+                        reconstruction={"probes": ["sex"], "probe_scans": 30, "probe_epochs": 1})
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and not result.failures
     train = [r for r in RunFolder(result.run_dir).metrics() if r.get("kind") == "train" and r["client"] == 0]
@@ -102,3 +111,13 @@ def test_each_client_keeps_its_modules_across_rounds_and_sends_only_the_model(tm
     assert by_round[2]["distortion_mse"] > 0 and by_round[2]["surrogate_mse"] > 0
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
+    (row,) = summary["attacks"]
+    assert row["status"] == "ok" and 0 <= row["probe_sex"] <= 1 and 0.5 <= row["probe_sex_majority"] <= 1
+    assert "Attribute probes" in (result.run_dir / "report.md").read_text()
+
+
+def test_a_diagnosis_probe_needs_the_label():
+    raw = tiny_scenario(reconstruction={"probes": ["diagnosis"]}, attacks=[{"name": "inverting_gradients"}])
+    with pytest.raises(ScenarioError, match=r"reconstruction\.probes: 'diagnosis' needs a diagnosis label"):
+        validate_scenario(raw)
+
