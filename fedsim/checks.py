@@ -11,6 +11,7 @@ from fedsim.plugins import load_builtins
 from fedsim.registry import PluginError, registry
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.settings.base import SETTINGS, Setting
+from fedsim.tasks.needs import check_task_data
 
 PLUGIN_FIELDS = {
     ("data", "dataset"): "dataset",
@@ -32,9 +33,7 @@ def check_plugins(scenario: Scenario) -> Scenario:
             registry(kind).check_name(value)
         except PluginError as exc:
             raise ScenarioError(f"{'.'.join(path)}: {exc}") from None
-    check_task = getattr(registries["task"].get(scenario.task.name), "check_scenario", None)
-    if check_task is not None:  # a label only some datasets have
-        _as_scenario_error("", check_task, scenario)
+    _as_scenario_error("", check_task_data, scenario)  # a label only some datasets have
     check_data = getattr(registries["dataset"].get(scenario.data.dataset), "check_scenario", None)
     if check_data is not None:  # on-disk layouts: the folder holds matching files, sites match clients
         _as_scenario_error("", check_data, scenario)

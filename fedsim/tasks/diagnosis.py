@@ -12,9 +12,7 @@ from torch import nn
 
 from fedsim.data.synthetic import Cohort
 from fedsim.tasks.brain_age import BrainAgeSliceTask, BrainAgeTask
-
-NEEDS_LABEL = ("task '{task}' needs a diagnosis label: set data.neurodegeneration: true "
-               "(dataset synthetic_brain) to simulate one")
+from fedsim.tasks.needs import NEEDS_LABEL
 
 
 class DiagnosisTask(BrainAgeTask):
@@ -24,15 +22,6 @@ class DiagnosisTask(BrainAgeTask):
     primary_metric = "error_rate"
     baseline_name = "majority class"
     n_classes = 2
-
-    @classmethod
-    def check_scenario(cls, scenario: object) -> None:
-        data = scenario.data  # type: ignore[attr-defined]
-        if data.dataset == "synthetic_brain" and not data.neurodegeneration:
-            raise ValueError(NEEDS_LABEL.format(task=scenario.task.name))  # type: ignore[attr-defined]
-        if data.dataset != "synthetic_brain":
-            raise ValueError(f"task '{scenario.task.name}': dataset '{data.dataset}' has no diagnosis label "  # type: ignore[attr-defined]
-                             "(only synthetic_brain with data.neurodegeneration: true)")
 
     def build_model(self) -> nn.Module:
         cfg = self.config.model
