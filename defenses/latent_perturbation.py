@@ -80,7 +80,8 @@ class LatentPerturbation(Defense):
         )
 
         start = time.perf_counter()
-        real = loader.dataset.tensors[0]  # type: ignore[attr-defined]  # (x, y, rows): the client's own scans
+        device = next(model.parameters()).device
+        real = loader.dataset.tensors[0].to(device)  # type: ignore[attr-defined]  # (x, y, rows): its own scans
         dims, p = real.dim() - 2, self.params
         generator = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
         with torch.random.fork_rng():
@@ -88,6 +89,8 @@ class LatentPerturbation(Defense):
             self.defense = LatentDefense(coder=autoencoder(dims, p.channels),
                                          perturb=Perturbation(dims, p.channels[-1], p.epsilon),
                                          attacker=Deperturber(dims), lr=p.lr)
+        for module in self.defense.modules().values():
+            module.to(device)  # in place: the optimizers keep their parameters
         self._metrics: dict[str, list[float]] = {}
         if ctx.tensors:
             self.defense.load(ctx.tensors)
@@ -97,13 +100,13 @@ class LatentPerturbation(Defense):
                                   batch_size=ctx.config.batch_size, lr=1e-3, generator=generator)
             self.defense.coder.requires_grad_(False)
             ctx.state["autoencoder_mse"] = loss
-            targets = loader.dataset.tensors[1]  # type: ignore[attr-defined]
+            targets = loader.dataset.tensors[1].to(device)  # type: ignore[attr-defined]
+            size = min(ctx.config.batch_size, len(real))
             for _ in range(p.warmup_steps):
-                rows = torch.randint(len(real), (min(ctx.config.batch_size, len(real)),), generator=generator)
+                rows = torch.randint(len(real), (size,), generator=generator).to(device)
                 minimax_step(self.defense, model, ctx.task.loss, real[rows], targets[rows],
                              privacy_weight=p.privacy_weight, consistency=p.consistency)
             ctx.tensors.update(self.defense.state())
-        self.defense.coder.to(real.device)
         self._real, self._seconds = real, time.perf_counter() - start
         return model, optimizer, PerturbedLoader(loader, self.defense)
 
@@ -138,7 +141,8 @@ class PerturbedLoader:
     def __iter__(self):
         import torch
 
+        device = next(self.defense.coder.parameters()).device  # type: ignore[attr-defined]
         for xb, yb, ib in self.loader:
             with torch.no_grad():  # left before the yield: grad mode is global, the step needs it
-                shown = self.defense.images(xb)  # type: ignore[attr-defined]
+                shown = self.defense.images(xb.to(device))  # type: ignore[attr-defined]
             yield shown, yb, ib
