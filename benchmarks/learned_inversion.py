@@ -3,7 +3,8 @@ markdown table.
 
 For each input (2D central slices, 3D volumes at 32^3) x network x state (untrained; trained 5
 epochs on other scans), the attacker fits `learned_inversion`'s map on `--aux` scans of its own
-(x `--augment` with flips and shifts) through the network at its current weights, then inverts the
+(x `--augment` with flips and shifts; in 2D `--slices` neighbouring axial slices too) through the
+network at its current weights, then inverts the
 FedSGD gradients of `--victims` other subjects at each batch size, and the FedAvg weight updates of
 clients taking `--fedavg-steps` Adam steps of batch 1 over 1 or 5 of them (the map then fitted on
 pseudo-clients replaying those steps on the attacker's labelled scans). Victims are also the
@@ -16,7 +17,7 @@ Gradients, the PCA prior) run at batch 1 on the first `--optim` victims of the s
 
     python benchmarks/learned_inversion.py [--dims 2,3 --models small_cnn,brain_age_cnn,lenet
         --states untrained,trained --protocols fedsgd,fedavg --batches 1,2,4,8 --fedavg-steps 5
-        --fedavg-images 1,5 --aux 1800 --augment 4 --victims 300 --optim 10]
+        --fedavg-images 1,5 --aux 1800 --augment 4 --slices 0 --victims 300 --optim 10]
 """
 
 from __future__ import annotations
@@ -101,13 +102,14 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
         test_mae = float(torch.cat([model(xv[i:i + 50]) for i in range(0, len(xv), 50)]).sub(yv).abs().mean())
     names, bias = learned.trainable_names(model), learned.output_bias(model)
     prior = x[aux].mean(0)
+    xa, ya = attacker_scans(cohort.images, age, aux, dims, args.slices)
     base = {"dims": dims, "model": name, "state": state, "test_mae": test_mae}
     scoring = Scoring(xv, later, cohort.site[vic], prior)
     base["data_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # before any fit: cohort, model
     rows = []
     if "fedsgd" in args.protocols:
         t0 = time.perf_counter()
-        inversion = learned.fit_inversion(model, x[aux], augment_copies=args.augment, kernel=args.kernel, seed=0)
+        inversion = learned.fit_inversion(model, xa, augment_copies=args.augment, kernel=args.kernel, seed=0)
         fit_s = time.perf_counter() - t0
         for batch in args.batches:
             groups = [list(range(i, i + batch)) for i in range(0, len(xv) - batch + 1, batch)]
@@ -121,7 +123,7 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
             plan = ClientSteps(gradient=False, optimizer="adam", lr=FEDAVG_LR, steps=args.fedavg_steps, batch_size=1,
                                images=images)
             t0 = time.perf_counter()
-            inversion = learned.fit_inversion(model, x[aux], targets=age[aux], loss_fn=MSE().loss, plan=plan,
+            inversion = learned.fit_inversion(model, xa, targets=ya, loss_fn=MSE().loss, plan=plan,
                                               augment_copies=args.augment, kernel=args.kernel, seed=0)
             fit_s = time.perf_counter() - t0
             groups = [list(range(i, i + images)) for i in range(0, len(xv) - images + 1, images)]
@@ -134,6 +136,17 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
 
 
 FEDAVG_LR = FederationConfig().lr  # fedsim's client default (Adam)
+
+
+def attacker_scans(images: np.ndarray, age: torch.Tensor, aux: np.ndarray, dims: int,
+                   slices: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacker's fit scans: its subjects' volumes, or in 2D their central slice and, with
+    `slices` > 0, the `slices` axial slices either side of it too (new anatomy, unlike shifts)."""
+    if dims == 3 or slices == 0:
+        return tensors(images[aux], dims), age[aux]
+    mid = images.shape[-1] // 2
+    stack = [zscore_volumes(images[aux][..., mid + o])[:, None] for o in range(-slices, slices + 1)]
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(stack))), age[aux].repeat(2 * slices + 1)
 
 
 def fedavg_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: ClientSteps, names: list[str],
@@ -248,6 +261,8 @@ def main() -> None:
     p.add_argument("--aux", type=int, default=1800)
     p.add_argument("--augment", type=int, default=4)
     p.add_argument("--kernel", choices=["linear", "rbf"], default="linear")
+    p.add_argument("--slices", type=int, default=0, help="2D: the attacker also fits on this many axial slices "
+                   "either side of the central one")
     p.add_argument("--victims", type=int, default=300)
     p.add_argument("--optim", type=int, default=10, help="victims the optimisation attacks run on (0: none)")
     p.add_argument("--threads", type=int, default=2)
