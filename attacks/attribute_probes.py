@@ -26,7 +26,7 @@ ATTRIBUTES = ("sex", "diagnosis")
 class Probe:
     model: nn.Module
     majority: float  # accuracy of always guessing the attacker's majority class: no reconstruction needed
-    clean: float  # accuracy on the server's real held-out scans: what a perfect reconstruction would give
+    clean: float  # accuracy on real held-out scans it did not train on: what a perfect reconstruction would give
 
 
 def attribute(cohort: Cohort, name: str) -> np.ndarray | None:
@@ -44,10 +44,14 @@ def train_probes(experiment: Experiment, names: list[str], *, scans: int, epochs
 
     sc = experiment.scenario
     pool = load_population(sc.data, seed=sc.seed, n_subjects=scans)
-    rows = list(range(len(pool))) if pool is not None else list(experiment.split.test)
-    pool = pool if pool is not None else experiment.cohort
-    x, _ = experiment.task.tensors(pool, rows)
     test_rows = list(experiment.split.test)
+    if pool is None:  # no population: train on half the server's held-out scans, check on the other half
+        rows, test_rows = test_rows[::2], test_rows[1::2]
+        pool = experiment.cohort
+    else:
+        rows = list(range(len(pool)))
+    x, _ = experiment.task.tensors(pool, rows)
+    x_check, _ = experiment.task.tensors(experiment.cohort, test_rows)
     out = {}
     for name in names:
         y = torch.from_numpy(attribute(pool, name)[rows])
@@ -58,7 +62,7 @@ def train_probes(experiment: Experiment, names: list[str], *, scans: int, epochs
         train_local(model, x, y, task=task, rng=np.random.default_rng(seed),
                     config=FederationConfig(local_epochs=epochs, batch_size=8, lr=1e-3))
         truth = torch.from_numpy(attribute(experiment.cohort, name)[test_rows])
-        clean = float(((predict(model, experiment.x_test) > 0).long() == truth).double().mean())
+        clean = float(((predict(model, x_check) > 0).long() == truth).double().mean())
         out[name] = Probe(model=model, majority=max(prevalence, 1 - prevalence), clean=clean)
     return out
 
