@@ -59,8 +59,8 @@ class Observation:
     lr: float | None = None
     labels: torch.Tensor | None = None
     auxiliary: torch.Tensor | None = None  # the server's own held-out scans
-    population: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None  # n -> (scans, targets)
-    # of n other people of the same population (an attacker's own data; with auxiliary)
+    population: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None  # (n, slices=0) -> (scans,
+    # targets) of n other people of the same population (an attacker's own data; with auxiliary)
     optimizer: dict[str, Any] | None = None  # the clients' optimizer: name, momentum, weight_decay
     behaviours: tuple[str, ...] = ()
 

@@ -37,11 +37,11 @@ from fedsim.attacks.gradient_inversion import learned
 from fedsim.attacks.gradient_inversion.client_steps import ClientSteps
 from fedsim.attacks.gradient_inversion.optimize import InversionConfig, gradients_of, invert_gradient
 from fedsim.attacks.metrics import psnr, reidentification_ranks, score_reconstruction
-from fedsim.data.synthetic import CohortSpec, load_cohort, rescan
+from fedsim.data.synthetic import Cohort, CohortSpec, load_cohort, rescan
 from fedsim.models.brain_age import BrainAgeCNN
 from fedsim.models.lenet import LeNet
-from fedsim.scenario import FederationConfig
-from fedsim.tasks.brain_age import zscore_volumes
+from fedsim.scenario import FederationConfig, TaskConfig
+from fedsim.tasks.brain_age import BrainAgeSliceTask, zscore_volumes
 from fedsim.training import train_local
 
 SEED, TRAIN = 2024, 400
@@ -102,14 +102,16 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
         test_mae = float(torch.cat([model(xv[i:i + 50]) for i in range(0, len(xv), 50)]).sub(yv).abs().mean())
     names, bias = learned.trainable_names(model), learned.output_bias(model)
     prior = x[aux].mean(0)
-    xa, ya = attacker_scans(cohort.images, age, aux, dims, args.slices)
+    xa, ya = attacker_scans(cohort, age, aux, dims, args.slices)
+    subjects = args.aux if len(xa) > args.aux else None  # several slices of each
     base = {"dims": dims, "model": name, "state": state, "test_mae": test_mae}
     scoring = Scoring(xv, later, cohort.site[vic], prior)
     base["data_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # before any fit: cohort, model
     rows = []
     if "fedsgd" in args.protocols:
         t0 = time.perf_counter()
-        inversion = learned.fit_inversion(model, xa, augment_copies=args.augment, kernel=args.kernel, seed=0)
+        inversion = learned.fit_inversion(model, xa, augment_copies=args.augment, kernel=args.kernel, seed=0,
+                                          subjects=subjects)
         fit_s = time.perf_counter() - t0
         for batch in args.batches:
             groups = [list(range(i, i + batch)) for i in range(0, len(xv) - batch + 1, batch)]
@@ -124,7 +126,8 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
                                images=images)
             t0 = time.perf_counter()
             inversion = learned.fit_inversion(model, xa, targets=ya, loss_fn=MSE().loss, plan=plan,
-                                              augment_copies=args.augment, kernel=args.kernel, seed=0)
+                                              augment_copies=args.augment, kernel=args.kernel, seed=0,
+                                              subjects=subjects)
             fit_s = time.perf_counter() - t0
             groups = [list(range(i, i + images)) for i in range(0, len(xv) - images + 1, images)]
             feats = torch.cat([fedavg_features(model, xv[g], yv[g], plan, names, bias) for g in groups])
@@ -138,15 +141,14 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
 FEDAVG_LR = FederationConfig().lr  # fedsim's client default (Adam)
 
 
-def attacker_scans(images: np.ndarray, age: torch.Tensor, aux: np.ndarray, dims: int,
+def attacker_scans(cohort: Cohort, age: torch.Tensor, aux: np.ndarray, dims: int,
                    slices: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The attacker's fit scans: its subjects' volumes, or in 2D their central slice and, with
-    `slices` > 0, the `slices` axial slices either side of it too (new anatomy, unlike shifts)."""
+    `slices` > 0, the `slices` axial slices either side of it too (new anatomy, unlike shifts), as
+    the plug-in's `slices` gives them (scan i shows subject i % len(aux))."""
     if dims == 3 or slices == 0:
-        return tensors(images[aux], dims), age[aux]
-    mid = images.shape[-1] // 2
-    stack = [zscore_volumes(images[aux][..., mid + o])[:, None] for o in range(-slices, slices + 1)]
-    return torch.from_numpy(np.ascontiguousarray(np.concatenate(stack))), age[aux].repeat(2 * slices + 1)
+        return tensors(cohort.images[aux], dims), age[aux]
+    return BrainAgeSliceTask(config=TaskConfig(), target_mean=0.0).neighbour_slices(cohort, aux.tolist(), slices)
 
 
 def fedavg_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: ClientSteps, names: list[str],

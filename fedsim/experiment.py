@@ -33,7 +33,7 @@ class Experiment:
     y_test: torch.Tensor
     withheld: Mapping[str, str] = field(default_factory=dict)  # observation kind -> why this run's setting
     # does not hand it to an adversary (e.g. secure aggregation hides single clients' updates)
-    _population: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False,
+    _population: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False,
                                                                        compare=False)
 
     def tensors(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,23 +49,30 @@ class Experiment:
         """The population-mean scan: what an attacker knows without attacking."""
         return self.x_test.mean(dim=0)
 
-    def population(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def population(self, n: int, *, slices: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` preprocessed (scans, targets) of people outside the cohort (an attacker's own data,
         e.g. public scans from the same sites, whose ages it knows); where the dataset has none, the
-        server's own held-out scans."""
+        server's own held-out scans. With `slices` (2D slice tasks), also the axial slices that many
+        either side of each central one: row i then shows person i % n."""
         from fedsim.data.datasets import load_population
 
-        if n in self._population:
-            return self._population[n]
+        if (n, slices) in self._population:
+            return self._population[n, slices]
         data = self.scenario.data
+        stack = getattr(self.task, "neighbour_slices", None)
+        if slices and stack is None:
+            raise ValueError(f"task '{self.scenario.task.name}' has no neighbouring slices (a 2D slice task has)")
         cohort = load_population(data, seed=self.scenario.seed, n_subjects=n)
+        rows = list(range(n))
         if cohort is None:
             if n > len(self.x_test):
                 raise ValueError(f"dataset '{data.dataset}' has no population sample beyond the server's "
                                  f"{len(self.x_test)} held-out scans ({n} asked for)")
-            return self.x_test[:n], self.y_test[:n]
-        self._population[n] = self.task.tensors(cohort, list(range(len(cohort))))
-        return self._population[n]
+            if not slices:
+                return self.x_test[:n], self.y_test[:n]
+            cohort, rows = self.cohort, list(self.split.test[:n])
+        self._population[n, slices] = stack(cohort, rows, slices) if slices else self.task.tensors(cohort, rows)
+        return self._population[n, slices]
 
 
 def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,

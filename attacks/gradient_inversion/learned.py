@@ -307,16 +307,27 @@ def _zscore(rows: torch.Tensor) -> torch.Tensor:
     return (rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + 1e-12)
 
 
+def held_out(n_scans: int, subjects: int, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Scans held out to choose the ridge: every view (scan i shows person i % subjects) of a
+    `val_fraction` of the people, so that no held-out person is also fitted on."""
+    if n_scans % subjects:
+        raise ValueError(f"{n_scans} scans are not {subjects} people's views, as many of each")
+    people = rng.permutation(subjects)[: max(2, round(val_fraction * subjects))]
+    return np.flatnonzero(np.isin(np.arange(n_scans) % subjects, people))
+
+
 def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tensor | None = None,
                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                   plan: ClientSteps | None = None, augment_copies: int = 2, val_fraction: float = 0.15,
                   ridge: float | None = None, kernel: str = "linear", chunk: int = 16, seed: int = 0,
-                  shown: Shown | None = None) -> InversionMap:
+                  shown: Shown | None = None, subjects: int | None = None) -> InversionMap:
     """Fit the map on the attacker's `scans` (N, C, *spatial) through `model` at its current weights:
     on their FedSGD gradients (the default plan), or on pseudo-clients replaying `plan`'s weight update
     (which needs the scans' `targets` and the task's `loss_fn`). `shown` maps scans to what a client
     trains on (an adaptive attacker's copy of a defense that transforms the images): the map then
-    goes from updates computed on those to the real scans."""
+    goes from updates computed on those to the real scans. `subjects`: the scans are that many people's,
+    several views of each (scan i shows person i % subjects, e.g. neighbouring slices); the ridge is
+    then chosen on people held out with all their views."""
     shown = shown or _unchanged
     start = time.perf_counter()
     plan = plan or ClientSteps(gradient=True)
@@ -324,7 +335,7 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
     bias_index = sum(dict(model.named_parameters())[n].numel() for n in names[:names.index(output_bias(model))])
     pairs = Pairs.plan(len(scans), augment_copies, spatial=scans.dim() - 2, seed=seed)
     rng = np.random.default_rng(seed)
-    held = rng.permutation(len(scans))[: max(2, round(val_fraction * len(scans)))]
+    held = held_out(len(scans), subjects or len(scans), val_fraction, rng)
     if plan.gradient:
         rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk, shown)
     else:
@@ -341,9 +352,11 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
         gamma = 1.0 / float((norms[:, None] + norms[None] - 2 * gram).clamp_min(0).median())
         gram = rbf(gram, norms[:, None], norms[None], gamma)
     if ridge is None:
-        val = np.flatnonzero(np.isin(subject, held) & original)
+        first_views = subject < (subjects or len(scans))  # e.g. central slices: what clients train on
+        val = np.flatnonzero(np.isin(subject, held) & original & first_views)
         fit = np.flatnonzero(~np.isin(subject, held))
-        ridge, val_mse = choose_ridge(gram, images, fit, val, np.flatnonzero(original), grid=RIDGE_GRID, seed=seed)
+        ridge, val_mse = choose_ridge(gram, images, fit, val, np.flatnonzero(original & first_views), grid=RIDGE_GRID,
+                                       seed=seed)
     else:
         val_mse = float("nan")
     gram.diagonal().add_(ridge * float(gram.diagonal().mean()))

@@ -153,6 +153,8 @@ class LearnedParams(NoParams):
     aux_subjects: int = Field(600, ge=20, description="the attacker's own scans of the population it fits on")
     augment: int = Field(2, ge=1, le=4, description="pairs per scan: itself, its left-right flip, then 1-voxel "
                          "shifts of each")
+    slices: int = Field(0, ge=0, le=8, description="2D slice tasks: the attacker also fits on this many axial slices "
+                        "either side of each of its scans' central one (other anatomy of the same people)")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="auxiliary subjects held out to choose the ridge")
     ridge: float | None = Field(None, gt=0, description="ridge strength relative to the Gram matrix's mean "
                                 "diagonal; default: the best of a grid on the held-out subjects")
@@ -215,6 +217,12 @@ class LearnedInversion(ReconstructionAttack):
         except ValueError:
             raise ValueError(f"task '{sc.task.name}': learned_inversion needs a network with one output "
                              "(a regression head or a one-logit classifier such as task diagnosis)") from None
+        if params.slices and not hasattr(experiment.task, "neighbour_slices"):
+            raise ValueError(f"params.slices: task '{sc.task.name}' trains on whole volumes; neighbouring slices "
+                             "apply to 2D slice tasks (e.g. brain_age_slice)")
+        if params.slices >= sc.data.shape // 2:
+            raise ValueError(f"params.slices: {params.slices} slices either side of the centre do not fit in a "
+                             f"volume of depth {sc.data.shape}")
         mixed = images_per_weight_update(experiment)
         if mixed > params.max_images:
             raise ValueError(f"params.max_images: a targeted client's weight update mixes {mixed} scans "
@@ -234,9 +242,11 @@ class LearnedInversion(ReconstructionAttack):
         plan = ClientSteps.of(obs.kind, images=n, batch_size=obs.batch_size, local_steps=obs.local_steps,
                               lr=obs.lr, optimizer=obs.optimizer)
         model = obs.model()
-        inversion = learned.fit_cached(model, obs.global_state, lambda: obs.population(p.aux_subjects),
+        inversion = learned.fit_cached(model, obs.global_state,
+                                       lambda: obs.population(p.aux_subjects, slices=p.slices),
                                        loss_fn=obs.loss_fn, plan=plan, augment_copies=p.augment,
-                                       val_fraction=p.val_fraction, ridge=p.ridge, chunk=p.chunk, seed=p.seed)
+                                       val_fraction=p.val_fraction, ridge=p.ridge, chunk=p.chunk, seed=p.seed,
+                                       subjects=p.aux_subjects if p.slices else None)
         names = learned.trainable_names(model)
         raw = learned.observed_features(obs.update, names, learned.output_bias(model),
                                         global_state=obs.global_state if obs.kind == WEIGHTS else None)

@@ -60,5 +60,17 @@ class BrainAgeSliceTask(BrainAgeTask):
 
     spatial_dims = 2
 
-    def images(self, cohort: Cohort, indices: list[int]) -> np.ndarray:
-        return cohort.images[indices][..., cohort.images.shape[-1] // 2]
+    def images(self, cohort: Cohort, indices: list[int], *, offset: int = 0) -> np.ndarray:
+        return cohort.images[indices][..., cohort.images.shape[-1] // 2 + offset]
+
+    def neighbour_slices(self, cohort: Cohort, indices: list[int], spread: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' central slices, then the slices `spread` either side (offsets 0, -1, +1, -2, ...),
+        preprocessed as the central ones: row i of the result shows person i % len(indices). Other
+        anatomy of the same people, for an attacker that holds whole volumes (shifts add none)."""
+        depth = cohort.images.shape[-1]
+        if not 0 <= spread < depth // 2:
+            raise ValueError(f"spread: {spread} slices either side of the centre do not fit in a depth of {depth}")
+        _, y = self.tensors(cohort, indices)
+        offsets = [0, *[sign * k for k in range(1, spread + 1) for sign in (-1, 1)]]
+        x = np.concatenate([zscore_volumes(self.images(cohort, indices, offset=o))[:, None] for o in offsets])
+        return torch.from_numpy(np.ascontiguousarray(x)), y.repeat(len(offsets))

@@ -14,7 +14,7 @@ from fedsim.attacks.metrics import score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort
 from fedsim.loading import validate_scenario
 from fedsim.scenario import ScenarioError, TaskConfig
-from fedsim.tasks.brain_age import BrainAgeSliceTask
+from fedsim.tasks.brain_age import BrainAgeSliceTask, zscore_volumes
 from tests.conftest import tiny_scenario
 
 torch.set_num_threads(1)
@@ -76,6 +76,41 @@ def test_learned_map_reidentifies_victims_the_prior_cannot(slices):
                                 batch=False)["reid_top1"] < scores["reid_top1"] / 2
 
 
+def test_neighbouring_slices_are_other_views_of_the_same_people(cohort_slices):
+    task, x, y = cohort_slices
+    cohort = load_cohort(CohortSpec(n_subjects=340, shape=16, n_sites=3, seed=5))
+    views, targets = task.neighbour_slices(cohort, [0, 1, 2], 2)
+    assert views.shape == (15, 1, 16, 16) and torch.equal(targets, y[:3].repeat(5))
+    torch.testing.assert_close(views[:3], x[:3])  # the central slices first, as the clients see them
+    below = zscore_volumes(cohort.images[[0, 1, 2]][..., 16 // 2 - 1])
+    torch.testing.assert_close(views[3:6, 0], torch.from_numpy(below))
+    assert not torch.allclose(views[6:9], views[3:6])  # then the slice above
+    with pytest.raises(ValueError, match="spread: 8 slices either side"):
+        task.neighbour_slices(cohort, [0], 8)
+
+
+def test_the_ridge_is_chosen_on_people_held_out_with_all_their_views(cohort_slices):
+    held = learned.held_out(300, 100, 0.15, np.random.default_rng(0))
+    assert len(held) == 45 and len(set((held % 100).tolist())) == 15
+    one_view = learned.held_out(40, 40, 0.15, np.random.default_rng(0))  # the split it always was
+    assert sorted(one_view.tolist()) == sorted(np.random.default_rng(0).permutation(40)[:6].tolist())
+    with pytest.raises(ValueError, match="not 100 people's views"):
+        learned.held_out(301, 100, 0.15, np.random.default_rng(0))
+
+    task, x, y = cohort_slices
+    cohort = load_cohort(CohortSpec(n_subjects=340, shape=16, n_sites=3, seed=5))
+    views, _ = task.neighbour_slices(cohort, list(range(100)), 1)
+    torch.manual_seed(0)
+    model = task.build_model()
+    inversion = learned.fit_inversion(model, views, augment_copies=1, subjects=100, seed=0)
+    assert len(inversion.features) == 300 and inversion.ridge in learned.RIDGE_GRID
+    xv, yv = x[300:], y[300:]
+    recon = inversion.predict(torch.cat([observe(task, model, xv[i:i + 1], yv[i:i + 1])[0] for i in range(len(xv))]))
+    scores = score_reconstruction(recon, xv, prior=views[:100].mean(0), candidates=xv,
+                                  true_index=list(range(len(xv))), batch=False)
+    assert scores["reid_top1"] >= 0.3  # chance is 1 in 40
+
+
 def test_the_blockwise_gram_is_the_gram():
     a = torch.randn(700, 33).half()
     b = torch.randn(530, 33).half()
@@ -116,7 +151,34 @@ def test_what_it_cannot_invert_is_refused_before_training(tmp_path):
                             attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 20}}])
     with pytest.raises(ScenarioError, match="needs a network with one output"):
         run_scenario(validate_scenario(classes), out_dir=tmp_path, log=lambda _: None)
+    volumes = tiny_scenario(server={"behaviours": [{"name": "request_gradient"}]},
+                            attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 20, "slices": 2}}])
+    with pytest.raises(ScenarioError, match="params.slices: task 'brain_age' trains on whole volumes"):
+        run_scenario(validate_scenario(volumes), out_dir=tmp_path, log=lambda _: None)
+    deep = tiny_scenario(task={"name": "brain_age_slice"}, server={"behaviours": [{"name": "request_gradient"}]},
+                         attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 20, "slices": 8}}])
+    with pytest.raises(ScenarioError, match="params.slices: 8 slices either side of the centre do not fit in a "
+                                            "volume of depth 16"):
+        run_scenario(validate_scenario(deep), out_dir=tmp_path, log=lambda _: None)
     assert not list(tmp_path.glob("*/*"))  # nothing trained, no run folder
+
+
+def test_the_attackers_slices_come_from_its_own_people_or_the_servers_held_out_scans(monkeypatch):
+    from fedsim import experiment as experiment_module
+    from fedsim.data import datasets
+
+    exp = experiment_module.prepare(validate_scenario(tiny_scenario(task={"name": "brain_age_slice"})),
+                                    log=lambda _: None)
+    central, ages = exp.population(10)
+    views, targets = exp.population(10, slices=1)
+    assert views.shape == (30, 1, 16, 16) and torch.equal(views[:10], central) and torch.equal(targets[10:20], ages)
+    monkeypatch.setattr(datasets, "load_population", lambda *a, **k: None)  # a dataset without a population
+    exp = experiment_module.prepare(exp.scenario, log=lambda _: None)
+    views, _ = exp.population(4, slices=1)
+    assert views.shape == (12, 1, 16, 16) and torch.equal(views[:4], exp.x_test[:4])
+    volumes = experiment_module.prepare(validate_scenario(tiny_scenario()), log=lambda _: None)
+    with pytest.raises(ValueError, match="task 'brain_age' has no neighbouring slices"):
+        volumes.population(4, slices=1)
 
 
 def test_errors_of_a_batch_weight_the_mean_of_its_reconstructions(slices):

@@ -55,9 +55,16 @@ def test_label_noise_flips_diagnoses_as_classes():
 
 @pytest.mark.e2e
 def test_a_federation_trains_the_2d_diagnosis(tmp_path: Path):
-    raw = tiny_scenario(task={"name": "diagnosis_slice"}, data={**SICK, "n_subjects": 40})
+    raw = tiny_scenario(task={"name": "diagnosis_slice"}, data={**SICK, "n_subjects": 40},
+                        server={"behaviours": [{"name": "request_gradient"},
+                                               {"name": "request_batch_size", "params": {"batch_size": 1}}],
+                                "targets": {"clients": [0], "rounds": [1]}},
+                        attacks=[{"name": "learned_inversion",
+                                  "params": {"aux_subjects": 20, "slices": 2, "augment": 1}}])
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and result.failures == []
+    (attack,) = result.summary["attacks"]  # the attacker fits on 5 axial slices of each of its 20 people
+    assert attack["status"] == "ok" and attack["aux_pairs"] == 100 and 0 <= attack["reid_top1"] <= 1
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["primary_metric"] == "error_rate"
     assert {"error_rate", "balanced_accuracy"} <= set(summary["final"])
