@@ -15,6 +15,7 @@ from fedsim.attacks.base import (
     ReconstructionAttack,
     ThreatModel,
 )
+from fedsim.attacks.gradient_inversion import adaptive as _adaptive  # noqa: F401  (adaptive_learned_inversion)
 from fedsim.attacks.gradient_inversion import plugins as _gradient_inversion  # noqa: F401  (registers dlg, ...)
 from fedsim.attacks.membership import family as _membership_family  # noqa: F401  (the membership family)
 from fedsim.attacks.membership import plugins as _membership  # noqa: F401  (registers mia_*)

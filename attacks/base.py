@@ -35,10 +35,24 @@ class ThreatModel:
     hyperparameters: bool = False  # the client's batch size, local steps and learning rate
     labels: bool = False  # the true targets of the attacked batch
     auxiliary: bool = False  # scans from the same population (the server's own held-out set)
+    defenses: bool = False  # the clients' defense stack, names and settings (Kerckhoffs), not their private state
 
     def describe(self) -> str:
         granted = [name.replace("_", " ") for name, on in vars(self).items() if on]
         return ", ".join(granted) or "nothing"
+
+
+@dataclass(frozen=True)
+class DefenseCopy:
+    """An attacker's own instance of one of the clients' defenses (same name and settings, none of a
+    client's private state), as far as it can run it: `send` applies its update transform to one
+    gradient or weight change (a dict of tensors); `train_shown(model, scans, targets, batch_size,
+    epochs, seed)` trains it as a client would on the attacker's scans and returns scans -> the
+    images a client trains on. None where the defense does neither."""
+
+    name: str
+    send: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    train_shown: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class Observation:
     # targets) of n other people of the same population (an attacker's own data; with auxiliary)
     optimizer: dict[str, Any] | None = None  # the clients' optimizer: name, momentum, weight_decay
     behaviours: tuple[str, ...] = ()
+    defenses: tuple[DefenseCopy, ...] = ()  # the attacker's own copies of the clients' defenses (threat.defenses)
 
     def model(self) -> nn.Module:
         """The global model the client started from (needs the architecture)."""

@@ -58,6 +58,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         auxiliary=experiment.x_test if threat.auxiliary else None,
         population=experiment.population if threat.auxiliary else None,
         behaviours=tuple(meta.get("behaviours", [])),
+        defenses=tuple(experiment.defense_copies()) if threat.defenses and experiment.defense_copies else (),
     )
 
 

@@ -12,8 +12,10 @@ one point). Then, at the trained model, every defense's batch-1 gradients of `--
 scans (half of them diagnosed, so guessing scores 50%) are attacked:
 
 - learned: `learned_inversion`'s map fitted on the attacker's 600 clean scans (x 2 flips);
-- adaptive: the same map fitted on the attacker's own copy of the defense (its own autoencoder and
-  perturbation, trained on its scans: it knows the defense, not the client's weights);
+- adaptive: the map fitted by an attacker that knows the defense: on its own copy of the latent
+  perturbation (its own autoencoder and perturbation, trained on its scans: not the client's
+  weights), or on its scans' gradients passed through the same noise or pruning (then scaled to unit
+  norm, not divided by the noised bias entry); Soteria's rows reuse the plain map's;
 - trained-on image: the decoded perturbed scan itself, what the imprint attack recovers exactly;
 - Inverting Gradients on the first 8 victims (labels known).
 
@@ -40,7 +42,9 @@ import torch
 from calibration import match_utility
 from torch import nn
 
+from fedsim.attacks.base import DefenseCopy
 from fedsim.attacks.gradient_inversion import learned
+from fedsim.attacks.gradient_inversion.adaptive import through_updates
 from fedsim.attacks.gradient_inversion.optimize import InversionConfig, invert_gradient
 from fedsim.attacks.metrics import score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort
@@ -165,6 +169,13 @@ def attack_rows(env: Env, name: str, strength: str, model: nn.Module, defense: D
                                  env.x_aux.mean(0))
     if isinstance(defense, LatentPerturbation):
         recons["adaptive learned"] = _predict(_adaptive_map(env, model, defense), feats, env.x_aux.mean(0))
+    elif isinstance(defense, ModelNoise | Prune):
+        aware = learned.fit_inversion(model, env.x_aux, augment_copies=2, seed=env.seed,
+                                      sent=_through(defense, model, names, env))
+        recons["adaptive learned"] = aware.predict(torch.cat([learned.observed_features(g, names, bias, unit_norm=True)
+                                                              for g in grads]))
+    else:
+        recons["adaptive learned"] = recons["learned"]
     ig = InversionConfig(objective="cosine", lr=0.03, tv=1e-4, iterations=100)
     recons["inverting gradients"] = torch.cat([invert_gradient(
         model, env.task.loss, [grads[k][n] for n in names], input_shape=(1, *xv.shape[1:]),
@@ -212,6 +223,15 @@ def _adaptive_map(env: Env, model: nn.Module, defense: LatentPerturbation) -> le
             return own.defense.images(scans)
 
     return learned.fit_inversion(model, env.x_aux, augment_copies=2, seed=env.seed, shown=shown)
+
+
+def _through(defense: Defense, model: nn.Module, names: list[str], env: Env) -> learned.Sent:
+    """The attacker's copy of an update defense, applied to each of its own gradients (rows), with
+    noise of its own (as `adaptive_learned_inversion` runs it in a scenario)."""
+    rounds = iter(range(20_000, 10**9))
+    own = DefenseCopy(name="copy", send=lambda update: defense.transform_update(
+        update, kind="gradient", reference=update, ctx=context(env.seed + 99, next(rounds), env.task)))
+    return through_updates([own], model, names)
 
 
 def matched_rows(env: Env, epsilon: float,
@@ -269,7 +289,7 @@ def table(rows: list[dict], by: tuple[str, ...] = ("defense", "attack")) -> str:
 def comparison(rows: list[dict]) -> str:
     """The latent perturbation's attacker accuracy and MSE against the better baseline, per attack."""
     lines = []
-    for attack in ("learned", "inverting gradients"):
+    for attack in ("learned", "adaptive learned", "inverting gradients"):
         mean = {d: {k: statistics.fmean(r[k] for r in rows if r["defense"] == d and r["attack"] == attack)
                     for k in ("acc_diagnosis", "acc_sex", "mse")}
                 for d in ("latent_perturbation", "model_noise", "prune", "soteria")}

@@ -123,6 +123,14 @@ class LatentPerturbation(Defense):
         ctx.tensors.update(self.defense.state())
         self._seconds += time.perf_counter() - start
 
+    def shown(self, x: torch.Tensor) -> torch.Tensor:
+        """The images this client trains on for scans `x` (its modules as they stand): what an
+        inversion of its update recovers at best, and what an attacker's copy maps back."""
+        import torch
+
+        with torch.no_grad():
+            return self.defense.images(x)
+
     def round_metrics(self, *, ctx: ClientRound) -> dict[str, float]:
         out = {k: float(sum(v) / len(v)) for k, v in getattr(self, "_metrics", {}).items()}
         return {**out, "autoencoder_mse": float(ctx.state.get("autoencoder_mse", float("nan"))),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from fedsim.scenario import Scenario, ScenarioError
 
@@ -33,6 +34,8 @@ class Experiment:
     y_test: torch.Tensor
     withheld: Mapping[str, str] = field(default_factory=dict)  # observation kind -> why this run's setting
     # does not hand it to an adversary (e.g. secure aggregation hides single clients' updates)
+    defense_copies: Callable[[], list[Any]] | None = None  # fresh attacker's copies of the clients' defenses
+    # (attacks.base.DefenseCopy), built on the top floor where attacks and defenses may meet
     _population: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False,
                                                                        compare=False)
 
@@ -76,8 +79,10 @@ class Experiment:
 
 
 def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,
+            defense_copies: Callable[[Scenario, Task], list[Any]] | None = None,
             log: Callable[[str], None] = print) -> Experiment:
-    """Load the cohort, split it and build the task (deterministic from the scenario and seed)."""
+    """Load the cohort, split it and build the task (deterministic from the scenario and seed).
+    `defense_copies(scenario, task)` builds an attacker's copies of the clients' defenses."""
     import numpy as np
 
     from fedsim.data.datasets import load_dataset
@@ -100,4 +105,5 @@ def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,
     task = task_cls(config=scenario.task, target_mean=mean, target_std=std)
     x_test, y_test = task.tensors(cohort, split.test)
     return Experiment(scenario=scenario, cohort=cohort, split=split, task=task, x_test=x_test, y_test=y_test,
-                      withheld=dict(withheld or {}))
+                      withheld=dict(withheld or {}),
+                      defense_copies=partial(defense_copies, scenario, task) if defense_copies else None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedsim.defense_copies import defense_copies
 from fedsim.experiment import Experiment, prepare
 from fedsim.families import AttackFamily, family_ref, resolve_family
 from fedsim.plugins import family_groups, setting_of
@@ -38,7 +39,7 @@ def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = 
     seed_everything(scenario.seed)
     setting = setting_of(scenario)
     families = [(cls(scenario), specs) for cls, specs in family_groups(scenario)]
-    experiment = prepare(scenario, withheld=setting.withheld(), log=log)
+    experiment = prepare(scenario, withheld=setting.withheld(), defense_copies=defense_copies, log=log)
     setting.check(experiment)
     for family, specs in families:
         family.check(experiment, specs)
@@ -77,7 +78,8 @@ def rerun_attack(run_dir: Path, spec: PluginSpec, *, log: Log = print) -> list[d
     except (ValueError, TypeError, AttributeError) as exc:
         raise ScenarioError(f"--attack {spec.name}: {exc}") from None
     family = family_cls(scenario)
-    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), log=log)
+    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
+                         log=log)
     family.check(experiment, [spec])
     rows = _public(family.run(run, experiment, [spec], log=log))
     summary = run.summary()

@@ -37,6 +37,7 @@ VAL_VOXELS = 2048  # voxels the held-out reconstructions are compared on
 BLOCK = 512  # rows per block of the Gram and of predictions
 FLOAT16_MAX = 6.0e4
 Shown = Callable[[torch.Tensor], torch.Tensor]  # scans -> the images a client trains on
+Sent = Callable[[torch.Tensor], torch.Tensor]  # per-scan gradient rows -> what a defense lets leave the client
 
 
 def _unchanged(scans: torch.Tensor) -> torch.Tensor:
@@ -199,13 +200,14 @@ def rbf(linear: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, gamma: flo
 
 
 def _scan_pairs(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
-                chunk: int, shown: Shown) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                chunk: int, shown: Shown, sent: Sent | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """FedSGD: per pair, the error-normalised output gradient (label-free) of what the client would
-    train on (`shown(scan)`), and the scan."""
+    train on (`shown(scan)`), or its unit-norm version after `sent`, and the scan."""
     for start in range(0, len(pairs.subject), chunk):
         scans = pairs.scans(x, slice(start, start + chunk))
         grads = next(output_gradients(model, shown(scans), names, chunk=len(scans)))
-        yield normalise(grads, bias_index), scans.flatten(1)
+        yield (normalise(grads, bias_index) if sent is None else normalise_update(sent(grads), bias_index)), \
+            scans.flatten(1)
 
 
 def live_entries(model: nn.Module, scans: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
@@ -218,9 +220,9 @@ def live_entries(model: nn.Module, scans: torch.Tensor, names: Sequence[str]) ->
 def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     x: torch.Tensor, y: torch.Tensor, pairs: Pairs, held: np.ndarray, plan: ClientSteps,
                     names: Sequence[str], bias_index: int, chunk: int,
-                    seed: int, shown: Shown) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    seed: int, shown: Shown, sent: Sent | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """FedAvg: per pair, a pseudo-client of that scan and `plan.images - 1` others of its side of the
-    held-out split; its normalised replayed weight change and the mean of its scans."""
+    held-out split; its normalised replayed weight change (through `sent`) and the mean of its scans."""
     rng = np.random.default_rng(seed + 1)
     side = np.isin(pairs.subject, held)
     pools = {True: np.flatnonzero(side), False: np.flatnonzero(~side)}
@@ -234,7 +236,7 @@ def _replayed_pairs(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Ten
         targets = y[torch.as_tensor(pairs.subject[members])]
         trained_on = shown(scans.flatten(0, 1)).reshape(scans.shape)
         update = replay(model, loss_fn, trained_on, targets, plan, names) * live  # dead entries: constant, dropped
-        yield normalise_update(update, bias_index), scans.flatten(2).mean(1)
+        yield normalise_update(update if sent is None else sent(update), bias_index), scans.flatten(2).mean(1)
 
 
 def _features(n: int, voxels: int, rows: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> tuple[
@@ -320,14 +322,18 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                   plan: ClientSteps | None = None, augment_copies: int = 2, val_fraction: float = 0.15,
                   ridge: float | None = None, kernel: str = "linear", chunk: int = 16, seed: int = 0,
-                  shown: Shown | None = None, subjects: int | None = None) -> InversionMap:
+                  shown: Shown | None = None, sent: Sent | None = None,
+                  subjects: int | None = None) -> InversionMap:
     """Fit the map on the attacker's `scans` (N, C, *spatial) through `model` at its current weights:
     on their FedSGD gradients (the default plan), or on pseudo-clients replaying `plan`'s weight update
     (which needs the scans' `targets` and the task's `loss_fn`). `shown` maps scans to what a client
     trains on (an adaptive attacker's copy of a defense that transforms the images): the map then
-    goes from updates computed on those to the real scans. `subjects`: the scans are that many people's,
-    several views of each (scan i shows person i % subjects, e.g. neighbouring slices); the ridge is
-    then chosen on people held out with all their views."""
+    goes from updates computed on those to the real scans. `sent` maps FedSGD gradients (rows) to what a
+    defense on the update sends (an attacker that knows it: noise, pruning); the rows are then scaled to
+    unit norm (`normalise_update`), as `observed_features(..., unit_norm=True)` must scale the
+    observations, since a noised or pruned bias entry is no error to divide by. `subjects`: the scans
+    are that many people's, several views of each (scan i shows person i % subjects, e.g. neighbouring
+    slices); the ridge is then chosen on people held out with all their views."""
     shown = shown or _unchanged
     start = time.perf_counter()
     plan = plan or ClientSteps(gradient=True)
@@ -337,12 +343,12 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
     rng = np.random.default_rng(seed)
     held = held_out(len(scans), subjects or len(scans), val_fraction, rng)
     if plan.gradient:
-        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk, shown)
+        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk, shown, sent)
     else:
         if targets is None or loss_fn is None:
             raise ValueError("replaying a weight update needs the attacker's targets and the task's loss")
         rows = _replayed_pairs(model, loss_fn, scans, targets, pairs, held, plan, names, bias_index, chunk, seed,
-                               shown)
+                               shown, sent)
     features, keep, center, scale, images, mean = _features(len(pairs.subject), int(np.prod(scans.shape[1:])), rows)
     subject, original = pairs.subject, pairs.original
     gram = gram_rows(features, features)
@@ -370,13 +376,16 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
 
 
 def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bias_name: str, *,
-                      global_state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """A client's FedSGD gradient (error-normalised), or its weight change from `global_state`
-    (FedAvg; `normalise_update`), as the map's input, flattened in parameter order."""
+                      global_state: dict[str, torch.Tensor] | None = None, unit_norm: bool = False) -> torch.Tensor:
+    """A client's FedSGD gradient (error-normalised; scaled to unit norm with `unit_norm`, for a map
+    fitted with `sent`), or its weight change from `global_state` (FedAvg; `normalise_update`), as
+    the map's input, flattened in parameter order."""
     flat = torch.cat([(update[n].detach().double() - (global_state[n].double() if global_state else 0.0)).flatten()
                       for n in names])[None]
     bias_index = sum(update[n].numel() for n in names[:names.index(bias_name)])
-    return (normalise(flat, bias_index) if global_state is None else normalise_update(flat, bias_index)).float()
+    if global_state is not None or unit_norm:
+        return normalise_update(flat, bias_index).float()
+    return normalise(flat, bias_index).float()
 
 
 _LAST: dict[str, InversionMap] = {}  # the last fit, by global weights and settings: a round's targets share it
@@ -384,11 +393,13 @@ _LAST: dict[str, InversionMap] = {}  # the last fit, by global weights and setti
 
 def fit_cached(model: nn.Module, state: dict[str, torch.Tensor],
                population: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
-               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None, tag: str = "",
                **settings: object) -> InversionMap:
     """`fit_inversion` at these weights on the attacker's (scans, targets), reused for the next
-    observation of the same round and plan."""
-    digest = hashlib.sha1(repr(sorted(settings.items())).encode())
+    observation of the same round and plan. `tag` names what the settings' functions (`shown`,
+    `sent`) do, which their repr does not."""
+    plain = sorted((k, v) for k, v in settings.items() if not callable(v))
+    digest = hashlib.sha1(repr((tag, plain)).encode())
     for name in sorted(state):
         digest.update(name.encode())
         digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())

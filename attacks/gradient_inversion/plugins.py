@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -229,6 +229,10 @@ class LearnedInversion(ReconstructionAttack):
                              f"(federation.local_steps x batch_size); replaying it is limited to {params.max_images} "
                              "(set federation.local_steps, request_batch_size or request_gradient)")
 
+    def adapted(self, obs: Observation, model: torch.nn.Module) -> dict[str, Any]:
+        """What the fit knows of the clients' defenses: nothing here (adaptive.py knows them)."""
+        return {}
+
     def reconstruct(self, observation: Observation) -> Reconstruction:
         from fedsim.attacks.gradient_inversion import learned
         from fedsim.attacks.gradient_inversion.client_steps import ClientSteps
@@ -242,16 +246,20 @@ class LearnedInversion(ReconstructionAttack):
         plan = ClientSteps.of(obs.kind, images=n, batch_size=obs.batch_size, local_steps=obs.local_steps,
                               lr=obs.lr, optimizer=obs.optimizer)
         model = obs.model()
+        adapt = self.adapted(obs, model)
         inversion = learned.fit_cached(model, obs.global_state,
                                        lambda: obs.population(p.aux_subjects, slices=p.slices),
                                        loss_fn=obs.loss_fn, plan=plan, augment_copies=p.augment,
                                        val_fraction=p.val_fraction, ridge=p.ridge, chunk=p.chunk, seed=p.seed,
-                                       subjects=p.aux_subjects if p.slices else None)
+                                       subjects=p.aux_subjects if p.slices else None, tag=adapt.get("tag", ""),
+                                       **{k: adapt[k] for k in ("shown", "sent") if k in adapt})
         names = learned.trainable_names(model)
         raw = learned.observed_features(obs.update, names, learned.output_bias(model),
-                                        global_state=obs.global_state if obs.kind == WEIGHTS else None)
+                                        global_state=obs.global_state if obs.kind == WEIGHTS else None,
+                                        unit_norm="sent" in adapt)
         images = inversion.batch_images(raw, n)
-        return Reconstruction(images=images, extra={
+        known = {k: ", ".join(adapt[k]) or "-" for k in ("copied", "not_copied") if k in adapt}
+        return Reconstruction(images=images, extra={**known,
             "aux_pairs": len(inversion.features), "ridge": inversion.ridge, "val_mse": inversion.val_mse,
             "fit_seconds": inversion.seconds, "features": int(inversion.keep.sum()),
             "replayed": "gradient" if plan.gradient else f"{plan.optimizer} x {plan.steps} steps, batch "

@@ -101,7 +101,9 @@ def test_each_client_keeps_its_modules_across_rounds_and_sends_only_the_model(tm
     raw = tiny_scenario(defenses=[{"name": "latent_perturbation",
                                    "params": {"channels": [4], "pretrain_epochs": 2, "warmup_steps": 3}}],
                         server={"targets": {"clients": [0], "rounds": [2]}, "capture": True},
-                        attacks=[{"name": "inverting_gradients", "params": {"iterations": 5}}],
+                        attacks=[{"name": "inverting_gradients", "params": {"iterations": 5}},
+                                 {"name": "adaptive_learned_inversion",
+                                  "params": {"aux_subjects": 20, "copy_epochs": 1}}],
                         reconstruction={"probes": ["sex"], "probe_scans": 30, "probe_epochs": 1})
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and not result.failures
@@ -111,8 +113,10 @@ def test_each_client_keeps_its_modules_across_rounds_and_sends_only_the_model(tm
     assert by_round[2]["distortion_mse"] > 0 and by_round[2]["surrogate_mse"] > 0
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
-    (row,) = summary["attacks"]
+    row, adaptive = summary["attacks"]
     assert row["status"] == "ok" and 0 <= row["probe_sex"] <= 1 and 0.5 <= row["probe_sex_majority"] <= 1
+    # its own latent perturbation, trained on its own scans, is what its map was fitted through
+    assert adaptive["status"] == "ok" and adaptive["copied"] == "latent_perturbation" and adaptive["not_copied"] == "-"
     assert "Attribute probes" in (result.run_dir / "report.md").read_text()
 
 

@@ -211,7 +211,8 @@ def test_defended_update_is_what_the_server_sees(tmp_path: Path):
                   {"name": "prune", "params": {"keep": 0.5}},
                   {"name": "model_noise", "params": {"sigma": 0.02}}],
         server={"targets": {"clients": [0], "rounds": [1]}, "capture": True}, federation={"rounds": 1},
-        attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 40}}])
+        attacks=[{"name": "learned_inversion", "params": {"aux_subjects": 40}},
+                 {"name": "adaptive_learned_inversion", "params": {"aux_subjects": 40}}])
     scenario = validate_scenario(raw)
     result = run_scenario(scenario, out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and not result.failures
@@ -236,5 +237,8 @@ def test_defended_update_is_what_the_server_sees(tmp_path: Path):
     assert mine["prune_kept"] == pytest.approx(0.5, abs=1 / n) and mine["model_noise_std"] == 0.02
     # the learned inversion replays the client's 2 Adam steps of batch 4 on its own scans, and is
     # scored on the defended weight update the server saw
-    (row,) = result.summary["attacks"]
+    row, adaptive = result.summary["attacks"]
     assert row["status"] == "ok" and row["kind"] == "weights" and row["replayed"] == "adam x 2 steps, batch 4, 8 scans"
+    # the adaptive attacker replays the same steps through its own copies of the update defenses
+    assert adaptive["status"] == "ok" and adaptive["replayed"] == row["replayed"] and "defenses" in adaptive["threat"]
+    assert adaptive["copied"] == "clip_update, model_noise, prune" and adaptive["not_copied"] == "label_noise"

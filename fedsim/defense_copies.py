@@ -1,0 +1,63 @@
+"""An attacker's copies of the clients' defenses (Kerckhoffs's principle: it knows their names and
+settings, not a client's private state). Built here, on the top floor, where attacks and defenses
+may meet; attacks see them only as `attacks.base.DefenseCopy`."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from fedsim.attacks.base import DefenseCopy
+from fedsim.defenses.base import DEFENSES, ClientRound, Defense
+from fedsim.seeding import derive_seed
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from fedsim.scenario import Scenario
+    from fedsim.tasks import Task
+
+
+def defense_copies(scenario: Scenario, task: Task) -> list[DefenseCopy]:
+    """Fresh copies of the scenario's defenses, each with randomness of the attacker's own."""
+    import numpy as np
+
+    out = []
+    for i, spec in enumerate(scenario.defenses):
+        defense = DEFENSES.get(spec.name)(**spec.params)
+        rng = np.random.default_rng(derive_seed(scenario.seed, "attacker's defense copy", i))
+        sends = type(defense).transform_update is not Defense.transform_update
+        out.append(DefenseCopy(
+            name=spec.key,
+            send=_sender(defense, task, scenario, rng) if sends else None,
+            train_shown=_trainer(defense, task, scenario) if hasattr(defense, "shown") else None))
+    return out
+
+
+def _sender(defense: Defense, task: Task, scenario: Scenario, rng: np.random.Generator):
+    def send(update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ctx = ClientRound(client=-1, server_round=0, task=task, config=scenario.federation, rng=rng)
+        return defense.transform_update(update, kind="gradient", reference=update, ctx=ctx)
+
+    return send
+
+
+def _trainer(defense: Defense, task: Task, scenario: Scenario):
+    def train_shown(model: nn.Module, scans: torch.Tensor, targets: torch.Tensor, *, batch_size: int, epochs: int,
+                    seed: int):
+        """Train the copy as a client trains it (its hook, `epochs` over the attacker's scans, from
+        the global weights); scans -> the images it shows the model."""
+        import numpy as np
+
+        from fedsim.training import train_local
+
+        config = scenario.federation.model_copy(update={"local_epochs": epochs, "local_steps": None,
+                                                        "batch_size": batch_size})
+        ctx = ClientRound(client=-1, server_round=1, task=task, config=config, rng=np.random.default_rng(seed))
+        train_local(copy.deepcopy(model), scans, targets, task=task, rng=np.random.default_rng(seed + 1),
+                    config=config, hooks=[defense.training_hook(ctx)])
+        return defense.shown  # type: ignore[attr-defined]
+
+    return train_shown
