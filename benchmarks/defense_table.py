@@ -6,9 +6,9 @@ Each defense runs on two scenarios, through the real engine (`fedsim.sweep`):
   round-1 update; DP-SGD's epsilon; client seconds per round);
 - inversion: scenarios/gia_fedsgd.yaml cut to one round (a malicious server asks client 0 for a
   batch-1 gradient and client 1 for a batch-8 one; Inverting Gradients, DLG and the learned
-  inversion (the honest-but-curious server's map, fitted on 600 scans of its own x 2) rebuild the
-  scans): PSNR gain over the population-mean image and re-identification rate, averaged over both
-  clients.
+  inversion (the honest-but-curious server's map, fitted on 600 scans of its own x 2), plain and
+  adaptive (fitted through its own copy of the defense), rebuild the scans): PSNR gain over the
+  population-mean image and re-identification rate, averaged over both clients.
 
     python benchmarks/defense_table.py            # ~35-50 min on 2 CPU cores (~15 s a row of it the learned fit)
     python benchmarks/defense_table.py --quick    # one strength per defense
@@ -49,7 +49,8 @@ QUICK = {"-", "z=1", "C=1,z=0.01", "σ=0.02", "σ=0.05", "keep 10%", "5 y"}
 INVERSION = ["federation.rounds=1",
              "attacks=[{name: inverting_gradients, params: {iterations: 100, objective: cosine, lr: 0.03, tv: 0.0001}},"
              " {name: dlg, params: {iterations: 100}},"
-             " {name: learned_inversion, params: {aux_subjects: 600, augment: 2}}]"]
+             " {name: learned_inversion, params: {aux_subjects: 600, augment: 2}},"
+             " {name: adaptive_learned_inversion, params: {aux_subjects: 600, augment: 2}}]"]
 
 
 def _runs(path: str, configs: list[tuple[str, str, list]], overrides: list[str], out: Path) -> list[dict]:
@@ -83,26 +84,29 @@ def main() -> None:
     inversion = _runs("scenarios/gia_fedsgd.yaml", configs, seed + INVERSION, args.out)
     if args.inversion_only:
         print("\n| defense | strength | IG PSNR gain dB | IG re-id | DLG PSNR gain dB | learned PSNR gain dB "
-              "| learned re-id |")
-        print("|---|---|---|---|---|---|---|")
+              "| learned re-id | adaptive learned PSNR gain dB | adaptive learned re-id |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for g in inversion:
             print(f"| {g['defense']} | {g['strength']} | {_f(_get(g, 'inverting_gradients.psnr_gain'), '+.1f')} | "
                   f"{_f(_get(g, 'inverting_gradients.reid_top1'), '.0%')} | {_f(_get(g, 'dlg.psnr_gain'), '+.1f')} | "
                   f"{_f(_get(g, 'learned_inversion.psnr_gain'), '+.1f')} | "
-                  f"{_f(_get(g, 'learned_inversion.reid_top1'), '.0%')} |")
+                  f"{_f(_get(g, 'learned_inversion.reid_top1'), '.0%')} | "
+                  f"{_f(_get(g, 'adaptive_learned_inversion.psnr_gain'), '+.1f')} | "
+                  f"{_f(_get(g, 'adaptive_learned_inversion.reid_top1'), '.0%')} |")
         return
     utility = _runs("scenarios/defense_brain_age.yaml", configs, seed, args.out)
     base_s = _get(utility[0], "client_s_per_round") or float("nan")
     print("\n| defense | strength | test MAE | IG PSNR gain dB | IG re-id | DLG PSNR gain dB | learned PSNR gain dB "
-          "| learned re-id | MIA AUC (global, threshold) | TPR@1%FPR | MIA AUC (client update, alignment) "
-          "| ε (δ=1e-5) | s/round vs none |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| learned re-id | adaptive learned re-id | MIA AUC (global, threshold) | TPR@1%FPR "
+          "| MIA AUC (client update, alignment) | ε (δ=1e-5) | s/round vs none |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     table = []
     for u, g in zip(utility, inversion, strict=True):
         row = {"defense": u["defense"], "strength": u["strength"], "test_mae": _get(u, "test_mae"),
                "ig_gain": _get(g, "inverting_gradients.psnr_gain"), "ig_reid": _get(g, "inverting_gradients.reid_top1"),
                "dlg_gain": _get(g, "dlg.psnr_gain"), "learned_gain": _get(g, "learned_inversion.psnr_gain"),
                "learned_reid": _get(g, "learned_inversion.reid_top1"),
+               "adaptive_reid": _get(g, "adaptive_learned_inversion.reid_top1"),
                "auc": _get(u, "mia_loss_threshold@global_model.auc"),
                "tpr1": _get(u, "mia_loss_threshold@global_model.tpr_at_1pct_fpr"),
                "align_auc": _get(u, "mia_update_alignment@client_update.auc"),
@@ -110,7 +114,7 @@ def main() -> None:
         table.append(row)
         print(f"| {row['defense']} | {row['strength']} | {_f(row['test_mae'], '.2f')} | {_f(row['ig_gain'], '+.1f')} | "
               f"{_f(row['ig_reid'], '.0%')} | {_f(row['dlg_gain'], '+.1f')} | {_f(row['learned_gain'], '+.1f')} | "
-              f"{_f(row['learned_reid'], '.0%')} | {_f(row['auc'])} | "
+              f"{_f(row['learned_reid'], '.0%')} | {_f(row['adaptive_reid'], '.0%')} | {_f(row['auc'])} | "
               f"{_f(row['tpr1'], '.2f')} | "
               f"{_f(row['align_auc'])} | {_f(row['eps'], '.2f')} | {row['slow']:.2f}x |")
     skipped = [g["defense"] for g in inversion if g.get("inverting_gradients.status")]
