@@ -170,8 +170,8 @@ def attack_rows(env: Env, name: str, strength: str, model: nn.Module, defense: D
     if isinstance(defense, LatentPerturbation):
         recons["adaptive learned"] = _predict(_adaptive_map(env, model, defense), feats, env.x_aux.mean(0))
     elif isinstance(defense, ModelNoise | Prune):
-        aware = learned.fit_inversion(model, env.x_aux, augment_copies=2, seed=env.seed,
-                                      sent=_through(defense, model, names, env))
+        aware = learned.fit_inversion(model, env.x_aux, targets=env.y_aux, loss_fn=env.task.loss, augment_copies=2,
+                                      seed=env.seed, sent=_through(defense, model, names, env))
         recons["adaptive learned"] = aware.predict(torch.cat([learned.observed_features(g, names, bias, unit_norm=True)
                                                               for g in grads]))
     else:

@@ -200,14 +200,37 @@ def rbf(linear: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, gamma: flo
 
 
 def _scan_pairs(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
-                chunk: int, shown: Shown, sent: Sent | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                chunk: int, shown: Shown, sent: Sent | None,
+                loss: tuple[torch.Tensor, Callable] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """FedSGD: per pair, the error-normalised output gradient (label-free) of what the client would
-    train on (`shown(scan)`), or its unit-norm version after `sent`, and the scan."""
+    train on (`shown(scan)`), and the scan. With `sent`, the batch-1 loss gradient (from the
+    attacker's (targets, loss_fn): a defense such as clipping depends on its scale) through `sent`,
+    scaled to unit norm."""
     for start in range(0, len(pairs.subject), chunk):
         scans = pairs.scans(x, slice(start, start + chunk))
-        grads = next(output_gradients(model, shown(scans), names, chunk=len(scans)))
-        yield (normalise(grads, bias_index) if sent is None else normalise_update(sent(grads), bias_index)), \
-            scans.flatten(1)
+        trained_on = shown(scans)
+        grads = next(output_gradients(model, trained_on, names, chunk=len(scans)))
+        if sent is None:
+            yield normalise(grads, bias_index), scans.flatten(1)
+            continue
+        targets, loss_fn = loss  # type: ignore[misc]
+        errors = loss_errors(model, trained_on, targets[torch.as_tensor(pairs.subject[start:start + chunk])], loss_fn)
+        yield normalise_update(sent(grads * errors[:, None]), bias_index), scans.flatten(1)
+
+
+def loss_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """d loss / d output of each scan on its own (batch 1), in training mode as the client computes it."""
+    was_training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            out = torch.cat([model(xi[None]) for xi in x])
+    finally:
+        model.train(was_training)
+    out.requires_grad_(True)
+    total = sum(loss_fn(out[i:i + 1], y[i:i + 1]) for i in range(len(out)))
+    return torch.autograd.grad(total, out)[0].detach().float()
 
 
 def live_entries(model: nn.Module, scans: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
@@ -328,10 +351,11 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
     on their FedSGD gradients (the default plan), or on pseudo-clients replaying `plan`'s weight update
     (which needs the scans' `targets` and the task's `loss_fn`). `shown` maps scans to what a client
     trains on (an adaptive attacker's copy of a defense that transforms the images): the map then
-    goes from updates computed on those to the real scans. `sent` maps FedSGD gradients (rows) to what a
-    defense on the update sends (an attacker that knows it: noise, pruning); the rows are then scaled to
-    unit norm (`normalise_update`), as `observed_features(..., unit_norm=True)` must scale the
-    observations, since a noised or pruned bias entry is no error to divide by. `subjects`: the scans
+    goes from updates computed on those to the real scans. `sent` maps gradients or weight changes
+    (rows) to what a defense on the update sends (an attacker that knows it: noise, pruning,
+    clipping); FedSGD rows are then the scans' loss gradients (which needs `targets` and `loss_fn`:
+    clipping depends on their scale) scaled to unit norm, as `observed_features(..., unit_norm=True)`
+    must scale the observations, since a noised or pruned bias entry is no error to divide by. `subjects`: the scans
     are that many people's, several views of each (scan i shows person i % subjects, e.g. neighbouring
     slices); the ridge is then chosen on people held out with all their views."""
     shown = shown or _unchanged
@@ -343,7 +367,10 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
     rng = np.random.default_rng(seed)
     held = held_out(len(scans), subjects or len(scans), val_fraction, rng)
     if plan.gradient:
-        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk, shown, sent)
+        if sent is not None and (targets is None or loss_fn is None):
+            raise ValueError("fitting through a defense on the update needs the attacker's targets and the task's loss")
+        rows = _scan_pairs(model, scans, pairs, names, bias_index, chunk, shown, sent,
+                           (targets, loss_fn) if sent is not None else None)
     else:
         if targets is None or loss_fn is None:
             raise ValueError("replaying a weight update needs the attacker's targets and the task's loss")

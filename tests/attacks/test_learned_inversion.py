@@ -111,20 +111,24 @@ def test_the_ridge_is_chosen_on_people_held_out_with_all_their_views(cohort_slic
     assert scores["reid_top1"] >= 0.3  # chance is 1 in 40
 
 
-def test_an_attacker_that_copies_the_pruning_fits_through_it(slices):
-    """Pruned to 10% (or noised), the plain map's error normalisation fails; a map fitted on the
-    attacker's own scans pruned by its copy of the defense (the top floor builds it) does not."""
+def test_an_attacker_that_copies_the_pruning_fits_through_it(slices, cohort_slices):
+    """Pruned to 10% (or noised, or clipped and noised), the plain map's error normalisation fails; a
+    map fitted on the attacker's own scans through its copy of the defense (the top floor builds it)
+    does much better."""
     from fedsim.attacks.gradient_inversion.adaptive import through_updates
     from fedsim.defense_copies import defense_copies
 
     task, model, xa, xv, yv = slices
+    ya = cohort_slices[2][:300]  # the attacker's own patients' ages: clipping depends on the gradient's scale
     names, bias = learned.trainable_names(model), learned.output_bias(model)
     plain = learned.fit_inversion(model, xa, augment_copies=2, seed=0)
     found = {}
-    for defense in ({"name": "prune", "params": {"keep": 0.1}}, {"name": "model_noise", "params": {"sigma0": 1.0}}):
+    for defense in ({"name": "prune", "params": {"keep": 0.1}}, {"name": "model_noise", "params": {"sigma0": 1.0}},
+                    {"name": "clip_update", "params": {"max_norm": 1.0, "noise_multiplier": 0.01}}):
         (copy,) = defense_copies(validate_scenario(tiny_scenario(defenses=[defense])), task)
         assert copy.send is not None and copy.train_shown is None
-        aware = learned.fit_inversion(model, xa, augment_copies=2, seed=0, sent=through_updates([copy], model, names))
+        aware = learned.fit_inversion(model, xa, targets=ya, loss_fn=task.loss, augment_copies=2, seed=0,
+                                      sent=through_updates([copy], model, names))
         sent = [copy.send(observe(task, model, xv[i:i + 1], yv[i:i + 1])[1]) for i in range(len(xv))]
 
         def plain_map(g):
@@ -141,6 +145,7 @@ def test_an_attacker_that_copies_the_pruning_fits_through_it(slices):
                 batch=False)["reid_top1"]
     assert found["prune", "plain"] <= 0.2 and found["prune", "adaptive"] >= 0.4  # chance is 1 in 40
     assert found["model_noise", "adaptive"] > found["model_noise", "plain"]
+    assert found["clip_update", "adaptive"] > found["clip_update", "plain"] + 0.2
 
 
 def test_the_blockwise_gram_is_the_gram():
