@@ -87,5 +87,12 @@ class AdaptiveLearnedInversion(LearnedInversion):
                 return trainer(model, scans, targets, batch_size=obs.batch_size or 8,  # type: ignore[misc]
                                epochs=p.copy_epochs, seed=p.seed)
 
-            out["shown"] = Lazy(train)
+            key = learned.state_digest(obs.global_state, repr((images[0].name, p.model_dump())))
+            if key not in _COPIES:  # one copy per global model: a round's observations share it
+                _COPIES.clear()
+                _COPIES[key] = Lazy(train)
+            out["shown"] = _COPIES[key]
         return out
+
+
+_COPIES: dict[str, Lazy] = {}  # the last copy of an image-changing defense, by global weights and settings

@@ -415,6 +415,15 @@ def observed_features(update: dict[str, torch.Tensor], names: Sequence[str], bia
     return normalise(flat, bias_index).float()
 
 
+def state_digest(state: dict[str, torch.Tensor], salt: str = "") -> str:
+    """A key for these weights (and `salt`): what a round's observations share."""
+    digest = hashlib.sha1(salt.encode())
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 _LAST: dict[str, InversionMap] = {}  # the last fit, by global weights and settings: a round's targets share it
 
 
@@ -426,11 +435,7 @@ def fit_cached(model: nn.Module, state: dict[str, torch.Tensor],
     observation of the same round and plan. `tag` names what the settings' functions (`shown`,
     `sent`) do, which their repr does not."""
     plain = sorted((k, v) for k, v in settings.items() if not callable(v))
-    digest = hashlib.sha1(repr((tag, plain)).encode())
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    key = digest.hexdigest()
+    key = state_digest(state, repr((tag, plain)))
     if key not in _LAST:
         _LAST.clear()  # one fit in memory at a time
         scans, targets = population()
