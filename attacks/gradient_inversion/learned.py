@@ -301,10 +301,14 @@ def _spread(scans: torch.Tensor, mean: torch.Tensor) -> tuple[float, float]:
 
 
 def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val: np.ndarray,
-                 originals: np.ndarray, *, grid: Sequence[float], seed: int) -> tuple[float, float]:
+                 originals: np.ndarray, *, grid: Sequence[float], seed: int,
+                 image_mean: torch.Tensor | None = None) -> tuple[float, float]:
     """The relative ridge under which the held-out originals' reconstructions are most often nearest
     their own scan among all the attacker's original scans (re-identification: what the attacker is
-    after; ties go to the weaker ridge, since detail is what identifies), and its voxel error."""
+    after; ties go to the weaker ridge, since detail is what identifies), and its voxel error.
+    `images` are centred; with their `image_mean` added back, nearness is measured as re-identification
+    scores it (`metrics.reidentification_ranks`: whole scans, each z-scored), under which a ridge
+    that shrinks a reconstruction toward the mean finds the most typical scan, not its own."""
     rng = np.random.default_rng(seed)
     voxels = torch.as_tensor(rng.choice(images.shape[1], size=min(VAL_VOXELS, images.shape[1]), replace=False))
     k_ff = gram[np.ix_(fit, fit)].float()  # float32 is plenty to rank ridges, and half the memory
@@ -316,12 +320,13 @@ def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val:
     a = u.T @ (y_f - mean)
     kv_u = gram[np.ix_(val, fit)].float() @ u
     del u
-    pool = _zscore(images[torch.as_tensor(originals)][:, voxels].float())
+    offset = image_mean[voxels].float() if image_mean is not None else torch.zeros(len(voxels))
+    pool = _zscore(images[torch.as_tensor(originals)][:, voxels].float() + offset)
     own = torch.as_tensor(np.searchsorted(originals, val))
     scores = []
     for r in grid:
         pred = (kv_u / (s + r * diag)) @ a + mean
-        nearest = torch.cdist(_zscore(pred), pool).argmin(1)
+        nearest = torch.cdist(_zscore(pred + offset), pool).argmin(1)
         hits = float((nearest == own).double().mean())
         scores.append((hits, float((pred - y_v).pow(2).mean())))
     best = max(range(len(grid)), key=lambda i: (scores[i][0], -i))
@@ -389,7 +394,7 @@ def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tenso
         val = np.flatnonzero(np.isin(subject, held) & original & first_views)
         fit = np.flatnonzero(~np.isin(subject, held))
         ridge, val_mse = choose_ridge(gram, images, fit, val, np.flatnonzero(original & first_views), grid=RIDGE_GRID,
-                                       seed=seed)
+                                       seed=seed, image_mean=mean)
     else:
         val_mse = float("nan")
     gram.diagonal().add_(ridge * float(gram.diagonal().mean()))
