@@ -30,11 +30,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedsim.attacks.gradient_inversion.client_steps import ClientSteps, replay
+from fedsim.attacks.gradient_inversion.ridge import BLOCK, RIDGE_GRID, choose_ridge, gram_rows, held_out, rbf
 
-RIDGE_GRID = tuple(float(10.0**k) for k in np.arange(-6.0, 1.01, 0.5))  # x the Gram's mean diagonal
 STATS_ROWS = 256  # pairs the feature scales are estimated on
-VAL_VOXELS = 2048  # voxels the held-out reconstructions are compared on
-BLOCK = 512  # rows per block of the Gram and of predictions
 FLOAT16_MAX = 6.0e4
 Shown = Callable[[torch.Tensor], torch.Tensor]  # scans -> the images a client trains on
 Sent = Callable[[torch.Tensor], torch.Tensor]  # per-scan gradient rows -> what a defense lets leave the client
@@ -184,21 +182,6 @@ class InversionMap:
         return pair.repeat((n + 1) // 2, 1)[:n].reshape(n, *self.shape)
 
 
-def gram_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a b^T / P in float64, over blocks of float16 rows."""
-    out = torch.empty(len(a), len(b), dtype=torch.float64)
-    for i in range(0, len(a), BLOCK):
-        ai = a[i:i + BLOCK].float()
-        for j in range(0, len(b), BLOCK):
-            out[i:i + BLOCK, j:j + BLOCK] = (ai @ b[j:j + BLOCK].float().T).double()
-    return out.div_(a.shape[1])
-
-
-def rbf(linear: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, gamma: float) -> torch.Tensor:
-    """exp(-gamma * |a - b|^2) from the linear kernel a.b and the squared norms (all / P)."""
-    return torch.exp(-gamma * (sq_a + sq_b - 2 * linear).clamp_min(0))
-
-
 def _scan_pairs(model: nn.Module, x: torch.Tensor, pairs: Pairs, names: Sequence[str], bias_index: int,
                 chunk: int, shown: Shown, sent: Sent | None,
                 loss: tuple[torch.Tensor, Callable] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -298,52 +281,6 @@ def _spread(scans: torch.Tensor, mean: torch.Tensor) -> tuple[float, float]:
     flat = scans.flatten(1)
     d = torch.cat([(flat[i:i + BLOCK] - mean).norm(dim=1) for i in range(0, len(flat), BLOCK)])
     return float(d.mean()), float(d.max())
-
-
-def choose_ridge(gram: torch.Tensor, images: torch.Tensor, fit: np.ndarray, val: np.ndarray,
-                 originals: np.ndarray, *, grid: Sequence[float], seed: int,
-                 image_mean: torch.Tensor | None = None) -> tuple[float, float]:
-    """The relative ridge under which the held-out originals' reconstructions are most often nearest
-    their own scan among all the attacker's original scans (re-identification: what the attacker is
-    after; ties go to the weaker ridge, since detail is what identifies), and its voxel error.
-    `images` are centred; with their `image_mean` added back, nearness is measured as re-identification
-    scores it (`metrics.reidentification_ranks`: whole scans, each z-scored), under which a ridge
-    that shrinks a reconstruction toward the mean finds the most typical scan, not its own."""
-    rng = np.random.default_rng(seed)
-    voxels = torch.as_tensor(rng.choice(images.shape[1], size=min(VAL_VOXELS, images.shape[1]), replace=False))
-    k_ff = gram[np.ix_(fit, fit)].float()  # float32 is plenty to rank ridges, and half the memory
-    diag = float(k_ff.diagonal().mean())
-    s, u = torch.linalg.eigh(k_ff)
-    del k_ff
-    y_f, y_v = images[fit][:, voxels].float(), images[val][:, voxels].float()
-    mean = y_f.mean(0)
-    a = u.T @ (y_f - mean)
-    kv_u = gram[np.ix_(val, fit)].float() @ u
-    del u
-    offset = image_mean[voxels].float() if image_mean is not None else torch.zeros(len(voxels))
-    pool = _zscore(images[torch.as_tensor(originals)][:, voxels].float() + offset)
-    own = torch.as_tensor(np.searchsorted(originals, val))
-    scores = []
-    for r in grid:
-        pred = (kv_u / (s + r * diag)) @ a + mean
-        nearest = torch.cdist(_zscore(pred + offset), pool).argmin(1)
-        hits = float((nearest == own).double().mean())
-        scores.append((hits, float((pred - y_v).pow(2).mean())))
-    best = max(range(len(grid)), key=lambda i: (scores[i][0], -i))
-    return grid[best], scores[best][1]
-
-
-def _zscore(rows: torch.Tensor) -> torch.Tensor:
-    return (rows - rows.mean(1, keepdim=True)) / (rows.std(1, keepdim=True) + 1e-12)
-
-
-def held_out(n_scans: int, subjects: int, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Scans held out to choose the ridge: every view (scan i shows person i % subjects) of a
-    `val_fraction` of the people, so that no held-out person is also fitted on."""
-    if n_scans % subjects:
-        raise ValueError(f"{n_scans} scans are not {subjects} people's views, as many of each")
-    people = rng.permutation(subjects)[: max(2, round(val_fraction * subjects))]
-    return np.flatnonzero(np.isin(np.arange(n_scans) % subjects, people))
 
 
 def fit_inversion(model: nn.Module, scans: torch.Tensor, *, targets: torch.Tensor | None = None,
