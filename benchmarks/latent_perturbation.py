@@ -32,7 +32,6 @@ population-mean scan (what an attacker has without attacking). The curve
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from fedsim.attacks.gradient_inversion.adaptive import through_updates
 from fedsim.attacks.gradient_inversion.optimize import InversionConfig, invert_gradient
 from fedsim.attacks.metrics import score_reconstruction
 from fedsim.data.synthetic import CohortSpec, load_cohort
+from fedsim.defense_copies import train_copy
 from fedsim.defenses.base import ClientRound, Defense
 from fedsim.defenses.latent_perturbation import LatentPerturbation
 from fedsim.defenses.model_noise import ModelNoise
@@ -212,16 +212,9 @@ def _predict(inversion: learned.InversionMap, feats: list, prior: torch.Tensor) 
 
 def _adaptive_map(env: Env, model: nn.Module, defense: LatentPerturbation) -> learned.InversionMap:
     """The attacker runs the defense (same parameters, its own weights) on its own scans, then maps
-    gradients of its perturbed images to its real ones."""
-    own = LatentPerturbation(**defense.params.model_dump())
-    ctx = context(env.seed + 99, 1, env.task)
-    train_local(copy.deepcopy(model), env.x_aux, env.y_aux, task=env.task, rng=np.random.default_rng(env.seed + 99),
-                config=FederationConfig(local_epochs=2, batch_size=BATCH), hooks=[own.training_hook(ctx)])
-
-    def shown(scans: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return own.defense.images(scans)
-
+    gradients of its perturbed images to its real ones (as `adaptive_learned_inversion` does)."""
+    shown = train_copy(LatentPerturbation(**defense.params.model_dump()), model, env.x_aux, env.y_aux, task=env.task,
+                       config=FederationConfig(local_epochs=2, batch_size=BATCH), seed=env.seed + 99)
     return learned.fit_inversion(model, env.x_aux, augment_copies=2, seed=env.seed, shown=shown)
 
 

@@ -12,11 +12,13 @@ from fedsim.defenses.base import DEFENSES, ClientRound, Defense
 from fedsim.seeding import derive_seed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
     from torch import nn
 
-    from fedsim.scenario import Scenario
+    from fedsim.scenario import FederationConfig, Scenario
     from fedsim.tasks import Task
 
 
@@ -44,20 +46,25 @@ def _sender(defense: Defense, task: Task, scenario: Scenario, rng: np.random.Gen
     return send
 
 
+def train_copy(defense: Defense, model: nn.Module, scans: torch.Tensor, targets: torch.Tensor, *, task: Task,
+               config: FederationConfig, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Train an image-changing defense's copy as a client trains it (its hook, `config`'s budget over
+    the attacker's scans, from a copy of the global weights); scans -> the images it shows the model."""
+    import numpy as np
+
+    from fedsim.training import train_local
+
+    ctx = ClientRound(client=-1, server_round=1, task=task, config=config, rng=np.random.default_rng(seed))
+    train_local(copy.deepcopy(model), scans, targets, task=task, rng=np.random.default_rng(seed + 1),
+                config=config, hooks=[defense.training_hook(ctx)])
+    return defense.shown  # type: ignore[attr-defined]
+
+
 def _trainer(defense: Defense, task: Task, scenario: Scenario):
     def train_shown(model: nn.Module, scans: torch.Tensor, targets: torch.Tensor, *, batch_size: int, epochs: int,
-                    seed: int):
-        """Train the copy as a client trains it (its hook, `epochs` over the attacker's scans, from
-        the global weights); scans -> the images it shows the model."""
-        import numpy as np
-
-        from fedsim.training import train_local
-
+                    seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
         config = scenario.federation.model_copy(update={"local_epochs": epochs, "local_steps": None,
                                                         "batch_size": batch_size})
-        ctx = ClientRound(client=-1, server_round=1, task=task, config=config, rng=np.random.default_rng(seed))
-        train_local(copy.deepcopy(model), scans, targets, task=task, rng=np.random.default_rng(seed + 1),
-                    config=config, hooks=[defense.training_hook(ctx)])
-        return defense.shown  # type: ignore[attr-defined]
+        return train_copy(defense, model, scans, targets, task=task, config=config, seed=seed)
 
     return train_shown
