@@ -46,12 +46,13 @@ class ThreatModel:
 class DefenseCopy:
     """An attacker's own instance of one of the clients' defenses (same name and settings, none of a
     client's private state), as far as it can run it: `send` applies its update transform to one
-    gradient or weight change (a dict of tensors); `train_shown(model, scans, targets, batch_size,
-    epochs, seed)` trains it as a client would on the attacker's scans and returns scans -> the
+    simulated update of `kinds` ("gradient", "weights"; a dict of tensors); `train_shown(model, scans,
+    targets, batch_size, epochs, seed)` trains it as a client would on the attacker's scans and returns scans -> the
     images a client trains on. None where the defense does neither."""
 
     name: str
     send: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    kinds: tuple[str, ...] = ()  # the observation kinds `send` follows
     train_shown: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None
 
 

@@ -221,9 +221,9 @@ def _adaptive_map(env: Env, model: nn.Module, defense: LatentPerturbation) -> le
 def _through(defense: Defense, model: nn.Module, names: list[str], env: Env) -> learned.Sent:
     """The attacker's copy of an update defense, applied to each of its own gradients (rows), with
     noise of its own (as `adaptive_learned_inversion` runs it in a scenario)."""
-    rounds = iter(range(20_000, 10**9))
-    own = DefenseCopy(name="copy", send=lambda update: defense.transform_update(
-        update, kind="gradient", reference=update, ctx=context(env.seed + 99, next(rounds), env.task)))
+    rounds, sender = iter(range(20_000, 10**9)), defense.simulated_sender("gradient")
+    own = DefenseCopy(name="copy", kinds=("gradient",),
+                      send=lambda update: sender(update, context(env.seed + 99, next(rounds), env.task)))
     return through_updates([own], model, names)
 
 

@@ -20,6 +20,8 @@ from fedsim.registry import registry
 from fedsim.training_plan import Batch, TrainingHook
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
     from torch import nn
@@ -53,10 +55,13 @@ class Defense(Configurable):
     - `once`: the defense may be listed at most once (e.g. DP-SGD: one privacy engine per model).
     - `hides_client_updates`: the server (and so every attacker) sees only the round's aggregate,
       never one client's update (secure aggregation).
+    - `changes_images`: the client trains on images the defense makes of its scans (`shown`), so
+      an attacker that knows the defense must train a copy of it (`fedsim.defense_copies`).
     """
 
     once: ClassVar[bool] = False
     hides_client_updates: ClassVar[bool] = False
+    changes_images: ClassVar[bool] = False
 
     @classmethod
     def check_scenario(cls, params: BaseModel, scenario: Scenario) -> None:
@@ -102,6 +107,22 @@ class Defense(Configurable):
         weights the client received, so `update[k] - reference[k]` is its change) or "gradient" (a
         one-batch gradient the server asked for; it is itself the change)."""
         return update
+
+    def simulated_sender(
+        self, kind: str
+    ) -> Callable[[dict[str, torch.Tensor], ClientRound], dict[str, torch.Tensor]] | None:
+        """How an attacker that simulates clients and knows this defense's settings applies it to what
+        it simulates of `kind` ("gradient": one record's loss gradient; "weights": one replayed weight
+        change): `send(update, ctx)` -> what a client would send. None: the defense leaves such
+        updates alone, or acts where a copy cannot follow. By default the outgoing-update hook, where
+        a subclass overrides it; a defense acting inside training (DP-SGD) says what it does instead."""
+        if type(self).transform_update is Defense.transform_update:
+            return None
+        return lambda update, ctx: self.transform_update(update, kind="gradient", reference=update, ctx=ctx)
+
+    def shown(self, x: torch.Tensor) -> torch.Tensor:
+        """The images a client trains on for scans `x` (`changes_images` defenses override this)."""
+        return x
 
     def round_metrics(self, *, ctx: ClientRound) -> dict[str, float]:
         """Numbers the client reports with its update this round (e.g. DP epsilon spent so far)."""

@@ -134,6 +134,21 @@ class DPSGD(Defense):
         self._engine = engine
         return model, optimizer, loader
 
+    def simulated_sender(self, kind: str) -> Any:
+        """One record's loss gradient in a FedSGD batch: clipped to `max_grad_norm`, plus the step's
+        Gaussian noise, over the expected batch size. A multi-step update (noise in every step) and a
+        noise calibrated from each client's data size (`target_epsilon`) are not followed."""
+        p = self.params
+        if kind != "gradient" or p.noise_multiplier is None:
+            return None
+        from fedsim.defenses.clip_update import clip_and_noise
+
+        def send(update: dict[str, torch.Tensor], ctx: ClientRound) -> dict[str, torch.Tensor]:
+            sent, _ = clip_and_noise(update, p.max_grad_norm, p.noise_multiplier, int(ctx.rng.integers(2**63)))
+            return {k: v / ctx.config.batch_size for k, v in sent.items()}
+
+        return send
+
     def _calibrate(self, ctx: ClientRound, sample_rate: float, loader: DataLoader) -> float:
         """The noise for which the federation's planned steps (all rounds of this round's local
         budget, at the batch size Opacus samples) spend `target_epsilon`."""

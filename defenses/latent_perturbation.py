@@ -53,6 +53,7 @@ class LatentPerturbation(Defense):
 
     Params = LatentPerturbationParams
     once = True
+    changes_images = True
 
     @classmethod
     def check_scenario(cls, params: LatentPerturbationParams, scenario: Scenario) -> None:

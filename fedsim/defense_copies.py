@@ -30,18 +30,19 @@ def defense_copies(scenario: Scenario, task: Task) -> list[DefenseCopy]:
     for i, spec in enumerate(scenario.defenses):
         defense = DEFENSES.get(spec.name)(**spec.params)
         rng = np.random.default_rng(derive_seed(scenario.seed, "attacker's defense copy", i))
-        sends = type(defense).transform_update is not Defense.transform_update
+        kinds = tuple(kind for kind in ("gradient", "weights") if defense.simulated_sender(kind) is not None)
+        sender = defense.simulated_sender(kinds[0]) if kinds else None
         out.append(DefenseCopy(
             name=spec.key,
-            send=_sender(defense, task, scenario, rng) if sends else None,
-            train_shown=_trainer(defense, task, scenario) if hasattr(defense, "shown") else None))
+            send=_sender(sender, task, scenario, rng) if sender else None, kinds=kinds,
+            train_shown=_trainer(defense, task, scenario) if defense.changes_images else None))
     return out
 
 
-def _sender(defense: Defense, task: Task, scenario: Scenario, rng: np.random.Generator):
+def _sender(sender: Callable[..., dict[str, torch.Tensor]], task: Task, scenario: Scenario, rng: np.random.Generator):
     def send(update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ctx = ClientRound(client=-1, server_round=0, task=task, config=scenario.federation, rng=rng)
-        return defense.transform_update(update, kind="gradient", reference=update, ctx=ctx)
+        return sender(update, ctx)
 
     return send
 
@@ -57,7 +58,7 @@ def train_copy(defense: Defense, model: nn.Module, scans: torch.Tensor, targets:
     ctx = ClientRound(client=-1, server_round=1, task=task, config=config, rng=np.random.default_rng(seed))
     train_local(copy.deepcopy(model), scans, targets, task=task, rng=np.random.default_rng(seed + 1),
                 config=config, hooks=[defense.training_hook(ctx)])
-    return defense.shown  # type: ignore[attr-defined]
+    return defense.shown
 
 
 def _trainer(defense: Defense, task: Task, scenario: Scenario):

@@ -62,8 +62,7 @@ class Experiment:
         if (n, slices) in self._population:
             return self._population[n, slices]
         data = self.scenario.data
-        stack = getattr(self.task, "neighbour_slices", None)
-        if slices and stack is None:
+        if slices and not self.task.slices_of_volumes:
             raise ValueError(f"task '{self.scenario.task.name}' has no neighbouring slices (a 2D slice task has)")
         cohort = load_population(data, seed=self.scenario.seed, n_subjects=n)
         rows = list(range(n))
@@ -74,7 +73,9 @@ class Experiment:
             if not slices:
                 return self.x_test[:n], self.y_test[:n]
             cohort, rows = self.cohort, list(self.split.test[:n])
-        self._population[n, slices] = stack(cohort, rows, slices) if slices else self.task.tensors(cohort, rows)
+        task = self.task
+        found = task.neighbour_slices(cohort, rows, slices) if slices else task.tensors(cohort, rows)
+        self._population[n, slices] = found
         return self._population[n, slices]
 
 

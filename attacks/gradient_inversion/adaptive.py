@@ -5,7 +5,7 @@ undo: update defenses (noise, pruning, clipping) on each simulated gradient or r
 a defense that changes the images a client trains on (the latent perturbation) trained on the
 attacker's scans through the global model. Where an update defense is copied, observations are
 scaled to unit norm, since a noised or pruned output-bias entry is no error to divide by. Defenses it
-cannot copy (DP-SGD's per-sample noise, label noise, Soteria) are named in its result."""
+cannot copy (label noise, Soteria, DP-SGD in a multi-step update) are named in its result."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class AdaptiveLearnedInversion(LearnedInversion):
         from fedsim.attacks.gradient_inversion import learned
 
         p = self.params
-        updates = [c for c in obs.defenses if c.send is not None]
+        updates = [c for c in obs.defenses if c.send is not None and obs.kind in c.kinds]
         images = [c for c in obs.defenses if c.train_shown is not None]
         copied = {c.name for c in updates + images}
         out: dict[str, Any] = {"tag": repr(sorted(copied)), "copied": sorted(copied),

@@ -217,7 +217,7 @@ class LearnedInversion(ReconstructionAttack):
         except ValueError:
             raise ValueError(f"task '{sc.task.name}': learned_inversion needs a network with one output "
                              "(a regression head or a one-logit classifier such as task diagnosis)") from None
-        if params.slices and not hasattr(experiment.task, "neighbour_slices"):
+        if params.slices and not experiment.task.slices_of_volumes:
             raise ValueError(f"params.slices: task '{sc.task.name}' trains on whole volumes; neighbouring slices "
                              "apply to 2D slice tasks (e.g. brain_age_slice)")
         if params.slices >= sc.data.shape // 2:

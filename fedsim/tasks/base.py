@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from fedsim.registry import registry
 
@@ -23,6 +23,7 @@ class Task(ABC):
     them before training (they initialise and scale a regression head)."""
 
     primary_metric: str = "loss"
+    slices_of_volumes: ClassVar[bool] = False  # inputs are one axial slice of each volume (`neighbour_slices`)
     baseline_name: str = "predict the mean"  # what `baseline` does, for logs and reports
 
     def __init__(self, *, config: TaskConfig, target_mean: float, target_std: float = 1.0) -> None:
@@ -50,6 +51,12 @@ class Task(ABC):
     @abstractmethod
     def targets(cohort: Cohort) -> np.ndarray:
         """The raw target of every cohort row (for baselines and the head's initial bias)."""
+
+    def neighbour_slices(self, cohort: Cohort, indices: list[int], spread: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' inputs and `spread` axial slices either side (offsets 0, -1, +1, -2, ...), as
+        (inputs, targets) where row i shows person i % len(indices): other anatomy of the same
+        people. Only tasks with `slices_of_volumes` have them."""
+        raise NotImplementedError(f"task {type(self).__name__} trains on whole volumes")
 
     def baseline(self, target_mean: float, test_target: torch.Tensor) -> dict[str, float]:
         """Metrics of predicting the mean training target for every test case."""

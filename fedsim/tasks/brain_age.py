@@ -59,14 +59,14 @@ class BrainAgeSliceTask(BrainAgeTask):
     """Age from the central axial slice (2D): the same task at the scale of the 2D attack literature."""
 
     spatial_dims = 2
+    slices_of_volumes = True
 
     def images(self, cohort: Cohort, indices: list[int], *, offset: int = 0) -> np.ndarray:
         return cohort.images[indices][..., cohort.images.shape[-1] // 2 + offset]
 
     def neighbour_slices(self, cohort: Cohort, indices: list[int], spread: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rows' central slices, then the slices `spread` either side (offsets 0, -1, +1, -2, ...),
-        preprocessed as the central ones: row i of the result shows person i % len(indices). Other
-        anatomy of the same people, for an attacker that holds whole volumes (shifts add none)."""
+        """The rows' central slices, then the slices `spread` either side, preprocessed as the central
+        ones (for an attacker that holds whole volumes: other anatomy, which shifts do not add)."""
         depth = cohort.images.shape[-1]
         if not 0 <= spread < depth // 2:
             raise ValueError(f"spread: {spread} slices either side of the centre do not fit in a depth of {depth}")

@@ -112,7 +112,7 @@ def test_the_ridge_is_chosen_on_people_held_out_with_all_their_views(cohort_slic
 
 
 def test_an_attacker_that_copies_the_pruning_fits_through_it(slices, cohort_slices):
-    """Pruned to 10% (or noised, or clipped and noised), the plain map's error normalisation fails; a
+    """Pruned to 10% (or noised, or clipped and noised, by the update or DP-SGD), the plain map's error normalisation fails; a
     map fitted on the attacker's own scans through its copy of the defense (the top floor builds it)
     does much better."""
     from fedsim.attacks.gradient_inversion.adaptive import through_updates
@@ -124,9 +124,11 @@ def test_an_attacker_that_copies_the_pruning_fits_through_it(slices, cohort_slic
     plain = learned.fit_inversion(model, xa, augment_copies=2, seed=0)
     found = {}
     for defense in ({"name": "prune", "params": {"keep": 0.1}}, {"name": "model_noise", "params": {"sigma0": 1.0}},
-                    {"name": "clip_update", "params": {"max_norm": 1.0, "noise_multiplier": 0.01}}):
+                    {"name": "clip_update", "params": {"max_norm": 1.0, "noise_multiplier": 0.01}},
+                    {"name": "dp_sgd", "params": {"max_grad_norm": 1.0, "noise_multiplier": 0.01}}):
         (copy,) = defense_copies(validate_scenario(tiny_scenario(defenses=[defense])), task)
         assert copy.send is not None and copy.train_shown is None
+        assert copy.kinds == (("gradient",) if defense["name"] == "dp_sgd" else ("gradient", "weights"))
         aware = learned.fit_inversion(model, xa, targets=ya, loss_fn=task.loss, augment_copies=2, seed=0,
                                       sent=through_updates([copy], model, names))
         sent = [copy.send(observe(task, model, xv[i:i + 1], yv[i:i + 1])[1]) for i in range(len(xv))]
@@ -146,6 +148,7 @@ def test_an_attacker_that_copies_the_pruning_fits_through_it(slices, cohort_slic
     assert found["prune", "plain"] <= 0.2 and found["prune", "adaptive"] >= 0.4  # chance is 1 in 40
     assert found["model_noise", "adaptive"] > found["model_noise", "plain"]
     assert found["clip_update", "adaptive"] > found["clip_update", "plain"] + 0.2
+    assert found["dp_sgd", "adaptive"] > found["dp_sgd", "plain"] + 0.2  # at batch 1: clip + noise per record
 
 
 def test_the_ridge_chosen_on_the_attackers_scans_is_near_the_best_for_the_victims(slices):

@@ -228,6 +228,29 @@ def test_update_has_the_original_keys_and_differs_from_non_private_training():
     assert any(not torch.equal(plain.state_dict()[k], private.state_dict()[k]) for k in keys)
 
 
+@pytest.mark.parametrize("clip", [1e-3, 1e2])  # clipped, not clipped
+def test_the_attackers_copy_sends_what_opacus_makes_of_one_record(clip: float):
+    """An attacker that knows DP-SGD's settings simulates a batch-1 FedSGD reply as Opacus makes it:
+    the record's gradient clipped to C, plus N(0, (z C)^2) noise; a multi-step update it cannot follow."""
+    x, y = data(1)
+    config = FederationConfig(batch_size=1, lr=0.1)
+    params = {"max_grad_norm": clip, "poisson_sampling": False}
+    quiet = DPSGD(noise_multiplier=1e-9, **params)
+    ctx = ctx_for(config, {})
+    client, _ = one_batch_gradient(fresh_model(), x, y, task=TASK, batch_size=1, rng=np.random.default_rng(0),
+                                   hooks=[quiet.training_hook(ctx)])
+    plain, _ = one_batch_gradient(fresh_model(), x, y, task=TASK, batch_size=1, rng=np.random.default_rng(0))
+    send = quiet.simulated_sender("gradient")
+    copied = send(plain, ctx)
+    torch.testing.assert_close(flat(copied.values()), flat(client.values()), rtol=1e-4, atol=1e-6 * clip)
+    assert float(flat(copied.values()).norm()) <= clip * (1 + 1e-4)
+    noisy = DPSGD(noise_multiplier=2.0, **params).simulated_sender("gradient")
+    noise = torch.cat([flat(noisy(plain, ctx).values()) - flat(copied.values()) for _ in range(3)])
+    assert abs(float(noise.std()) / (2.0 * clip) - 1) < 0.05
+    assert DPSGD(noise_multiplier=1.0).simulated_sender("weights") is None
+    assert DPSGD(target_epsilon=3.0, delta=1e-5).simulated_sender("gradient") is None
+
+
 # --- configuration --------------------------------------------------------------------------------
 
 
