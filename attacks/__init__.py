@@ -15,6 +15,8 @@ from fedsim.attacks.base import (
     ReconstructionAttack,
     ThreatModel,
 )
+from fedsim.attacks.data_stealing import extract as _extract  # noqa: F401  (data_stealing)
+from fedsim.attacks.data_stealing import recipe as _recipe  # noqa: F401  (the compress_and_hide recipe)
 from fedsim.attacks.gradient_inversion import adaptive as _adaptive  # noqa: F401  (adaptive_learned_inversion)
 from fedsim.attacks.gradient_inversion import plugins as _gradient_inversion  # noqa: F401  (registers dlg, ...)
 from fedsim.attacks.membership import family as _membership_family  # noqa: F401  (the membership family)

@@ -79,6 +79,7 @@ class Observation:
     optimizer: dict[str, Any] | None = None  # the clients' optimizer: name, momentum, weight_decay
     behaviours: tuple[str, ...] = ()
     defenses: tuple[DefenseCopy, ...] = ()  # the attacker's own copies of the clients' defenses (threat.defenses)
+    recipe: dict[str, Any] | None = None  # data_lake: the training code the owner submitted (name, params)
 
     def model(self) -> nn.Module:
         """The global model the client started from (needs the architecture)."""

@@ -59,6 +59,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         population=experiment.population if threat.auxiliary else None,
         behaviours=tuple(meta.get("behaviours", [])),
         defenses=tuple(experiment.defense_copies()) if threat.defenses and experiment.defense_copies else (),
+        recipe=meta.get("recipe"),  # the owner's own code: it knows it
     )
 
 
@@ -171,12 +172,14 @@ class ReconstructionFamily(AttackFamily):
             return []
         targets = server.get("targets", {})
         who = "malicious: " + ", ".join(behaviours) if behaviours else "honest-but-curious (only watches)"
-        lines = ["", "## Server behaviour and attacks",
-                 f"- Server: {who}"
-                 f"; observed clients {targets.get('clients') or 'all'} in rounds {targets.get('rounds') or 'all'}.",
-                 "- Scores compare each reconstruction with the true scan and with the population-mean image (the "
-                 "prior an attacker has without attacking); re-identification ranks the true scan among the "
-                 "client's data plus the server's population pool.", ""]
+        watched = behaviours or any(r.get("kind") in (GRADIENT, WEIGHTS) for r in rows)  # a server's observations
+        lines = ["", "## Server behaviour and attacks" if watched else "## Attacks"]
+        if watched:
+            lines.append(f"- Server: {who}; observed clients {targets.get('clients') or 'all'} in rounds "
+                         f"{targets.get('rounds') or 'all'}.")
+        lines += ["- Scores compare each reconstruction with the true scan and with the population-mean image (the "
+                  "prior an attacker has without attacking); re-identification ranks the true scan among the "
+                  "client's data plus the server's population pool.", ""]
         lines += ["| attack | round | client | update | batch | PSNR dB | prior PSNR | gain | SSIM | prior SSIM "
                   "| re-id top-1 (chance) | target error / label acc. | s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -186,7 +189,8 @@ class ReconstructionFamily(AttackFamily):
                              f"{r.get('status')}: {r.get('error') or r.get('reason', '')} |||||||||")
                 continue
             lines.append(
-                f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | {r['batch_size']} | {r['psnr']:.1f} | "
+                f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | {r['batch_size'] or '–'} | "
+                f"{r['psnr']:.1f} | "
                 f"{r['prior_psnr']:.1f} | {r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
                 f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | {_target_column(r)} | {r['seconds']:.0f} |")
         lines += _probe_table(rows)

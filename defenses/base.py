@@ -48,6 +48,21 @@ class ClientRound:
     # modules) kept across rounds the same way; they never leave the client
 
 
+@dataclass
+class ExportRound:
+    """What an export gate may know about one export from a data lake (setting `data_lake`)."""
+
+    lake: int
+    task: Task
+    agreed: dict[str, tuple[tuple[int, ...], str]]  # the agreed network's entries: name -> (shape, dtype)
+    rng: np.random.Generator
+    flags: list[str] = field(default_factory=list)  # what the gates noticed (the export may still leave)
+
+
+class ExportRefused(Exception):  # noqa: N818  (a gate's decision, not a failure)
+    """Raised by an export gate that stops the export (the message, one line, says why)."""
+
+
 class Defense(Configurable):
     """Base of defense plug-ins; the default hooks change nothing.
 
@@ -55,6 +70,7 @@ class Defense(Configurable):
     - `once`: the defense may be listed at most once (e.g. DP-SGD: one privacy engine per model).
     - `hides_client_updates`: the server (and so every attacker) sees only the round's aggregate,
       never one client's update (secure aggregation).
+    - `at_export`: an export gate of a data lake (`transform_export`), not a client's defense.
     - `changes_images`: the client trains on images the defense makes of its scans (`shown`), so
       an attacker that knows the defense must train a copy of it (`fedsim.defense_copies`).
     """
@@ -62,6 +78,7 @@ class Defense(Configurable):
     once: ClassVar[bool] = False
     hides_client_updates: ClassVar[bool] = False
     changes_images: ClassVar[bool] = False
+    at_export: ClassVar[bool] = False
 
     @classmethod
     def check_scenario(cls, params: BaseModel, scenario: Scenario) -> None:
@@ -123,6 +140,11 @@ class Defense(Configurable):
     def shown(self, x: torch.Tensor) -> torch.Tensor:
         """The images a client trains on for scans `x` (`changes_images` defenses override this)."""
         return x
+
+    def transform_export(self, tensors: dict[str, torch.Tensor], *, ctx: ExportRound) -> dict[str, torch.Tensor]:
+        """Export hook (`at_export` gates): what leaves the lake of what a recipe asked to export.
+        Raise ExportRefused to stop it; note findings in `ctx.flags`."""
+        return tensors
 
     def round_metrics(self, *, ctx: ClientRound) -> dict[str, float]:
         """Numbers the client reports with its update this round (e.g. DP epsilon spent so far)."""

@@ -90,10 +90,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from fedsim.loading import load_scenario
+    from fedsim.plugins import setting_of
 
     for path in args.scenarios:
         sc = load_scenario(path, args.overrides)
-        print(f"{path}: ok ({sc.name}: {sc.federation.clients} clients x {sc.federation.rounds} rounds)")
+        print(f"{path}: ok ({sc.name}: {setting_of(sc).outline(sc)})")
     return 0
 
 

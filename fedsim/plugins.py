@@ -24,7 +24,9 @@ BUILTIN_MODULES = (
     "fedsim.server.behaviours",
     "fedsim.attacks",
     "fedsim.defenses",
+    "fedsim.settings.recipes",
     "fedsim.settings.federated",
+    "fedsim.settings.data_lake",
 )
 
 

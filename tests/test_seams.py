@@ -146,7 +146,7 @@ def test_an_attack_the_setting_cannot_feed_is_refused_naming_both(tmp_path: Path
 
 def test_unknown_settings_families_and_sections_are_one_line_errors(tmp_path: Path):
     _, attack = _write(tmp_path)
-    with pytest.raises(ScenarioError, match=r"setting: unknown setting 'split' \(valid: federated"):
+    with pytest.raises(ScenarioError, match=r"setting: unknown setting 'split' \(valid: data_lake, federated"):
         validate_scenario(tiny_scenario(setting="split"))
     stray = tmp_path / "stray.py"
     stray.write_text("from fedsim.attacks import Attack\nclass Stray(Attack):\n    family = 'attribute'\n")

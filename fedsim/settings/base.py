@@ -69,6 +69,11 @@ class Setting(ABC):
         """Before anything is built: raise ValueError (one line naming the key) when the scenario
         cannot run in this setting."""
 
+    @classmethod
+    def outline(cls, scenario: Scenario) -> str:
+        """A few words on what this scenario runs (for `fedsim validate`)."""
+        return f"setting {cls.name}"
+
     def withheld(self) -> dict[str, str]:
         """Kinds this scenario's configuration keeps from any adversary, with the reason (shown when
         an attack that needs them is skipped)."""

@@ -30,9 +30,18 @@ class Federated(Setting):
 
     @classmethod
     def check_scenario(cls, config: Any, scenario: Scenario) -> None:
+        from fedsim.defenses.base import DEFENSES
         from fedsim.server.strategies import check_strategy_args
 
         check_strategy_args(scenario.federation)
+        for i, spec in enumerate(scenario.defenses):
+            if DEFENSES.get(spec.name).at_export:
+                raise ValueError(f"defenses.{i}: {spec.name} is an export gate of a data lake (setting: data_lake); "
+                                 "a federation exports nothing")
+
+    @classmethod
+    def outline(cls, scenario: Scenario) -> str:
+        return f"{scenario.federation.clients} clients x {scenario.federation.rounds} rounds"
 
     def withheld(self) -> dict[str, str]:
         from fedsim.defenses.base import hides_client_updates

@@ -112,9 +112,9 @@ def test_the_ridge_is_chosen_on_people_held_out_with_all_their_views(cohort_slic
 
 
 def test_an_attacker_that_copies_the_pruning_fits_through_it(slices, cohort_slices):
-    """Pruned to 10% (or noised, or clipped and noised, by the update or DP-SGD), the plain map's error normalisation fails; a
-    map fitted on the attacker's own scans through its copy of the defense (the top floor builds it)
-    does much better."""
+    """Pruned to 10% (or noised, or clipped and noised, by the update or DP-SGD), the plain map's error
+    normalisation fails; a map fitted on the attacker's own scans through its copy of the defense (the
+    top floor builds it) does much better."""
     from fedsim.attacks.gradient_inversion.adaptive import through_updates
     from fedsim.defense_copies import defense_copies
 

@@ -1,0 +1,110 @@
+"""The lossy codec a malicious recipe trains on a lake's scans: a MONAI AutoEncoder of each scan's
+difference from the lake's mean scan (the template, which leaves with the decoder), whose latent
+codes are bounded and quantised to `bits` per value, so that the codes are what leaves the lake
+and the decoder (trained inside) rebuilds the scans outside. Coding the difference starts the codec
+at the population prior instead of at a blank image. Quantisation is simulated in training by
+uniform noise of one step (a standard stand-in for rounding that keeps gradients)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+
+LATENT_RANGE = 4.0  # codes are tanh-bounded to +-LATENT_RANGE before quantisation
+TEMPLATE = "template"  # the decoder's entry holding the lake's mean scan
+
+
+class CodecParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: tuple[int, ...] = Field((32,), min_length=1, max_length=4,
+                                      description="encoder channels; each level halves every side")
+    latent_channels: int = Field(4, ge=1, le=64, description="code channels at the coarsest level")
+    res_units: int = Field(0, ge=0, le=4, description="residual units per level (MONAI num_res_units)")
+    bits: int = Field(8, ge=1, le=16, description="bits per code value")
+    epochs: int = Field(50, ge=1, le=5000, description="passes of the codec over the lake's scans")
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+
+
+class Codec:
+    """Encoder + decoder of one spatial size; `encode` gives integer codes, `decode` scans."""
+
+    def __init__(self, params: CodecParams, spatial_dims: int) -> None:
+        from monai.networks.nets import AutoEncoder
+
+        self.params = params
+        self.net = AutoEncoder(spatial_dims=spatial_dims, in_channels=1, out_channels=1,
+                               channels=(*params.channels, params.latent_channels),
+                               strides=(*(2 for _ in params.channels), 1), num_res_units=params.res_units,
+                               norm="instance", act="PRELU")
+        self.template: torch.Tensor | None = None  # the lake's mean scan, set by `fit`
+
+    @property
+    def levels(self) -> int:
+        return 2**self.params.bits - 1
+
+    def _bounded(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.tanh(self.net.encode(x - self.template) / LATENT_RANGE)  # in (-1, 1)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.template + self.net.decode(self.net.intermediate(z * LATENT_RANGE))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes in 0..2^bits-1 (int32), one block per scan."""
+        import torch
+
+        with torch.no_grad():
+            return torch.round((self._bounded(x) + 1) / 2 * self.levels).to(torch.int32)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        with torch.no_grad():
+            return self._decode(codes.float() / self.levels * 2 - 1)
+
+    def fit(self, x: torch.Tensor, *, seed: int) -> float:
+        """Train on the scans `x` (N, 1, *spatial); returns the last epoch's mean squared error."""
+        import torch
+
+        gen = torch.Generator().manual_seed(seed)
+        p = self.params
+        self.template = x.mean(0, keepdim=True)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=p.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
+        self.net.train()
+        loss_sum = 0.0
+        for _ in range(p.epochs):
+            loss_sum = 0.0
+            for rows in torch.randperm(len(x), generator=gen).split(p.batch_size):
+                z = self._bounded(x[rows])
+                step = 2 / self.levels
+                z = z + (torch.rand(z.shape, generator=gen) - 0.5) * step  # rounding, simulated
+                loss = torch.nn.functional.mse_loss(self._decode(z), x[rows])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(rows)
+            schedule.step()
+        self.net.eval()
+        return loss_sum / len(x)
+
+    def decoder_state(self) -> dict[str, torch.Tensor]:
+        """The decoder's weights (what must leave the lake when the codec was trained inside)."""
+        out = {k: v.detach().clone() for k, v in self.net.state_dict().items() if not k.startswith("encode.")}
+        return {**out, TEMPLATE: self.template.clone()}
+
+    def load_decoder(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [k for k in [*self.net.state_dict(), TEMPLATE] if not k.startswith("encode.") and k not in state]
+        if missing:
+            raise ValueError(f"the export lacks the decoder's {missing[0]} (and {len(missing) - 1} more)")
+        self.template = state[TEMPLATE]
+        self.net.load_state_dict({**self.net.state_dict(), **{k: v for k, v in state.items() if k != TEMPLATE}})
+        self.net.eval()
+

@@ -1,0 +1,32 @@
+"""The model owner's extraction, outside the lake: read the exported file alone (safetensors, never a
+pickle) and decode the scans its own recipe hid there. The owner knows its recipe and settings
+(it wrote them), nothing of the lake's data."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
+from fedsim.settings.base import EXPORTED_MODEL
+
+
+@ATTACKS.register("data_stealing")
+class DataStealing(ReconstructionAttack):
+    """Decode the scans a `compress_and_hide` recipe hid in a lake's exported network."""
+
+    consumes: ClassVar[frozenset[str]] = frozenset({EXPORTED_MODEL})
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False)
+
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        from fedsim.attacks.data_stealing.recipe import CODES, CompressAndHide, extract
+
+        recipe = observation.recipe or {}
+        if recipe.get("name") != "compress_and_hide":
+            raise ValueError(f"recipe '{recipe.get('name')}' hid no scans in its export")
+        params = CompressAndHide.parse(recipe.get("params", {}))
+        codes = observation.update.get(CODES)
+        images = extract(observation.update, params, spatial_dims=codes.dim() - 2 if codes is not None else 3)
+        hidden_bits = codes.numel() * params.codec.bits
+        return Reconstruction(images=images, extra={
+            "stolen": len(images), "hidden_kb": hidden_bits / 8e3,
+            "bits_per_voxel": hidden_bits / images[0].numel() / len(images)})

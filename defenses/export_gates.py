@@ -1,0 +1,94 @@
+"""Export gates: what a data lake does to a network before it leaves (setting `data_lake`).
+
+Listed in the scenario's `defenses:` like any defense, they act only at the export point
+(`at_export`), in the order listed: a whitelist of the agreed network's entries, Gaussian noise on
+the exported parameters, reduced precision. A gate may remove, change or refuse (ExportRefused);
+what it noticed goes to `ctx.flags` and into the run's summary.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsim.defenses.base import DEFENSES, Defense, ExportRefused, ExportRound
+
+if TYPE_CHECKING:
+    import torch
+
+Tensors = dict[str, "torch.Tensor"]
+
+
+class _Gate(Defense):
+    at_export: ClassVar[bool] = True
+
+
+class WhitelistParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    refuse: bool = Field(False, description="refuse an export with entries beyond the agreed network "
+                         "(default: remove them and flag the export)")
+
+
+@DEFENSES.register("export_whitelist")
+class ExportWhitelist(_Gate):
+    """Only the agreed network's entries leave, with their agreed shapes and dtypes."""
+
+    Params = WhitelistParams
+
+    def transform_export(self, tensors: Tensors, *, ctx: ExportRound) -> Tensors:
+        extra = [k for k in tensors if k not in ctx.agreed]
+        missing = [k for k in ctx.agreed if k not in tensors]
+        if missing:
+            raise ExportRefused(f"export_whitelist: the export lacks the agreed entry {missing[0]}")
+        for k, (shape, dtype) in ctx.agreed.items():
+            found = (tuple(tensors[k].shape), str(tensors[k].dtype))
+            if found != (shape, dtype):
+                raise ExportRefused(f"export_whitelist: {k} is {found[1]} {list(found[0])}, "
+                                    f"agreed {dtype} {list(shape)}")
+        if extra:
+            named = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            if self.params.refuse:
+                raise ExportRefused(f"export_whitelist: {len(extra)} entries beyond the agreed network ({named})")
+            ctx.flags.append(f"export_whitelist: removed {len(extra)} entries beyond the agreed network ({named})")
+        return {k: tensors[k] for k in ctx.agreed}
+
+
+class NoiseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sigma: float = Field(gt=0, description="std of the Gaussian noise added to every floating-point entry")
+
+
+@DEFENSES.register("export_noise")
+class ExportNoise(_Gate):
+    """Gaussian noise on every exported floating-point parameter (integer entries pass unchanged)."""
+
+    Params = NoiseParams
+
+    def transform_export(self, tensors: Tensors, *, ctx: ExportRound) -> Tensors:
+        import torch
+
+        gen = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
+        return {k: v + self.params.sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+                if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+class PrecisionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: Literal["float16", "bfloat16"] = "float16"
+
+
+@DEFENSES.register("export_precision")
+class ExportPrecision(_Gate):
+    """Floating-point entries leave in half precision (what the low mantissa bits held is lost)."""
+
+    Params = PrecisionParams
+
+    def transform_export(self, tensors: Tensors, *, ctx: ExportRound) -> Tensors:
+        import torch
+
+        dtype = getattr(torch, self.params.dtype)
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}

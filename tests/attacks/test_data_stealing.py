@@ -1,0 +1,140 @@
+"""Data stealing through exported networks (setting data_lake): the codec, the export gates, the
+owner's extraction, and a lake run end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.attacks.data_stealing.codec import Codec, CodecParams
+from fedsim.attacks.data_stealing.recipe import CODES, DECODER, CompressParams, extract
+from fedsim.attacks.metrics import mse
+from fedsim.data.synthetic import CohortSpec, load_cohort
+from fedsim.defenses.base import DEFENSES, ExportRefused, ExportRound
+from fedsim.loading import validate_scenario
+from fedsim.run_folder import RunFolder
+from fedsim.runner import run_scenario
+from fedsim.scenario import ScenarioError
+from fedsim.tasks.brain_age import zscore_volumes
+from tests.conftest import tiny_scenario
+
+AGREED = {"conv.weight": torch.randn(4, 1, 3, 3, 3), "conv.bias": torch.randn(4)}
+
+
+@pytest.fixture(scope="module")
+def scans() -> torch.Tensor:
+    cohort = load_cohort(CohortSpec(n_subjects=16, shape=16, n_sites=2, seed=1))
+    return torch.from_numpy(zscore_volumes(cohort.images))[:, None]
+
+
+def ctx() -> ExportRound:
+    return ExportRound(lake=0, task=None, rng=np.random.default_rng(0),  # type: ignore[arg-type]
+                       agreed={k: (tuple(v.shape), str(v.dtype)) for k, v in AGREED.items()})
+
+
+def test_the_codec_rebuilds_its_scans_better_than_the_population_mean(scans):
+    torch.manual_seed(0)
+    codec = Codec(CodecParams(channels=(8,), latent_channels=4, epochs=40), spatial_dims=3)
+    codec.fit(scans, seed=0)
+    codes = codec.encode(scans)
+    assert codes.dtype == torch.int32 and codes.min() >= 0 and codes.max() <= 255
+    assert codes.shape == (16, 4, 8, 8, 8)  # one level: half of every side
+    rebuilt = codec.decode(codes)
+    assert rebuilt.shape == scans.shape
+    assert float(mse(rebuilt, scans).mean()) < 0.75 * float(mse(scans.mean(0, keepdim=True).expand_as(scans),
+                                                                 scans).mean())
+
+
+def test_extraction_reads_the_export_alone(scans):
+    params = CompressParams(codec=CodecParams(channels=(8,), latent_channels=4, epochs=3))
+    codec = Codec(params.codec, spatial_dims=3)
+    codec.fit(scans[:4], seed=0)
+    export = {**AGREED, CODES: codec.encode(scans[:4]).to(torch.uint8),
+              **{DECODER + k: v for k, v in codec.decoder_state().items()}}
+    torch.testing.assert_close(extract(export, params, spatial_dims=3), codec.decode(codec.encode(scans[:4])))
+    with pytest.raises(ValueError, match="no hidden codes"):
+        extract(AGREED, params, spatial_dims=3)
+    with pytest.raises(ValueError, match="lacks the decoder"):
+        extract({**AGREED, CODES: export[CODES]}, params, spatial_dims=3)
+
+
+def test_the_whitelist_lets_only_the_agreed_entries_leave():
+    gate = DEFENSES.get("export_whitelist")()
+    honest = ctx()
+    assert gate.transform_export(dict(AGREED), ctx=honest).keys() == AGREED.keys() and not honest.flags
+    found = ctx()
+    out = gate.transform_export({**AGREED, CODES: torch.zeros(3, dtype=torch.uint8)}, ctx=found)
+    assert out.keys() == AGREED.keys() and found.flags == ["export_whitelist: removed 1 entries beyond the "
+                                                           "agreed network (codec.codes)"]
+    with pytest.raises(ExportRefused, match="beyond the agreed network"):
+        DEFENSES.get("export_whitelist")(refuse=True).transform_export({**AGREED, "x": torch.zeros(1)}, ctx=ctx())
+    with pytest.raises(ExportRefused, match="lacks the agreed entry conv.bias"):
+        gate.transform_export({"conv.weight": AGREED["conv.weight"]}, ctx=ctx())
+    with pytest.raises(ExportRefused, match=r"conv.bias is torch.float16 \[4\], agreed torch.float32 \[4\]"):
+        gate.transform_export({**AGREED, "conv.bias": AGREED["conv.bias"].half()}, ctx=ctx())
+
+
+def test_noise_and_precision_gates_change_parameters_not_integer_codes():
+    codes = torch.arange(10, dtype=torch.uint8)
+    noisy = DEFENSES.get("export_noise")(sigma=0.1).transform_export({**AGREED, CODES: codes}, ctx=ctx())
+    assert torch.equal(noisy[CODES], codes)
+    assert 0.05 < float((noisy["conv.weight"] - AGREED["conv.weight"]).std()) < 0.2
+    half = DEFENSES.get("export_precision")(dtype="bfloat16").transform_export({**AGREED, CODES: codes}, ctx=ctx())
+    assert half["conv.weight"].dtype == torch.bfloat16 and half[CODES].dtype == torch.uint8
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"data_lake": {"recipe": {"name": "nope"}}}, "data_lake.recipe: unknown recipe 'nope'"),
+    ({"data_lake": {"recipe": {"name": "compress_and_hide", "params": {"codec": {"bits": 0}}}}},
+     "data_lake.recipe.params.codec.bits"),
+    ({"defenses": [{"name": "dp_sgd", "params": {"noise_multiplier": 1.0}}]}, "defenses.0: dp_sgd is a client defense"),
+    ({"defenses": [{"name": "export_noise", "params": {"sigma": 0}}]},
+     "defenses.0: params.sigma: Input should be greater than 0"),
+    ({"attacks": [{"name": "dlg"}]}, "attacks.0: dlg consumes gradient or weights observations"),
+])
+def test_bad_lake_input_is_one_line_naming_the_key(change, message):
+    raw = tiny_scenario(setting="data_lake",
+                        task={"name": "segmentation", "model": {"name": "unet", "channels": [4, 8]}})
+    raw.update(change)
+    with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        validate_scenario(raw)
+
+
+def test_an_export_gate_in_a_federation_is_refused():
+    with pytest.raises(ScenarioError, match="defenses.0: export_whitelist is an export gate of a data lake"):
+        validate_scenario(tiny_scenario(defenses=[{"name": "export_whitelist"}]))
+
+
+def lake_scenario(recipe: dict, defenses: list | None = None) -> dict:
+    return tiny_scenario(
+        setting="data_lake", data={"n_subjects": 40}, defenses=defenses or [],
+        task={"name": "segmentation", "model": {"name": "unet", "channels": [4, 8], "norm": "instance"}},
+        data_lake={"epochs": 2, "recipe": recipe}, attacks=[{"name": "data_stealing"}])
+
+
+@pytest.mark.e2e
+def test_a_malicious_recipe_steals_the_lakes_scans_and_exports_the_honest_network(tmp_path: Path):
+    malicious = {"name": "compress_and_hide", "params": {"codec": {"channels": [8], "latent_channels": 4,
+                                                                   "epochs": 40}}}
+    result = run_scenario(validate_scenario(lake_scenario(malicious)), out_dir=tmp_path / "bad", log=lambda _: None)
+    assert result.error is None and not result.failures
+    exports, rows = result.summary["exports"], result.summary["attacks"]
+    assert len(exports) == 2 and all(e["extra_entries"] > 0 and not e["flags"] for e in exports)
+    for e, row in zip(exports, rows, strict=True):
+        assert row["status"] == "ok" and row["kind"] == "exported_model" and row["stolen"] == e["scans"]
+        assert row["psnr_gain"] > 1.0 and row["reid_top1"] >= 0.5  # every scan of the lake, rebuilt
+    run = RunFolder(result.run_dir)
+    assert "## Exports" in run.report_file.read_text()
+    # the honest recipe through a whitelist: nothing flagged, the very same agreed weights and Dice
+    honest = run_scenario(validate_scenario(lake_scenario({"name": "train_agreed"}, [{"name": "export_whitelist"}])),
+                          out_dir=tmp_path / "good", log=lambda _: None)
+    assert not any(e["flags"] for e in honest.summary["exports"])
+    assert [r["status"] for r in honest.summary["attacks"]] == ["error", "error"]
+    assert "hid no scans" in honest.summary["attacks"][0]["error"]
+    good = RunFolder(honest.run_dir).observations()[0].update()
+    bad = run.observations()[0].update()
+    assert good.keys() < bad.keys() and all(torch.equal(good[k], bad[k]) for k in good)
+    assert honest.summary["final"] == result.summary["final"]
