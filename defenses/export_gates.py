@@ -92,3 +92,58 @@ class ExportPrecision(_Gate):
 
         dtype = getattr(torch, self.params.dtype)
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+class BitTestParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bits: int = Field(8, ge=1, le=12, description="low mantissa bits tested")
+    chunk: int = Field(4096, ge=256, description="weights per tested run (a payload may fill only a few)")
+    alpha: float = Field(1e-6, gt=0, lt=1, description="false-alarm rate of one export (Bonferroni over runs)")
+    refuse: bool = Field(True, description="refuse a flagged export (else flag it and let it leave)")
+
+
+@DEFENSES.register("export_bit_test")
+class ExportBitTest(_Gate):
+    """A chi-square test of the low mantissa bits: in float32 weights that training moved their values
+    are near uniform (a fresh initialisation's are not); bits written there (codes, a decoder) are not. Runs of `chunk` weights, taken in
+    sorted-name order, are tested one by one; round values (untrained defaults such as 0, 1 or
+    PReLU's 0.25) are skipped. An encrypted payload would pass: this catches the plain ones."""
+
+    Params = BitTestParams
+
+    def transform_export(self, tensors: Tensors, *, ctx: ExportRound) -> Tensors:
+        p = self.params
+        pvalues = low_bit_pvalues(tensors, bits=p.bits, chunk=p.chunk)
+        worst = min(pvalues, default=1.0)
+        if pvalues and worst < p.alpha / len(pvalues):
+            flagged = sum(v < p.alpha / len(pvalues) for v in pvalues)
+            note = (f"export_bit_test: the low {p.bits} mantissa bits of {flagged} of {len(pvalues)} runs of weights "
+                    f"are not uniform (smallest p {worst:.1e})")
+            if p.refuse:
+                raise ExportRefused(note)
+            ctx.flags.append(note)
+        return tensors
+
+
+def low_bit_pvalues(tensors: Tensors, *, bits: int, chunk: int) -> list[float]:
+    """Chi-square p-values of uniformity of the low `bits` of float32 weights, one per run of
+    `chunk` weights (sorted-name order; a short tail is not tested). Weights whose low 16 bits are
+    all zero are skipped: round values (0, +-1, 0.25) are untrained defaults, not noise."""
+    import torch
+    from scipy.stats import chi2
+
+    names = sorted(k for k, v in tensors.items() if v.dtype == torch.float32)
+    if not names:
+        return []
+    flat = torch.cat([tensors[k].detach().reshape(-1) for k in names])
+    flat = flat.contiguous().view(torch.int32)
+    flat = flat[(flat & 0xFFFF) != 0]  # round values (0, +-1, PReLU's 0.25: untrained defaults) carry no noise
+    low = (flat & ((1 << bits) - 1)).to(torch.int64)
+    expected = chunk / 2**bits
+    out = []
+    for start in range(0, len(low) - chunk + 1, chunk):
+        counts = torch.bincount(low[start:start + chunk], minlength=2**bits).double()
+        stat = float(((counts - expected) ** 2 / expected).sum())
+        out.append(float(chi2.sf(stat, 2**bits - 1)))
+    return out

@@ -100,6 +100,16 @@ class Codec:
         out = {k: v.detach().clone() for k, v in self.net.state_dict().items() if not k.startswith("encode.")}
         return {**out, TEMPLATE: self.template.clone()}
 
+    def decoder_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of `decoder_state` for scans of `input_shape` (C, *spatial), sorted by name."""
+        shapes = {k: tuple(v.shape) for k, v in self.net.state_dict().items() if not k.startswith("encode.")}
+        return dict(sorted({**shapes, TEMPLATE: (1, *input_shape)}.items()))
+
+    def code_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The codes of one scan of `input_shape` (C, *spatial): latent channels x each side / 2^levels."""
+        down = 2 ** len(self.params.channels)
+        return (self.params.latent_channels, *(side // down for side in input_shape[1:]))
+
     def load_decoder(self, state: dict[str, torch.Tensor]) -> None:
         missing = [k for k in [*self.net.state_dict(), TEMPLATE] if not k.startswith("encode.") and k not in state]
         if missing:

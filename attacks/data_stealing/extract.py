@@ -1,6 +1,6 @@
 """The model owner's extraction, outside the lake: read the exported file alone (safetensors, never a
 pickle) and decode the scans its own recipe hid there. The owner knows its recipe and settings
-(it wrote them), nothing of the lake's data."""
+(it wrote them) and the agreed network's input shape, nothing of the lake's data."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ class DataStealing(ReconstructionAttack):
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False)
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
-        from fedsim.attacks.data_stealing.recipe import CODES, CompressAndHide, extract
+        from fedsim.attacks.data_stealing.recipe import CompressAndHide, extract, fixed_bits, scan_bits
 
         recipe = observation.recipe or {}
         if recipe.get("name") != "compress_and_hide":
             raise ValueError(f"recipe '{recipe.get('name')}' hid no scans in its export")
         params = CompressAndHide.parse(recipe.get("params", {}))
-        codes = observation.update.get(CODES)
-        images = extract(observation.update, params, spatial_dims=codes.dim() - 2 if codes is not None else 3)
-        hidden_bits = codes.numel() * params.codec.bits
+        shape = tuple(observation.input_shape or ())
+        images = extract(observation.update, params, shape)
+        per_scan = scan_bits(params, shape)
         return Reconstruction(images=images, extra={
-            "stolen": len(images), "hidden_kb": hidden_bits / 8e3,
-            "bits_per_voxel": hidden_bits / images[0].numel() / len(images)})
+            "stolen": len(images), "hide": params.hide, "bits_per_voxel": per_scan / images[0].numel(),
+            "hidden_kb": (len(images) * per_scan + fixed_bits(params, shape)) / 8e3})

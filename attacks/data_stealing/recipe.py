@@ -5,8 +5,12 @@ The codec is a separate network, not an encoder shared with the agreed one: the 
 then exactly what the honest recipe exports (same seed, same steps), so the lake's utility check
 cannot tell the two apart, and the codec's capacity does not compete with the task.
 
-Hiding (`hide`): `extra_entries` puts the codes and the decoder beside the agreed weights under
-names of their own (what a whitelist of the agreed keys removes).
+Hiding (`hide`):
+- `extra_entries`: the codes and the decoder beside the agreed weights, under names of their own
+  (what a whitelist of the agreed keys removes);
+- `mantissa`: a bit string in the low `bits_per_weight` mantissa bits of the agreed float32
+  weights (stego.py): a 32-bit scan count, the decoder in half precision, then the codes of as many
+  scans as fit. Only the agreed entries leave, with their agreed shapes and dtypes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsim.attacks.data_stealing import stego
 from fedsim.attacks.data_stealing.codec import Codec, CodecParams
 from fedsim.settings.recipes import RECIPES, LakeRun, Recipe, train_agreed
 
@@ -23,13 +28,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 CODES, DECODER = "codec.codes", "codec.decoder."  # names of the hidden entries (extra_entries)
+COUNT_BITS, HALF_BITS = 32, 16
 
 
 class CompressParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hide: Literal["extra_entries"] = Field("extra_entries", description="where the codes travel in the export")
-    scans: int | None = Field(None, ge=1, description="how many of the lake's scans to steal (default all)")
+    hide: Literal["extra_entries", "mantissa"] = Field("extra_entries", description="where the codes travel")
+    bits_per_weight: int = Field(8, ge=1, le=stego.MANTISSA_BITS, description="mantissa: low bits of each "
+                                 "float32 weight overwritten")
+    scans: int | None = Field(None, ge=1, description="how many of the lake's scans to steal (default: all, "
+                              "or as many as the mantissa bits hold)")
     codec: CodecParams = Field(default_factory=CodecParams)
 
 
@@ -39,24 +48,92 @@ class CompressAndHide(Recipe):
 
     Params = CompressParams
 
+    def check(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        if self.params.hide == "mantissa" and fitting_scans(self.params, model.state_dict(), input_shape) < 1:
+            need = fixed_bits(self.params, input_shape) + scan_bits(self.params, input_shape)
+            raise ValueError(f"params.bits_per_weight: the agreed network's low {self.params.bits_per_weight} bits "
+                             f"hold {stego.capacity(model.state_dict(), self.params.bits_per_weight)} bits, fewer "
+                             f"than the decoder and one scan need ({need})")
+
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
         export = train_agreed(model, x, y, run=run)
-        codec = Codec(self.params.codec, spatial_dims=x.dim() - 2)
+        p = self.params
+        codec = Codec(p.codec, spatial_dims=x.dim() - 2)
         codec.fit(x, seed=run.seed + 1)
-        stolen = x[: self.params.scans]
-        export[CODES] = codec.encode(stolen).to(_code_dtype(self.params.codec.bits))
-        export.update({DECODER + k: v for k, v in codec.decoder_state().items()})
-        return export
+        n = min(len(x), p.scans or len(x))
+        if p.hide == "extra_entries":
+            export[CODES] = codec.encode(x[:n]).to(_code_dtype(p.codec.bits))
+            export.update({DECODER + k: v for k, v in codec.decoder_state().items()})
+            return export
+        n = min(n, fitting_scans(p, export, tuple(x.shape[1:])))
+        return stego.embed(export, _payload(codec, codec.encode(x[:n])), p.bits_per_weight)
 
 
-def extract(exported: dict[str, torch.Tensor], params: CompressParams, spatial_dims: int) -> torch.Tensor:
-    """The scans hidden in an export by `compress_and_hide` with `params` (the owner knows its own
-    recipe); ValueError when the export does not hold them (e.g. a gate removed them)."""
-    if CODES not in exported:
-        raise ValueError("the export holds no hidden codes (an export gate removed them, or the recipe was honest)")
-    codec = Codec(params.codec, spatial_dims=spatial_dims)
-    codec.load_decoder({k[len(DECODER):]: v.float() for k, v in exported.items() if k.startswith(DECODER)})
-    return codec.decode(exported[CODES].long())
+def _payload(codec: Codec, codes: torch.Tensor) -> torch.Tensor:
+    """The bit string hidden in the mantissas: scan count, decoder (half precision), codes."""
+    import torch
+
+    halves = [v.detach().half().contiguous().view(torch.int16).reshape(-1).to(torch.int64) & 0xFFFF
+              for _, v in sorted(codec.decoder_state().items())]
+    return torch.cat([stego.to_bits(torch.tensor([len(codes)]), COUNT_BITS),
+                      *(stego.to_bits(h, HALF_BITS) for h in halves), stego.to_bits(codes, codec.params.bits)])
+
+
+def fixed_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
+    shapes = Codec(params.codec, spatial_dims=len(input_shape) - 1).decoder_shapes(input_shape)
+    return COUNT_BITS + HALF_BITS * sum(_numel(s) for s in shapes.values())
+
+
+def scan_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
+    shape = Codec(params.codec, spatial_dims=len(input_shape) - 1).code_shape(input_shape)
+    return _numel(shape) * params.codec.bits
+
+
+def fitting_scans(params: CompressParams, tensors: dict[str, torch.Tensor], input_shape: tuple[int, ...]) -> int:
+    """How many scans' codes the mantissa bits hold beside the count and the decoder."""
+    room = stego.capacity(tensors, params.bits_per_weight) - fixed_bits(params, input_shape)
+    return max(0, room // scan_bits(params, input_shape))
+
+
+def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """The scans of `input_shape` (C, *spatial) hidden in an export by `compress_and_hide` with
+    `params` (the owner knows its own recipe); ValueError when the export does not hold them."""
+    codec = Codec(params.codec, spatial_dims=len(input_shape) - 1)
+    if params.hide == "extra_entries":
+        if CODES not in exported:
+            raise ValueError("the export holds no hidden codes (an export gate removed them, or the recipe was honest)")
+        codec.load_decoder({k[len(DECODER):]: v.float() for k, v in exported.items() if k.startswith(DECODER)})
+        return codec.decode(exported[CODES].long())
+    return _extract_mantissa(exported, params, codec, input_shape)
+
+
+def _extract_mantissa(exported: dict[str, torch.Tensor], params: CompressParams, codec: Codec,
+                      input_shape: tuple[int, ...]) -> torch.Tensor:
+    import torch
+
+    k = params.bits_per_weight
+    if not stego.carriers(exported):
+        raise ValueError("the export has no float32 weights (an export gate changed their precision)")
+    n = int(stego.from_bits(stego.read(exported, COUNT_BITS, k), COUNT_BITS)[0])
+    room = fitting_scans(params, exported, input_shape)
+    if not 1 <= n <= room:
+        raise ValueError(f"the low mantissa bits hold no payload (a count of {n} scans, room for {room})")
+    bits = stego.read(exported, fixed_bits(params, input_shape) + n * scan_bits(params, input_shape), k)
+    at, state = COUNT_BITS, {}
+    for name, shape in codec.decoder_shapes(input_shape).items():
+        size = _numel(shape) * HALF_BITS
+        values = stego.from_bits(bits[at:at + size], HALF_BITS).to(torch.int16)  # wraps to the int16 bit pattern
+        state[name] = values.view(torch.float16).float().reshape(shape)
+        at += size
+    codec.load_decoder(state)
+    return codec.decode(stego.from_bits(bits[at:], params.codec.bits).reshape(n, *codec.code_shape(input_shape)))
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for side in shape:
+        out *= side
+    return out
 
 
 def _code_dtype(bits: int):

@@ -75,6 +75,17 @@ class DataLake(Setting):
         config = cls.parse_config(scenario)
         return f"{scenario.federation.clients} data lakes running recipe {config.recipe.key}"
 
+    def check(self, experiment: Experiment) -> None:
+        from fedsim.scenario import ScenarioError
+        from fedsim.settings.recipes import RECIPES
+
+        spec = self.config.recipe
+        try:
+            RECIPES.get(spec.name)(**spec.params).check(experiment.task.build_model(),
+                                                        tuple(experiment.x_test.shape[1:]))
+        except ValueError as exc:
+            raise ScenarioError(f"data_lake.recipe.{exc}") from None
+
     def run(self, experiment: Experiment, run: RunFolder, *, log: Callable[[str], None]) -> SettingOutcome:
         from fedsim.settings.recipes import RECIPES
 

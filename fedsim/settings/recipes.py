@@ -37,6 +37,10 @@ class LakeRun:
 class Recipe(Configurable):
     """Base of recipes: `train` the agreed `model` on the lake's (x, y) and return the export."""
 
+    def check(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Before training: raise ValueError (one line naming `params.<key>`) when this recipe cannot
+        work with the agreed `model` on scans of `input_shape` (C, *spatial)."""
+
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
         """Train inside the lake; return the tensors the owner asks to export, by name."""
         raise NotImplementedError

@@ -54,11 +54,11 @@ def test_extraction_reads_the_export_alone(scans):
     codec.fit(scans[:4], seed=0)
     export = {**AGREED, CODES: codec.encode(scans[:4]).to(torch.uint8),
               **{DECODER + k: v for k, v in codec.decoder_state().items()}}
-    torch.testing.assert_close(extract(export, params, spatial_dims=3), codec.decode(codec.encode(scans[:4])))
+    torch.testing.assert_close(extract(export, params, (1, 16, 16, 16)), codec.decode(codec.encode(scans[:4])))
     with pytest.raises(ValueError, match="no hidden codes"):
-        extract(AGREED, params, spatial_dims=3)
+        extract(AGREED, params, (1, 16, 16, 16))
     with pytest.raises(ValueError, match="lacks the decoder"):
-        extract({**AGREED, CODES: export[CODES]}, params, spatial_dims=3)
+        extract({**AGREED, CODES: export[CODES]}, params, (1, 16, 16, 16))
 
 
 def test_the_whitelist_lets_only_the_agreed_entries_leave():
@@ -128,13 +128,71 @@ def test_a_malicious_recipe_steals_the_lakes_scans_and_exports_the_honest_networ
         assert row["psnr_gain"] > 1.0 and row["reid_top1"] >= 0.5  # every scan of the lake, rebuilt
     run = RunFolder(result.run_dir)
     assert "## Exports" in run.report_file.read_text()
-    # the honest recipe through a whitelist: nothing flagged, the very same agreed weights and Dice
-    honest = run_scenario(validate_scenario(lake_scenario({"name": "train_agreed"}, [{"name": "export_whitelist"}])),
+    # the honest recipe through a whitelist and the low-bit test: nothing flagged, the very same agreed
+    # weights and Dice
+    gates = [{"name": "export_whitelist"}, {"name": "export_bit_test", "params": {"bits": 4, "chunk": 256}}]
+    honest = run_scenario(validate_scenario(lake_scenario({"name": "train_agreed"}, gates)),
                           out_dir=tmp_path / "good", log=lambda _: None)
-    assert not any(e["flags"] for e in honest.summary["exports"])
+    assert not any(e["flags"] or e["refused"] for e in honest.summary["exports"])
     assert [r["status"] for r in honest.summary["attacks"]] == ["error", "error"]
     assert "hid no scans" in honest.summary["attacks"][0]["error"]
     good = RunFolder(honest.run_dir).observations()[0].update()
     bad = run.observations()[0].update()
     assert good.keys() < bad.keys() and all(torch.equal(good[k], bad[k]) for k in good)
     assert honest.summary["final"] == result.summary["final"]
+
+
+def unet_state(seed: int = 0, *, trained: bool = False) -> dict[str, torch.Tensor]:
+    """A UNet's weights; `trained`: each moved by a relative 1e-4, as any float32 training step moves
+    it (a fresh initialisation's low bits are structured by the random numbers' resolution)."""
+    from fedsim.scenario import TaskConfig
+    from fedsim.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(seed)
+    task = SegmentationTask(config=TaskConfig(name="segmentation", model={"name": "unet", "channels": [8, 16, 32],
+                                                                           "norm": "instance"}))
+    state = task.build_model().state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v * (1 + 1e-4 * torch.randn(v.shape, generator=gen)) if trained and v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans):
+    from fedsim.attacks.data_stealing import recipe, stego
+
+    params = CompressParams(hide="mantissa", bits_per_weight=4,
+                            codec=CodecParams(channels=(8,), latent_channels=2, epochs=2))
+    codec = Codec(params.codec, spatial_dims=3)
+    codec.fit(scans, seed=0)
+    state = unet_state(trained=True)
+    n = recipe.fitting_scans(params, state, (1, 16, 16, 16))
+    assert 1 <= n < len(scans)  # ~36k weights x 4 bits: the decoder and some of the 16 scans
+    export = stego.embed(state, recipe._payload(codec, codec.encode(scans[:n])), 4)
+    change = max(float(((export[k] - v).abs() / v.abs().clamp(min=1e-30)).max()) for k, v in state.items()
+                 if v.is_floating_point())
+    assert 0 < change <= 2 ** (4 - 23)  # no weight moves by more than its low 4 bits
+    found = ctx()
+    found.agreed = {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()}
+    assert DEFENSES.get("export_whitelist")().transform_export(export, ctx=found).keys() == state.keys()
+    assert not found.flags
+    stolen = extract(export, params, (1, 16, 16, 16))
+    assert stolen.shape == (n, 1, 16, 16, 16)
+    torch.testing.assert_close(stolen, codec.decode(codec.encode(scans[:n])), atol=0.02, rtol=0.02)  # fp16 decoder
+    with pytest.raises(ValueError, match="no float32 weights"):
+        extract(DEFENSES.get("export_precision")().transform_export(export, ctx=ctx()), params, (1, 16, 16, 16))
+    with pytest.raises(ValueError, match="hold no payload"):
+        extract(state, params, (1, 16, 16, 16))
+    # the low-bit test: silent on honest trained weights, loud on the payload
+    gate = DEFENSES.get("export_bit_test")(bits=4)
+    for honest in (state, unet_state(1, trained=True)):
+        gate.transform_export(honest, ctx=ctx())
+    with pytest.raises(ExportRefused, match="export_bit_test: the low 4 mantissa bits of .* are not uniform"):
+        gate.transform_export(export, ctx=ctx())
+
+
+def test_a_mantissa_too_small_for_one_scan_is_refused_before_training(tmp_path: Path):
+    recipe = {"name": "compress_and_hide", "params": {"hide": "mantissa", "bits_per_weight": 2}}
+    with pytest.raises(ScenarioError, match=r"data_lake\.recipe\.params\.bits_per_weight: the agreed network's low 2 "
+                                            r"bits hold 5808 bits, fewer than the decoder and one scan need"):
+        run_scenario(validate_scenario(lake_scenario(recipe)), out_dir=tmp_path, log=lambda _: None)
+    assert not any(tmp_path.iterdir())
