@@ -51,6 +51,7 @@ class DefenseCopy:
     images a client trains on. None where the defense does neither."""
 
     name: str
+    settings: str = ""  # the defense's name and params: what makes two copies alike (fits are cached by it)
     send: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     kinds: tuple[str, ...] = ()  # the observation kinds `send` follows
     train_shown: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None

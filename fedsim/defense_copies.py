@@ -5,6 +5,7 @@ may meet; attacks see them only as `attacks.base.DefenseCopy`."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import TYPE_CHECKING
 
 from fedsim.attacks.base import DefenseCopy
@@ -33,7 +34,7 @@ def defense_copies(scenario: Scenario, task: Task) -> list[DefenseCopy]:
         kinds = tuple(kind for kind in ("gradient", "weights") if defense.simulated_sender(kind) is not None)
         sender = defense.simulated_sender(kinds[0]) if kinds else None
         out.append(DefenseCopy(
-            name=spec.key,
+            name=spec.key, settings=f"{spec.name}{json.dumps(spec.params, sort_keys=True)}",
             send=_sender(sender, task, scenario, rng) if sender else None, kinds=kinds,
             train_shown=_trainer(defense, task, scenario) if defense.changes_images else None))
     return out

@@ -75,7 +75,7 @@ class AdaptiveLearnedInversion(LearnedInversion):
         updates = [c for c in obs.defenses if c.send is not None and obs.kind in c.kinds]
         images = [c for c in obs.defenses if c.train_shown is not None]
         copied = {c.name for c in updates + images}
-        out: dict[str, Any] = {"tag": repr(sorted(copied)), "copied": sorted(copied),
+        out: dict[str, Any] = {"tag": repr(sorted(c.settings for c in updates + images)), "copied": sorted(copied),
                                "not_copied": sorted({c.name for c in obs.defenses} - copied)}
         if updates:
             out["sent"] = through_updates(updates, model, learned.trainable_names(model))
@@ -87,7 +87,7 @@ class AdaptiveLearnedInversion(LearnedInversion):
                 return trainer(model, scans, targets, batch_size=obs.batch_size or 8,  # type: ignore[misc]
                                epochs=p.copy_epochs, seed=p.seed)
 
-            key = learned.state_digest(obs.global_state, repr((images[0].name, p.model_dump())))
+            key = learned.state_digest(obs.global_state, repr((images[0].settings, p.model_dump())))
             if key not in _COPIES:  # one copy per global model: a round's observations share it
                 _COPIES.clear()
                 _COPIES[key] = Lazy(train)

@@ -151,6 +151,26 @@ def test_an_attacker_that_copies_the_pruning_fits_through_it(slices, cohort_slic
     assert found["dp_sgd", "adaptive"] > found["dp_sgd", "plain"] + 0.2  # at batch 1: clip + noise per record
 
 
+def test_copies_of_one_defense_at_two_strengths_get_fits_of_their_own(slices):
+    """A sweep over a defense's strength runs each point from the same global weights: the cached fit
+    (and copy) must be told apart by the defense's settings, not its name alone."""
+    from fedsim.attacks.base import Observation
+    from fedsim.attacks.gradient_inversion.adaptive import AdaptiveLearnedInversion
+    from fedsim.defense_copies import defense_copies
+
+    task, model = slices[0], slices[1]
+    tags = []
+    for keep in (0.1, 0.01):
+        scenario = validate_scenario(tiny_scenario(defenses=[{"name": "prune", "params": {"keep": keep}}]))
+        copies = defense_copies(scenario, task)
+        obs = Observation(round=1, client=0, kind="gradient", update={}, global_state=model.state_dict(),
+                          num_examples=1, defenses=tuple(copies))
+        adapted = AdaptiveLearnedInversion().adapted(obs, model)
+        assert adapted["copied"] == ["prune"]
+        tags.append(adapted["tag"])
+    assert tags[0] != tags[1]
+
+
 def test_the_ridge_chosen_on_the_attackers_scans_is_near_the_best_for_the_victims(slices):
     """The held-out choice scores re-identification as the victims are scored (whole scans, each
     z-scored): scored on mean-free images instead, it preferred ridges that shrink every
