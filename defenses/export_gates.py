@@ -107,8 +107,9 @@ class BitTestParams(BaseModel):
 class ExportBitTest(_Gate):
     """A chi-square test of the low mantissa bits: in float32 weights that training moved their values
     are near uniform (a fresh initialisation's are not); bits written there (codes, a decoder) are
-    not. Runs of `chunk` weights, taken in sorted-name order, are tested one by one; round values (untrained defaults such as 0, 1 or
-    PReLU's 0.25) are skipped. An encrypted payload would pass: this catches the plain ones."""
+    not. Runs of `chunk` weights, taken in sorted-name order, are tested one by one; round values
+    (untrained defaults such as 0, 1 or PReLU's 0.25) are skipped. An encrypted payload would pass:
+    this catches the plain ones."""
 
     Params = BitTestParams
 
