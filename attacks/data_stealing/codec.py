@@ -1,13 +1,18 @@
-"""The lossy codec a malicious recipe trains on a lake's scans: a MONAI AutoEncoder of each scan's
+"""The lossy codecs a malicious recipe fits to a lake's scans (`codec.kind`).
+
+`autoencoder`: a MONAI AutoEncoder of each scan's
 difference from the lake's mean scan (the template, which leaves with the decoder), whose latent
 codes are bounded and quantised to `bits` per value, so that the codes are what leaves the lake
 and the decoder (trained inside) rebuilds the scans outside. Coding the difference starts the codec
 at the population prior instead of at a blank image. Quantisation is simulated in training by
-uniform noise of one step (a standard stand-in for rounding that keeps gradients)."""
+uniform noise of one step (a standard stand-in for rounding that keeps gradients).
+
+`voxels`: no network; each voxel's difference from the template, quantised to `bits` (what Song et
+al.'s LSB attack hides: the rate-quality reference for the learned codec)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,16 +21,18 @@ if TYPE_CHECKING:
 
 LATENT_RANGE = 4.0  # codes are tanh-bounded to +-LATENT_RANGE before quantisation
 TEMPLATE = "template"  # the decoder's entry holding the lake's mean scan
+RANGE = "range"  # voxels: the clipping range of the differences
 
 
 class CodecParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["autoencoder", "voxels"] = "autoencoder"
     channels: tuple[int, ...] = Field((32,), min_length=1, max_length=4,
                                       description="encoder channels; each level halves every side")
     latent_channels: int = Field(4, ge=1, le=64, description="code channels at the coarsest level")
     res_units: int = Field(0, ge=0, le=4, description="residual units per level (MONAI num_res_units)")
-    bits: int = Field(8, ge=1, le=16, description="bits per code value")
+    bits: int = Field(8, ge=1, le=16, description="bits per code value (voxels: per voxel)")
     epochs: int = Field(50, ge=1, le=5000, description="passes of the codec over the lake's scans")
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(8, ge=1)
@@ -118,3 +125,54 @@ class Codec:
         self.net.load_state_dict({**self.net.state_dict(), **{k: v for k, v in state.items() if k != TEMPLATE}})
         self.net.eval()
 
+
+
+class VoxelCodec:
+    """Each voxel's difference from the lake's mean scan, clipped to the 99.9th percentile of their
+    sizes and quantised uniformly to `bits`; `decoder_state` is the template and the range."""
+
+    def __init__(self, params: CodecParams, spatial_dims: int) -> None:
+        self.params, self.spatial_dims = params, spatial_dims
+        self.template: torch.Tensor | None = None
+        self.range: torch.Tensor | None = None
+
+    @property
+    def levels(self) -> int:
+        return 2**self.params.bits - 1
+
+    def fit(self, x: torch.Tensor, *, seed: int) -> float:
+        import torch
+
+        self.template = x.mean(0, keepdim=True)
+        diff = (x - self.template).abs().flatten()
+        sample = diff[torch.randperm(len(diff), generator=torch.Generator().manual_seed(seed))[:1_000_000]]
+        self.range = torch.quantile(sample, 0.999).reshape(1).clamp(min=1e-6)
+        return float(((self.decode(self.encode(x)) - x) ** 2).mean())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        r = self.range
+        return torch.round(((x - self.template).clamp(-r, r) + r) / (2 * r) * self.levels).to(torch.int32)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.template + codes.float() / self.levels * 2 * self.range - self.range
+
+    def decoder_state(self) -> dict[str, torch.Tensor]:
+        return {TEMPLATE: self.template.clone(), RANGE: self.range.clone()}
+
+    def decoder_shapes(self, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return dict(sorted({TEMPLATE: (1, *input_shape), RANGE: (1,)}.items()))
+
+    def code_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def load_decoder(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [k for k in (TEMPLATE, RANGE) if k not in state]
+        if missing:
+            raise ValueError(f"the export lacks the decoder's {missing[0]}")
+        self.template, self.range = state[TEMPLATE], state[RANGE].reshape(1)
+
+
+def make_codec(params: CodecParams, spatial_dims: int) -> Codec | VoxelCodec:
+    return VoxelCodec(params, spatial_dims) if params.kind == "voxels" else Codec(params, spatial_dims)

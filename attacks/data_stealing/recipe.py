@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.attacks.data_stealing import stego
-from fedsim.attacks.data_stealing.codec import Codec, CodecParams
+from fedsim.attacks.data_stealing.codec import Codec, CodecParams, VoxelCodec, make_codec
 from fedsim.settings.recipes import RECIPES, LakeRun, Recipe, train_agreed
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class CompressAndHide(Recipe):
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
         export = train_agreed(model, x, y, run=run)
         p = self.params
-        codec = Codec(p.codec, spatial_dims=x.dim() - 2)
+        codec = make_codec(p.codec, spatial_dims=x.dim() - 2)
         codec.fit(x, seed=run.seed + 1)
         n = min(len(x), p.scans or len(x))
         if p.hide == "extra_entries":
@@ -69,7 +69,7 @@ class CompressAndHide(Recipe):
         return stego.embed(export, _payload(codec, codec.encode(x[:n])), p.bits_per_weight)
 
 
-def _payload(codec: Codec, codes: torch.Tensor) -> torch.Tensor:
+def _payload(codec: Codec | VoxelCodec, codes: torch.Tensor) -> torch.Tensor:
     """The bit string hidden in the mantissas: scan count, decoder (half precision), codes."""
     import torch
 
@@ -80,12 +80,12 @@ def _payload(codec: Codec, codes: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
-    shapes = Codec(params.codec, spatial_dims=len(input_shape) - 1).decoder_shapes(input_shape)
+    shapes = make_codec(params.codec, spatial_dims=len(input_shape) - 1).decoder_shapes(input_shape)
     return COUNT_BITS + HALF_BITS * sum(_numel(s) for s in shapes.values())
 
 
 def scan_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
-    shape = Codec(params.codec, spatial_dims=len(input_shape) - 1).code_shape(input_shape)
+    shape = make_codec(params.codec, spatial_dims=len(input_shape) - 1).code_shape(input_shape)
     return _numel(shape) * params.codec.bits
 
 
@@ -98,7 +98,7 @@ def fitting_scans(params: CompressParams, tensors: dict[str, torch.Tensor], inpu
 def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_shape: tuple[int, ...]) -> torch.Tensor:
     """The scans of `input_shape` (C, *spatial) hidden in an export by `compress_and_hide` with
     `params` (the owner knows its own recipe); ValueError when the export does not hold them."""
-    codec = Codec(params.codec, spatial_dims=len(input_shape) - 1)
+    codec = make_codec(params.codec, spatial_dims=len(input_shape) - 1)
     if params.hide == "extra_entries":
         if CODES not in exported:
             raise ValueError("the export holds no hidden codes (an export gate removed them, or the recipe was honest)")
@@ -107,7 +107,7 @@ def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_sha
     return _extract_mantissa(exported, params, codec, input_shape)
 
 
-def _extract_mantissa(exported: dict[str, torch.Tensor], params: CompressParams, codec: Codec,
+def _extract_mantissa(exported: dict[str, torch.Tensor], params: CompressParams, codec: Codec | VoxelCodec,
                       input_shape: tuple[int, ...]) -> torch.Tensor:
     import torch
 

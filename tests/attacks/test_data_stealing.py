@@ -48,6 +48,20 @@ def test_the_codec_rebuilds_its_scans_better_than_the_population_mean(scans):
                                                                  scans).mean())
 
 
+def test_quantised_voxels_rebuild_a_scan_closer_with_every_bit(scans):
+    from fedsim.attacks.data_stealing.codec import make_codec
+    from fedsim.attacks.metrics import psnr
+
+    found = []
+    for bits in (3, 5, 7):
+        codec = make_codec(CodecParams(kind="voxels", bits=bits), spatial_dims=3)
+        codec.fit(scans, seed=0)
+        codes = codec.encode(scans)
+        assert codes.shape == scans.shape and int(codes.max()) < 2**bits
+        found.append(float(psnr(codec.decode(codes), scans).mean()))
+    assert found[0] + 8 < found[1] < found[2] - 8 and found[1] > 35  # ~6 dB a bit
+
+
 def test_extraction_reads_the_export_alone(scans):
     params = CompressParams(codec=CodecParams(channels=(8,), latent_channels=4, epochs=3))
     codec = Codec(params.codec, spatial_dims=3)
@@ -157,20 +171,24 @@ def unet_state(seed: int = 0, *, trained: bool = False) -> dict[str, torch.Tenso
             for k, v in state.items()}
 
 
-def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans):
+@pytest.mark.parametrize("kind", ["autoencoder", "voxels"])
+def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans, kind):
     from fedsim.attacks.data_stealing import recipe, stego
+    from fedsim.attacks.data_stealing.codec import make_codec
 
-    params = CompressParams(hide="mantissa", bits_per_weight=4,
-                            codec=CodecParams(channels=(8,), latent_channels=2, epochs=2))
-    codec = Codec(params.codec, spatial_dims=3)
+    params = CompressParams(hide="mantissa", bits_per_weight=4 if kind == "autoencoder" else 10,
+                            codec=CodecParams(kind=kind, channels=(8,), latent_channels=2, epochs=2,
+                                              bits=8 if kind == "autoencoder" else 5))
+    k = params.bits_per_weight
+    codec = make_codec(params.codec, spatial_dims=3)
     codec.fit(scans, seed=0)
     state = unet_state(trained=True)
     n = recipe.fitting_scans(params, state, (1, 16, 16, 16))
-    assert 1 <= n < len(scans)  # ~36k weights x 4 bits: the decoder and some of the 16 scans
-    export = stego.embed(state, recipe._payload(codec, codec.encode(scans[:n])), 4)
+    assert 1 <= n < len(scans)  # ~36k weights x 4 (10) bits: the decoder and some of the 16 scans
+    export = stego.embed(state, recipe._payload(codec, codec.encode(scans[:n])), k)
     change = max(float(((export[k] - v).abs() / v.abs().clamp(min=1e-30)).max()) for k, v in state.items()
                  if v.is_floating_point())
-    assert 0 < change <= 2 ** (4 - 23)  # no weight moves by more than its low 4 bits
+    assert 0 < change <= 2 ** (k - 23)  # no weight moves by more than its low k bits
     found = ctx()
     found.agreed = {k: (tuple(v.shape), str(v.dtype)) for k, v in state.items()}
     assert DEFENSES.get("export_whitelist")().transform_export(export, ctx=found).keys() == state.keys()
@@ -183,7 +201,7 @@ def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans):
     with pytest.raises(ValueError, match="hold no payload"):
         extract(state, params, (1, 16, 16, 16))
     # the low-bit test: silent on honest trained weights, loud on the payload
-    gate = DEFENSES.get("export_bit_test")(bits=4)
+    gate = DEFENSES.get("export_bit_test")(bits=4)  # the low 4 of the payload's bits, in either case
     for honest in (state, unet_state(1, trained=True)):
         gate.transform_export(honest, ctx=ctx())
     with pytest.raises(ExportRefused, match="export_bit_test: the low 4 mantissa bits of .* are not uniform"):
