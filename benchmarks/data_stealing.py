@@ -93,10 +93,10 @@ def main() -> None:
     for r in rows:
         ref = honest.get(r["gates"])
         delta = r["dice"] - ref if r["dice"] is not None and ref is not None else None
-        print(f"| {r['recipe']} | {r['gates']} | {r['stolen']:.0f} | {_f(r['psnr'], '.1f')} | {_f(r['gain'], '+.1f')} | "
-              f"{_f(r['ssim'], '.3f')} | {_f(r['reid'], '.0%')} | {_f(r['dice'], '.4f')} | {_f(delta, '+.5f')} | "
-              f"{r['flagged']} / {r['refused']} of {r['lakes']} | {r['error'] or 'ok' if r['recipe'] != 'honest' else '–'} |")
-
+        extraction = "–" if r["recipe"] == "honest" else r["error"] or "ok"
+        print(f"| {r['recipe']} | {r['gates']} | {r['stolen']:.0f} | {_f(r['psnr'], '.1f')} | "
+              f"{_f(r['gain'], '+.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['reid'], '.0%')} | {_f(r['dice'], '.4f')} | "
+              f"{_f(delta, '+.5f')} | {r['flagged']} / {r['refused']} of {r['lakes']} | {extraction} |")
 
 if __name__ == "__main__":
     main()
