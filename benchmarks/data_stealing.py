@@ -9,7 +9,7 @@ lakes). The honest rows also give the gates' false alarms and their own utility 
 
     python benchmarks/data_stealing.py                       # MRI, ~15 min on 2 CPU cores
     python benchmarks/data_stealing.py --data ct             # head CT
-    python benchmarks/data_stealing.py --only honest mantissa-8
+    python benchmarks/data_stealing.py --only mantissa-8 --gates none finetune
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ GATES: dict[str, list[dict[str, Any]]] = {
     "bit test": [{"name": "export_bit_test"}],
     "fp16": [{"name": "export_precision", "params": {"dtype": "float16"}}],
     "noise 1e-3": [{"name": "export_noise", "params": {"sigma": 1e-3}}],
+    "finetune": [{"name": "export_finetune", "params": {"epochs": 2, "lr": 1e-3, "decay": 0.8}}],
 }
 CELLS = [("honest", g) for g in GATES] + [
     ("extra-ae", "none"), ("extra-vox5", "none"), ("extra-vox5", "whitelist"),
     ("mantissa-8", "none"), ("mantissa-8", "whitelist"), ("mantissa-8", "bit test"), ("mantissa-8", "fp16"),
-    ("mantissa-8", "noise 1e-3"), ("mantissa-16", "none"), ("mantissa-16", "bit test")]
+    ("mantissa-8", "noise 1e-3"), ("mantissa-8", "finetune"), ("mantissa-16", "none"), ("mantissa-16", "bit test")]
 
 
 def run_cell(path: str, recipe: str, gates: str, out: Path) -> dict[str, Any]:
@@ -78,8 +79,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", choices=sorted(SCENARIOS), default="mri")
     ap.add_argument("--only", nargs="*", help="recipes to run (honest always runs: the utility reference)")
+    ap.add_argument("--gates", nargs="*", help="only these gates (names of GATES)")
     args = ap.parse_args()
-    cells = [c for c in CELLS if not args.only or c[0] in args.only or c[0] == "honest"]
+    cells = [c for c in CELLS if (not args.only or c[0] in args.only or c[0] == "honest")
+             and (not args.gates or c[1] in args.gates)]
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for recipe, gates in cells:

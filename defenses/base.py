@@ -56,6 +56,8 @@ class ExportRound:
     task: Task
     agreed: dict[str, tuple[tuple[int, ...], str]]  # the agreed network's entries: name -> (shape, dtype)
     rng: np.random.Generator
+    config: FederationConfig | None = None  # the lake's training settings (batch size, optimizer, lr)
+    data: tuple[torch.Tensor, torch.Tensor] | None = None  # the lake's own (scans, labels), for fine-tuning
     flags: list[str] = field(default_factory=list)  # what the gates noticed (the export may still leave)
 
 

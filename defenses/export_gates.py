@@ -1,8 +1,9 @@
 """Export gates: what a data lake does to a network before it leaves (setting `data_lake`).
 
 Listed in the scenario's `defenses:` like any defense, they act only at the export point
-(`at_export`), in the order listed: a whitelist of the agreed network's entries, Gaussian noise on
-the exported parameters, reduced precision. A gate may remove, change or refuse (ExportRefused);
+(`at_export`), in the order listed: a whitelist of the agreed network's entries, a test of the
+low mantissa bits, fine-tuning on the lake's own scans (the fine-tuning export protocol), Gaussian
+noise on the exported parameters, reduced precision. A gate may remove, change or refuse (ExportRefused);
 what it noticed goes to `ctx.flags` and into the run's summary.
 """
 
@@ -148,3 +149,55 @@ def low_bit_pvalues(tensors: Tensors, *, bits: int, chunk: int) -> list[float]:
         stat = float(((counts - expected) ** 2 / expected).sum())
         out.append(float(chi2.sf(stat, 2**bits - 1)))
     return out
+
+
+class FinetuneParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(2, ge=1, le=100, description="epochs of fine-tuning on the lake's own scans")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the layers nearest the output")
+    decay: float = Field(0.8, gt=0, le=1, description="each layer nearer the input trains at this times the "
+                         "rate of the next (1: plain fine-tuning)")
+
+
+@DEFENSES.register("export_finetune")
+class ExportFinetune(_Gate):
+    """The fine-tuning export protocol: before export the lake trains the agreed network a few epochs
+    on its own scans (Adam, layer-wise decaying learning rate), so that every weight moves by more
+    than what a payload in its low bits or small correlated changes could survive. Entries beyond
+    the agreed network pass unchanged (the whitelist removes them)."""
+
+    Params = FinetuneParams
+
+    def transform_export(self, tensors: Tensors, *, ctx: ExportRound) -> Tensors:
+        import numpy as np
+        import torch
+
+        from fedsim.training import batch_loader, run_steps
+        from fedsim.training_plan import local_budget
+
+        if ctx.data is None or ctx.config is None:
+            raise ExportRefused("export_finetune: the lake has no data to fine-tune on")
+        model = ctx.task.build_model()
+        state = model.state_dict()
+        missing = [k for k in state if k not in tensors]
+        if missing:
+            raise ExportRefused(f"export_finetune: the export lacks the agreed entry {missing[0]}")
+        model.load_state_dict({k: tensors[k].to(v.dtype) for k, v in state.items()})
+        x, y = ctx.data
+        config = ctx.config.model_copy(update={"local_epochs": self.params.epochs, "local_steps": None})
+        budget = local_budget(config, len(x))
+        rng = np.random.default_rng(int(ctx.rng.integers(2**62)))
+        run_steps(model, torch.optim.Adam(_layer_groups(model, self.params.lr, self.params.decay)),
+                  batch_loader(x, y, budget.batch_size, rng), budget.steps, task=ctx.task)
+        return {**tensors, **{k: v.detach().clone() for k, v in model.state_dict().items()}}
+
+
+def _layer_groups(model, lr: float, decay: float) -> list[dict]:
+    """One optimizer group per module holding parameters, in registration order (input to output):
+    the last trains at `lr`, each earlier one at `decay` times the next."""
+    modules: dict[str, list] = {}
+    for name, param in model.named_parameters():
+        modules.setdefault(name.rpartition(".")[0], []).append(param)
+    n = len(modules)
+    return [{"params": params, "lr": lr * decay ** (n - 1 - i)} for i, params in enumerate(modules.values())]

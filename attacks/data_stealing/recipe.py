@@ -9,7 +9,7 @@ Hiding (`hide`):
 - `extra_entries`: the codes and the decoder beside the agreed weights, under names of their own
   (what a whitelist of the agreed keys removes);
 - `mantissa`: a bit string in the low `bits_per_weight` mantissa bits of the agreed float32
-  weights (stego.py): a 32-bit scan count, the decoder in half precision, then the codes of as many
+  weights (stego.py): a 32-bit marker and scan count, the decoder in half precision, then the codes of as many
   scans as fit. Only the agreed entries leave, with their agreed shapes and dtypes.
 """
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 CODES, DECODER = "codec.codes", "codec.decoder."  # names of the hidden entries (extra_entries)
 COUNT_BITS, HALF_BITS = 32, 16
+MARKER = 0x5EC0DE55  # opens the payload: the owner knows an intact one from weights' own low bits
 
 
 class CompressParams(BaseModel):
@@ -75,13 +76,13 @@ def _payload(codec: Codec | VoxelCodec, codes: torch.Tensor) -> torch.Tensor:
 
     halves = [v.detach().half().contiguous().view(torch.int16).reshape(-1).to(torch.int64) & 0xFFFF
               for _, v in sorted(codec.decoder_state().items())]
-    return torch.cat([stego.to_bits(torch.tensor([len(codes)]), COUNT_BITS),
+    return torch.cat([stego.to_bits(torch.tensor([MARKER, len(codes)]), COUNT_BITS),
                       *(stego.to_bits(h, HALF_BITS) for h in halves), stego.to_bits(codes, codec.params.bits)])
 
 
 def fixed_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
     shapes = make_codec(params.codec, spatial_dims=len(input_shape) - 1).decoder_shapes(input_shape)
-    return COUNT_BITS + HALF_BITS * sum(_numel(s) for s in shapes.values())
+    return 2 * COUNT_BITS + HALF_BITS * sum(_numel(s) for s in shapes.values())
 
 
 def scan_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
@@ -114,12 +115,12 @@ def _extract_mantissa(exported: dict[str, torch.Tensor], params: CompressParams,
     k = params.bits_per_weight
     if not stego.carriers(exported):
         raise ValueError("the export has no float32 weights (an export gate changed their precision)")
-    n = int(stego.from_bits(stego.read(exported, COUNT_BITS, k), COUNT_BITS)[0])
+    marker, n = (int(v) for v in stego.from_bits(stego.read(exported, 2 * COUNT_BITS, k), COUNT_BITS))
     room = fitting_scans(params, exported, input_shape)
-    if not 1 <= n <= room:
-        raise ValueError(f"the low mantissa bits hold no payload (a count of {n} scans, room for {room})")
+    if marker != MARKER or not 1 <= n <= room:
+        raise ValueError("the low mantissa bits hold no payload (an export gate changed them, or none was hidden)")
     bits = stego.read(exported, fixed_bits(params, input_shape) + n * scan_bits(params, input_shape), k)
-    at, state = COUNT_BITS, {}
+    at, state = 2 * COUNT_BITS, {}
     for name, shape in codec.decoder_shapes(input_shape).items():
         size = _numel(shape) * HALF_BITS
         values = stego.from_bits(bits[at:at + size], HALF_BITS).to(torch.int16)  # wraps to the int16 bit pattern

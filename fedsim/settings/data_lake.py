@@ -67,8 +67,8 @@ class DataLake(Setting):
         for i, spec in enumerate(scenario.defenses):
             if not DEFENSES.get(spec.name).at_export:
                 raise ValueError(f"defenses.{i}: {spec.name} is a client defense; a data lake runs the owner's "
-                                 "training code, so only export gates apply (export_whitelist, export_noise, "
-                                 "export_precision)")
+                                 "training code, so only export gates apply (export_whitelist, export_bit_test, "
+                                 "export_finetune, export_noise, export_precision)")
 
     @classmethod
     def outline(cls, scenario: Scenario) -> str:
@@ -133,7 +133,8 @@ class DataLake(Setting):
         asked = recipe.train(model, x, y, run=LakeRun(lake=lake, task=task, config=config,
                                                       seed=derive_seed(sc.seed, "lake", lake)))
         ctx = ExportRound(lake=lake, task=task, agreed={k: (tuple(v.shape), str(v.dtype)) for k, v in initial.items()},
-                          rng=np.random.default_rng(derive_seed(sc.seed, "export gates", lake)))
+                          rng=np.random.default_rng(derive_seed(sc.seed, "export gates", lake)), config=config,
+                          data=(x, y))
         out, refused = dict(asked), None
         for spec in sc.defenses:
             try:

@@ -214,3 +214,29 @@ def test_a_mantissa_too_small_for_one_scan_is_refused_before_training(tmp_path: 
                                             r"bits hold 5808 bits, fewer than the decoder and one scan need"):
         run_scenario(validate_scenario(lake_scenario(recipe)), out_dir=tmp_path, log=lambda _: None)
     assert not any(tmp_path.iterdir())
+
+
+def test_fine_tuning_at_export_moves_every_weight_past_the_low_bits(scans):
+    """The lake's fine-tuning export protocol: the agreed network, trained a little more on the lake's
+    own scans (layer-wise decaying rates), leaves; a mantissa payload does not survive it."""
+    from fedsim.defenses.export_gates import _layer_groups
+    from fedsim.scenario import FederationConfig, TaskConfig
+    from fedsim.tasks.segmentation import SegmentationTask
+
+    cohort = load_cohort(CohortSpec(n_subjects=16, shape=16, n_sites=2, seed=1))
+    task = SegmentationTask(config=TaskConfig(name="segmentation", model={"name": "unet", "channels": [4, 8],
+                                                                           "norm": "instance"}))
+    x, y = task.tensors(cohort, list(range(8)))
+    torch.manual_seed(0)
+    model = task.build_model()
+    groups = _layer_groups(model, 1e-3, 0.5)
+    assert groups[-1]["lr"] == 1e-3 and groups[0]["lr"] == pytest.approx(1e-3 * 0.5 ** (len(groups) - 1))
+    state = model.state_dict()
+    export = {**state, CODES: torch.zeros(4, dtype=torch.uint8)}
+    round_ = ExportRound(lake=0, task=task, agreed={}, rng=np.random.default_rng(0), data=(x, y),
+                         config=FederationConfig(batch_size=4, lr=1e-3))
+    tuned = DEFENSES.get("export_finetune")(epochs=1).transform_export(export, ctx=round_)
+    assert torch.equal(tuned[CODES], export[CODES])  # not its business: the whitelist's
+    moved = [((tuned[k] - v).abs() > v.abs() * 2**-15).double().mean() for k, v in state.items()
+             if v.is_floating_point() and v.numel() > 64]
+    assert min(float(m) for m in moved) > 0.9  # nearly every weight moved past its low 8 bits
