@@ -72,6 +72,7 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
     key = summary.get("primary_metric", "mae")
     data, model = scenario["data"], scenario["task"]["model"]
     setting = run_setting(scenario)
+    initial_row, final_row = (setting or Setting).result_rows(summary)
     lines = [
         f"# {scenario['name']}",
         "",
@@ -91,8 +92,8 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
         "|---|---|",
         f"| baseline: {summary.get('baseline_name', 'predict the mean')} | "
         f"{cell(summary['baseline_predict_mean'].get(key))} |",
-        f"| initial global model | {cell(summary.get('initial', {}).get(key))} |",
-        f"| final global model (round {summary['rounds_completed']}) | {cell(summary.get('final', {}).get(key))} |",
+        f"| {initial_row} | {cell(summary.get('initial', {}).get(key))} |",
+        f"| {final_row} | {cell(summary.get('final', {}).get(key))} |",
         "",
     ]
     if figure is not None:
@@ -100,9 +101,12 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
     lines += ["## Partitions", "| client | train | val | sites | mean age |", "|---|---|---|---|---|"]
     for c in partitions["clients"]:
         lines.append(f"| {c['client']} | {c['train']} | {c['val']} | {', '.join(c['sites'])} | {c['mean_age']:.1f} |")
-    lines += [f"\nServer test set: {partitions.get('test', '?')} subjects.", "", "## Rounds",
-              f"| round | test {key.upper()} | mean train loss | mean client val {key.upper()} |", "|---|---|---|---|"]
-    for rnd in sorted({r["round"] for r in records if r.get("kind") == "server"}):
+    lines.append(f"\nServer test set: {partitions.get('test', '?')} subjects.")
+    rounds = sorted({r["round"] for r in records if r.get("kind") == "server"})
+    if rounds:
+        lines += ["", "## Rounds", f"| round | test {key.upper()} | mean train loss | mean client val {key.upper()} |",
+                  "|---|---|---|---|"]
+    for rnd in rounds:
         srv = next(r for r in records if r.get("kind") == "server" and r["round"] == rnd)
         tr = [r["train_loss"] for r in records if r.get("kind") == "train" and r["round"] == rnd
               and r.get("train_loss") is not None]

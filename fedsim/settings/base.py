@@ -87,6 +87,11 @@ class Setting(ABC):
         """Train, record observations (and metrics) into `run`, and say how it went."""
 
     @classmethod
+    def result_rows(cls, summary: dict[str, Any]) -> tuple[str, str]:
+        """How the report's Result table names the `initial` and `final` models' rows."""
+        return "initial global model", f"final global model (round {summary.get('rounds_completed', 0)})"
+
+    @classmethod
     def report_setup(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:
         """Bullet lines this setting adds to the report's Setup (who trains what, how)."""
         return []

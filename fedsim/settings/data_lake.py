@@ -113,7 +113,8 @@ class DataLake(Setting):
         error = None if exports else "every lake failed: " + (failures[0]["error"] if failures else "no lakes")
         return SettingOutcome(final=final, initial=_utility(experiment, _initial(experiment)),
                               rounds_completed=1 if exports else 0, failures=failures, error=error,
-                              summary={"recipe": spec.key, "lakes": len(experiment.split.clients), "exports": exports})
+                              summary={"recipe": spec.key, "lakes": len(experiment.split.clients), "exports": exports,
+                                       "lake_failures": failures})
 
     def _one_lake(self, lake: int, rows: list[int], recipe: Any, experiment: Experiment,
                   run: RunFolder) -> dict[str, Any]:
@@ -155,6 +156,10 @@ class DataLake(Setting):
         return row
 
     @classmethod
+    def result_rows(cls, summary: dict[str, Any]) -> tuple[str, str]:
+        return "the agreed network's initial weights", "exported networks (mean over the lakes' exports)"
+
+    @classmethod
     def report_setup(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:
         raw = run.scenario_raw()
         lake = raw.get("data_lake") or {}
@@ -165,8 +170,8 @@ class DataLake(Setting):
 
     @classmethod
     def report_section(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:
-        exports = summary.get("exports") or []
-        if not exports:
+        exports, failed = summary.get("exports") or [], summary.get("lake_failures") or []
+        if not exports and not failed:
             return []
         key = summary.get("primary_metric", "loss")
         lines = ["", "## Exports", "", "What each lake's recipe asked to export, what its gates let leave, and the "
@@ -180,6 +185,7 @@ class DataLake(Setting):
                          f"{out} | "
                          f"{e['extra_entries']} | {'–' if value is None else f'{value:.3f}'} | "
                          f"{'; '.join([*e['flags'], *([e['refused']] if e['refused'] else [])]) or '–'} |")
+        lines += [f"- lake {f['client']} failed: {f['error']}" for f in failed]
         return lines
 
 

@@ -240,3 +240,27 @@ def test_fine_tuning_at_export_moves_every_weight_past_the_low_bits(scans):
     moved = [((tuned[k] - v).abs() > v.abs() * 2**-15).double().mean() for k, v in state.items()
              if v.is_floating_point() and v.numel() > 64]
     assert min(float(m) for m in moved) > 0.9  # nearly every weight moved past its low 8 bits
+
+
+@pytest.mark.e2e
+def test_a_users_recipe_that_fails_in_one_lake_loses_no_other_export(tmp_path: Path):
+    recipe = tmp_path / "my_recipe.py"
+    recipe.write_text(
+        "from fedsim.settings.recipes import Recipe, train_agreed\n\n"
+        "class Flaky(Recipe):\n"
+        "    def train(self, model, x, y, *, run):\n"
+        "        if run.lake == 1:\n"
+        "            raise RuntimeError('out of memory in lake 1')\n"
+        "        return train_agreed(model, x, y, run=run)\n\n"
+        "class NotARecipe:\n"
+        "    pass\n")
+    raw = lake_scenario({"name": f"{recipe}:Flaky"})
+    raw["attacks"] = []
+    result = run_scenario(validate_scenario(raw), out_dir=tmp_path / "run", log=lambda _: None)
+    assert result.error is None and result.summary["status"] == "completed_with_client_failures"
+    assert [e["lake"] for e in result.summary["exports"]] == [0] and result.summary["final"]["dice"] > 0
+    report = RunFolder(result.run_dir).report_file.read_text()
+    assert "- lake 1 failed: RuntimeError: out of memory in lake 1" in report
+    assert "| exported networks (mean over the lakes' exports) |" in report and "## Rounds" not in report
+    with pytest.raises(ScenarioError, match="data_lake.recipe: .* is not a subclass of Recipe"):
+        validate_scenario(lake_scenario({"name": f"{recipe}:NotARecipe"}))
