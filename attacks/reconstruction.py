@@ -190,7 +190,8 @@ class ReconstructionFamily(AttackFamily):
                 continue
             lines.append(
                 f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | "
-                f"{r['batch_size'] or r.get('stolen') or '–'} | {r['psnr']:.1f} | {r['prior_psnr']:.1f} | {r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
+                f"{r['batch_size'] or r.get('stolen') or '–'} | {r['psnr']:.1f} | {r['prior_psnr']:.1f} | "
+                f"{r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
                 f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | {_target_column(r)} | {r['seconds']:.0f} |")
         lines += _probe_table(rows)
         for r in rows:
