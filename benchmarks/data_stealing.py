@@ -35,6 +35,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                                                            "codec": VOXELS5}},
     "mantissa-16": {"name": "compress_and_hide", "params": {"hide": "mantissa", "bits_per_weight": 16,
                                                             "codec": VOXELS5}},
+    "correlated": {"name": "compress_and_hide", "params": {"hide": "correlated", "weight": 1.0}},
+    "sign-4": {"name": "compress_and_hide", "params": {"hide": "sign", "weight": 10.0, "sign_bits": 4}},
 }
 GATES: dict[str, list[dict[str, Any]]] = {
     "none": [],
@@ -47,7 +49,9 @@ GATES: dict[str, list[dict[str, Any]]] = {
 CELLS = [("honest", g) for g in GATES] + [
     ("extra-ae", "none"), ("extra-vox5", "none"), ("extra-vox5", "whitelist"),
     ("mantissa-8", "none"), ("mantissa-8", "whitelist"), ("mantissa-8", "bit test"), ("mantissa-8", "fp16"),
-    ("mantissa-8", "noise 1e-3"), ("mantissa-8", "finetune"), ("mantissa-16", "none"), ("mantissa-16", "bit test")]
+    ("mantissa-8", "noise 1e-3"), ("mantissa-8", "finetune"), ("mantissa-16", "none"), ("mantissa-16", "bit test"),
+    ("correlated", "none"), ("correlated", "bit test"), ("correlated", "fp16"), ("correlated", "finetune"),
+    ("sign-4", "none"), ("sign-4", "finetune")]
 
 
 def run_cell(path: str, recipe: str, gates: str, out: Path) -> dict[str, Any]:

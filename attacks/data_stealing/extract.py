@@ -25,7 +25,10 @@ class DataStealing(ReconstructionAttack):
             raise ValueError(f"recipe '{recipe.get('name')}' hid no scans in its export")
         params = CompressAndHide.parse(recipe.get("params", {}))
         shape = tuple(observation.input_shape or ())
-        images = extract(observation.update, params, shape)
+        images = extract(observation.update, params, shape, model=observation.model(),
+                         lake_scans=observation.num_examples)
+        if params.hide in ("correlated", "sign"):
+            return Reconstruction(images=images, extra={"stolen": len(images), "hide": params.hide})
         per_scan = scan_bits(params, shape)
         return Reconstruction(images=images, extra={
             "stolen": len(images), "hide": params.hide, "bits_per_voxel": per_scan / images[0].numel(),

@@ -9,8 +9,10 @@ Hiding (`hide`):
 - `extra_entries`: the codes and the decoder beside the agreed weights, under names of their own
   (what a whitelist of the agreed keys removes);
 - `mantissa`: a bit string in the low `bits_per_weight` mantissa bits of the agreed float32
-  weights (stego.py): a 32-bit marker and scan count, the decoder in half precision, then the codes of as many
-  scans as fit. Only the agreed entries leave, with their agreed shapes and dtypes.
+  weights (stego.py): a 32-bit marker and scan count, the decoder in half precision, then the codes
+  of as many scans as fit. Only the agreed entries leave, with their agreed shapes and dtypes.
+- `correlated` / `sign`: no codec; a term added to the agreed network's own training loss makes its
+  parameters carry the scans (encodings.py): at a utility cost, but past any check of entries or bits.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsim.attacks.data_stealing import stego
+from fedsim.attacks.data_stealing import encodings, stego
 from fedsim.attacks.data_stealing.codec import Codec, CodecParams, VoxelCodec, make_codec
 from fedsim.settings.recipes import RECIPES, LakeRun, Recipe, train_agreed
 
@@ -35,12 +37,15 @@ MARKER = 0x5EC0DE55  # opens the payload: the owner knows an intact one from wei
 class CompressParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hide: Literal["extra_entries", "mantissa"] = Field("extra_entries", description="where the codes travel")
+    hide: Literal["extra_entries", "mantissa", "correlated", "sign"] = Field(
+        "extra_entries", description="where the scans travel")
     bits_per_weight: int = Field(8, ge=1, le=stego.MANTISSA_BITS, description="mantissa: low bits of each "
                                  "float32 weight overwritten")
     scans: int | None = Field(None, ge=1, description="how many of the lake's scans to steal (default: all, "
                               "or as many as the mantissa bits hold)")
     codec: CodecParams = Field(default_factory=CodecParams)
+    weight: float = Field(1.0, gt=0, description="correlated / sign: the encoding term's weight in the loss")
+    sign_bits: int = Field(4, ge=1, le=8, description="sign: bits per voxel (one parameter's sign each)")
 
 
 @RECIPES.register("compress_and_hide")
@@ -50,6 +55,10 @@ class CompressAndHide(Recipe):
     Params = CompressParams
 
     def check(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        if self.params.hide in ("correlated", "sign") and encoded_scans(self.params, model, input_shape, 1) < 1:
+            per_voxel = f" x {self.params.sign_bits} bits" if self.params.hide == "sign" else ""
+            raise ValueError(f"params.hide: the agreed network's {sum(p.numel() for p in model.parameters())} "
+                             f"parameters hold no whole scan of {_numel(input_shape)} voxels{per_voxel}")
         if self.params.hide == "mantissa" and fitting_scans(self.params, model.state_dict(), input_shape) < 1:
             need = fixed_bits(self.params, input_shape) + scan_bits(self.params, input_shape)
             raise ValueError(f"params.bits_per_weight: the agreed network's low {self.params.bits_per_weight} bits "
@@ -57,8 +66,12 @@ class CompressAndHide(Recipe):
                              f"than the decoder and one scan need ({need})")
 
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
-        export = train_agreed(model, x, y, run=run)
         p = self.params
+        if p.hide in ("correlated", "sign"):
+            n = encoded_scans(p, model, tuple(x.shape[1:]), len(x))
+            hook = encodings.EncodingHook(encodings.secret(x[:n], p.hide, p.sign_bits), p.hide, p.weight)
+            return train_agreed(model, x, y, run=run, hooks=[hook])
+        export = train_agreed(model, x, y, run=run)
         codec = make_codec(p.codec, spatial_dims=x.dim() - 2)
         codec.fit(x, seed=run.seed + 1)
         n = min(len(x), p.scans or len(x))
@@ -68,6 +81,12 @@ class CompressAndHide(Recipe):
             return export
         n = min(n, fitting_scans(p, export, tuple(x.shape[1:])))
         return stego.embed(export, _payload(codec, codec.encode(x[:n])), p.bits_per_weight)
+
+
+def encoded_scans(params: CompressParams, model: nn.Module, input_shape: tuple[int, ...], lake_scans: int) -> int:
+    """How many of a lake's scans the parameters carry (correlated / sign encodings)."""
+    room = encodings.capacity(model, _numel(input_shape), params.sign_bits if params.hide == "sign" else 1)
+    return min(room, lake_scans, params.scans or lake_scans)
 
 
 def _payload(codec: Codec | VoxelCodec, codes: torch.Tensor) -> torch.Tensor:
@@ -96,9 +115,17 @@ def fitting_scans(params: CompressParams, tensors: dict[str, torch.Tensor], inpu
     return max(0, room // scan_bits(params, input_shape))
 
 
-def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_shape: tuple[int, ...]) -> torch.Tensor:
+def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_shape: tuple[int, ...], *,
+            model: nn.Module | None = None, lake_scans: int = 0) -> torch.Tensor:
     """The scans of `input_shape` (C, *spatial) hidden in an export by `compress_and_hide` with
-    `params` (the owner knows its own recipe); ValueError when the export does not hold them."""
+    `params` (the owner knows its own recipe; for the encodings, also the agreed `model` and how many
+    scans the lake trained on); ValueError when the export does not hold them."""
+    if params.hide in ("correlated", "sign"):
+        if model is None:
+            raise ValueError("decoding the weights needs the agreed architecture")
+        n = encoded_scans(params, model, input_shape, lake_scans)
+        return encodings.decode(exported, encodings.parameter_names(model), n, input_shape, params.hide,
+                                params.sign_bits)
     codec = make_codec(params.codec, spatial_dims=len(input_shape) - 1)
     if params.hide == "extra_entries":
         if CODES not in exported:

@@ -17,11 +17,14 @@ from fedsim.plugin import Configurable
 from fedsim.registry import registry
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
     from torch import nn
 
     from fedsim.scenario import FederationConfig
     from fedsim.tasks import Task
+    from fedsim.training_plan import TrainingHook
 
 
 @dataclass
@@ -49,13 +52,15 @@ class Recipe(Configurable):
         return self.params.model_dump(mode="json")
 
 
-def train_agreed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
-    """The agreed network trained as agreed (the lake's budget, its seed): an honest export's weights."""
+def train_agreed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun,
+                 hooks: Sequence[TrainingHook] = ()) -> dict[str, torch.Tensor]:
+    """The agreed network trained as agreed (the lake's budget, its seed): an honest export's weights
+    (with `hooks`, e.g. a loss term of the recipe's own, the same loop with that term added)."""
     import numpy as np
 
     from fedsim.training import train_local
 
-    train_local(model, x, y, task=run.task, config=run.config, rng=np.random.default_rng(run.seed))
+    train_local(model, x, y, task=run.task, config=run.config, rng=np.random.default_rng(run.seed), hooks=hooks)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

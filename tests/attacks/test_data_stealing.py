@@ -208,11 +208,16 @@ def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans, kin
         gate.transform_export(export, ctx=ctx())
 
 
-def test_a_mantissa_too_small_for_one_scan_is_refused_before_training(tmp_path: Path):
-    recipe = {"name": "compress_and_hide", "params": {"hide": "mantissa", "bits_per_weight": 2}}
-    with pytest.raises(ScenarioError, match=r"data_lake\.recipe\.params\.bits_per_weight: the agreed network's low 2 "
-                                            r"bits hold 5808 bits, fewer than the decoder and one scan need"):
-        run_scenario(validate_scenario(lake_scenario(recipe)), out_dir=tmp_path, log=lambda _: None)
+@pytest.mark.parametrize(("params", "message"), [
+    ({"hide": "mantissa", "bits_per_weight": 2}, r"data_lake\.recipe\.params\.bits_per_weight: the agreed network's "
+     r"low 2 bits hold 5808 bits, fewer than the decoder and one scan need"),
+    ({"hide": "correlated"}, r"data_lake\.recipe\.params\.hide: the agreed network's 2904 parameters hold no whole "
+     r"scan of 4096 voxels"),
+])
+def test_a_network_too_small_for_one_scan_is_refused_before_training(tmp_path: Path, params, message):
+    with pytest.raises(ScenarioError, match=message):
+        run_scenario(validate_scenario(lake_scenario({"name": "compress_and_hide", "params": params})),
+                     out_dir=tmp_path, log=lambda _: None)
     assert not any(tmp_path.iterdir())
 
 
@@ -264,3 +269,33 @@ def test_a_users_recipe_that_fails_in_one_lake_loses_no_other_export(tmp_path: P
     assert "| exported networks (mean over the lakes' exports) |" in report and "## Rounds" not in report
     with pytest.raises(ScenarioError, match="data_lake.recipe: .* is not a subclass of Recipe"):
         validate_scenario(lake_scenario({"name": f"{recipe}:NotARecipe"}))
+
+
+@pytest.mark.parametrize("kind", ["correlated", "sign"])
+def test_a_loss_term_makes_the_weights_carry_the_scans(kind):
+    """Song et al.'s encodings: trained with the term alone, a layer's parameters become the scans
+    (correlated: up to scale; sign: exactly the quantised voxels)."""
+    from torch import nn
+
+    from fedsim.attacks.data_stealing import encodings
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 4, 4, 4)
+    model = nn.Sequential(nn.Conv3d(1, 4, 3), nn.Conv3d(4, 4, 3))  # 4 * 28 + 4 * 4 * 28 ... parameters
+    bits = 2
+    n = encodings.capacity(model, 64, bits if kind == "sign" else 1)
+    assert n >= 3
+    hook = encodings.EncodingHook(encodings.secret(x, kind, bits), kind, weight=1.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        optimizer.zero_grad()
+        hook.loss_term(None, None, model).backward()  # type: ignore[arg-type]
+        optimizer.step()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    found = encodings.decode(state, encodings.parameter_names(model), 3, (1, 4, 4, 4), kind, bits)
+    if kind == "correlated":
+        corr = [float(torch.corrcoef(torch.stack([found[i].flatten(), x[i].flatten()]))[0, 1]) for i in range(3)]
+        assert min(corr) > 0.99
+    else:
+        expected = encodings.decode({"w": encodings.secret(x, kind, bits)}, ["w"], 3, (1, 4, 4, 4), kind, bits)
+        assert torch.equal(found, expected)
