@@ -70,6 +70,7 @@ class Observation:
     input_shape: tuple[int, ...] | None = None  # one sample, e.g. (1, 32, 32, 32); with the architecture
     model_factory: Callable[[], nn.Module] | None = None
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    metrics_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]] | None = None  # the task's scores
     batch_size: int | None = None
     local_steps: int | None = None
     lr: float | None = None

@@ -50,6 +50,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         input_shape=tuple(experiment.x_test.shape[1:]) if threat.architecture else None,
         model_factory=task.build_model if threat.architecture else None,
         loss_fn=task.loss if threat.architecture else None,
+        metrics_fn=task.metrics if threat.architecture else None,
         batch_size=meta.get("batch_size") if threat.hyperparameters else None,
         local_steps=meta.get("local_steps") if threat.hyperparameters else None,
         lr=meta.get("lr") if threat.hyperparameters else None,

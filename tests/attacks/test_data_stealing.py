@@ -126,7 +126,8 @@ def lake_scenario(recipe: dict, defenses: list | None = None) -> dict:
     return tiny_scenario(
         setting="data_lake", data={"n_subjects": 40}, defenses=defenses or [],
         task={"name": "segmentation", "model": {"name": "unet", "channels": [4, 8], "norm": "instance"}},
-        data_lake={"epochs": 2, "recipe": recipe}, attacks=[{"name": "data_stealing"}])
+        data_lake={"epochs": 2, "recipe": recipe},
+        attacks=[{"name": "data_stealing", "params": {"train_on_stolen": True, "epochs": 2, "eval_scans": 8}}])
 
 
 @pytest.mark.e2e
@@ -140,6 +141,8 @@ def test_a_malicious_recipe_steals_the_lakes_scans_and_exports_the_honest_networ
     for e, row in zip(exports, rows, strict=True):
         assert row["status"] == "ok" and row["kind"] == "exported_model" and row["stolen"] == e["scans"]
         assert row["psnr_gain"] > 1.0 and row["reid_top1"] >= 0.5  # every scan of the lake, rebuilt
+        # what the theft is worth: a network trained on the stolen scans alone, on the owner's scans
+        assert 0 < row["stolen_trained_dice"] <= 1 and row["exported_dice"] > 0
     run = RunFolder(result.run_dir)
     assert "## Exports" in run.report_file.read_text()
     # the honest recipe through a whitelist and the low-bit test: nothing flagged, the very same agreed
