@@ -194,7 +194,7 @@ class ReconstructionFamily(AttackFamily):
                 f"{r['batch_size'] or r.get('stolen') or '–'} | {r['psnr']:.1f} | {r['prior_psnr']:.1f} | "
                 f"{r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
                 f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | {_target_column(r)} | {r['seconds']:.0f} |")
-        lines += _probe_table(rows)
+        lines += _probe_table(rows) + _worth_table(rows)
         for r in rows:
             if r.get("status") == "ok":
                 name = observation_name(r["round"], r["client"])
@@ -236,6 +236,21 @@ def _probe_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in ok:
         cells = [f"{r[f'probe_{n}']:.0%} ({r[f'probe_{n}_majority']:.0%} / {r[f'probe_{n}_clean']:.0%})" for n in names]
         lines.append(f"| {r['attack']} | {r['round']} | {r['client']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _worth_table(rows: list[dict[str, Any]]) -> list[str]:
+    """What stolen scans are worth (data_stealing's `train_on_stolen`): the agreed network trained on
+    them alone, beside the network they were stolen with, both on the attacker's own labelled scans."""
+    ok = [r for r in rows if r.get("status") == "ok" and "stolen_trained_dice" in r]
+    if not ok:
+        return []
+    lines = ["", "What the stolen scans are worth: the agreed network trained on them alone (labelled by the "
+             "exported network), and the exported network itself, on the attacker's own labelled scans.", "",
+             "| attack | lake | scans stolen | trained on them: Dice | exported network: Dice |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['attack']} | {r['client']} | {r.get('stolen', '–')} | {r['stolen_trained_dice']:.3f} | "
+              f"{r['exported_dice']:.3f} |" for r in ok]
     return lines
 
 

@@ -144,7 +144,8 @@ def test_a_malicious_recipe_steals_the_lakes_scans_and_exports_the_honest_networ
         # what the theft is worth: a network trained on the stolen scans alone, on the owner's scans
         assert 0 < row["stolen_trained_dice"] <= 1 and row["exported_dice"] > 0
     run = RunFolder(result.run_dir)
-    assert "## Exports" in run.report_file.read_text()
+    report = run.report_file.read_text()
+    assert "## Exports" in report and "What the stolen scans are worth" in report
     # the honest recipe through a whitelist and the low-bit test: nothing flagged, the very same agreed
     # weights and Dice
     gates = [{"name": "export_whitelist"}, {"name": "export_bit_test", "params": {"bits": 4, "chunk": 256}}]
