@@ -4,8 +4,9 @@ data-lake scenarios (three lakes of 68 scans at 32^3, 3D UNet tissue segmentatio
 For each (recipe, gates) cell, through the real setting (`fedsim.runner.run_scenario`): the scans
 stolen per lake, their PSNR / SSIM and gain over the population-mean scan, re-identification among
 the lake's scans and the server's pool, the exported network's mean test Dice and its change from
-the honest recipe's export through the same gates, and what the gates did (flagged / refused, of 3
-lakes). The honest rows also give the gates' false alarms and their own utility cost.
+the honest recipe's export through the same gates, the Dice of a UNet trained on the stolen scans
+alone (data_stealing's `train_on_stolen`, on the owner's 60 labelled scans), and what the gates did
+(flagged / refused, of 3 lakes). The honest rows also give the gates' false alarms and their own utility cost.
 
     python benchmarks/data_stealing.py                       # MRI, ~15 min on 2 CPU cores
     python benchmarks/data_stealing.py --data ct             # head CT
@@ -66,6 +67,7 @@ def run_cell(path: str, recipe: str, gates: str, out: Path) -> dict[str, Any]:
             "psnr": mean("psnr"), "ssim": mean("ssim"), "gain": mean("psnr_gain"), "reid": mean("reid_top1"),
             "dice": statistics.mean(dice) if dice else None, "flagged": sum(bool(e["flags"]) for e in exports),
             "refused": sum(bool(e["refused"]) for e in exports), "lakes": len(exports),
+            "worth": mean("stolen_trained_dice") if ok and "stolen_trained_dice" in ok[0] else None,
             "error": next((r.get("error") for r in rows if r.get("status") == "error"), None)}
 
 
@@ -95,15 +97,16 @@ def main() -> None:
     honest = {r["gates"]: r["dice"] for r in rows if r["recipe"] == "honest"}
     print(f"\n{args.data}: {SCENARIOS[args.data]}\n")
     print("| recipe | gates | scans stolen / lake | PSNR dB | gain dB | SSIM | re-id top-1 | exported Dice | "
-          "vs honest, same gates | gates: flagged / refused | extraction |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "vs honest, same gates | trained on stolen: Dice | gates: flagged / refused | extraction |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = honest.get(r["gates"])
         delta = r["dice"] - ref if r["dice"] is not None and ref is not None else None
         extraction = "–" if r["recipe"] == "honest" else r["error"] or "ok"
         print(f"| {r['recipe']} | {r['gates']} | {r['stolen']:.0f} | {_f(r['psnr'], '.1f')} | "
               f"{_f(r['gain'], '+.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['reid'], '.0%')} | {_f(r['dice'], '.4f')} | "
-              f"{_f(delta, '+.5f')} | {r['flagged']} / {r['refused']} of {r['lakes']} | {extraction} |")
+              f"{_f(delta, '+.5f')} | {_f(r['worth'], '.3f')} | {r['flagged']} / {r['refused']} of {r['lakes']} | "
+              f"{extraction} |")
 
 if __name__ == "__main__":
     main()
