@@ -102,7 +102,8 @@ def main() -> None:
     for r in rows:
         ref = honest.get(r["gates"])
         delta = r["dice"] - ref if r["dice"] is not None and ref is not None else None
-        extraction = "–" if r["recipe"] == "honest" else r["error"] or "ok"
+        extraction = ("–" if r["recipe"] == "honest" else "nothing left the lakes" if r["refused"] == r["lakes"]
+                      else r["error"] or "ok")
         print(f"| {r['recipe']} | {r['gates']} | {r['stolen']:.0f} | {_f(r['psnr'], '.1f')} | "
               f"{_f(r['gain'], '+.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['reid'], '.0%')} | {_f(r['dice'], '.4f')} | "
               f"{_f(delta, '+.5f')} | {_f(r['worth'], '.3f')} | {r['flagged']} / {r['refused']} of {r['lakes']} | "

@@ -6,7 +6,9 @@ On lake 0 of scenarios/data_lake_stealing.yaml (68 scans at 32^3, 3D UNet tissue
 k bits of every float32 weight are overwritten by random bits (a full payload); the quantised
 voxels codec's PSNR on the lake's scans at b bits per voxel; and the scans that fit beside the
 marker, count and template (16 bits per voxel) for networks of three sizes, at k bits per weight
-and b bits per voxel. Prints markdown tables and writes a PNG.
+and b bits per voxel. Then the low-bit test (`export_bit_test`, defaults) on 20 honest exports of lake
+0 (seeds 0-19, 2 epochs each) and on the same exports carrying the mantissa payload (5-bit voxels
+at 4, 8 and 16 low bits): its false alarms and detections. Prints markdown tables and writes a PNG.
 
     python benchmarks/stealing_capacity.py [--out docs/figures/stealing_capacity.png]
 """
@@ -88,6 +90,41 @@ def main() -> None:
             print(f"| {channels} | {weights:,} | {k} | " + " | ".join(str(f) for f in fits) + " |")
     _figure(curves, quality, args.out)
     print(f"\nfigure: {args.out}")
+    _bit_test(experiment, x, y, scenario)
+
+
+def _bit_test(experiment, x, y, scenario, seeds: int = 20) -> None:
+    """False alarms of the low-bit test on honest exports, and detections of mantissa payloads."""
+    from fedsim.attacks.data_stealing.recipe import _payload
+    from fedsim.defenses.base import DEFENSES, ExportRefused, ExportRound
+
+    gate = DEFENSES.get("export_bit_test")()
+    codec = make_codec(CodecParams(kind="voxels", bits=5), spatial_dims=3)
+    codec.fit(x, seed=0)
+    config = scenario.federation.model_copy(update={"local_epochs": 2, "local_steps": None})
+    counts = {"honest": 0, **{f"mantissa k={k}": 0 for k in (4, 8, 16)}}
+
+    def refused(state: dict[str, torch.Tensor]) -> bool:
+        try:
+            gate.transform_export(state, ctx=ExportRound(lake=0, task=experiment.task, agreed={},
+                                                          rng=np.random.default_rng(0)))
+        except ExportRefused:
+            return True
+        return False
+
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = experiment.task.build_model()
+        honest = train_agreed(model, x, y, run=LakeRun(lake=0, task=experiment.task, config=config, seed=seed))
+        counts["honest"] += refused(honest)
+        for k in (4, 8, 16):
+            params = CompressParams(hide="mantissa", bits_per_weight=k, codec=CodecParams(kind="voxels", bits=5))
+            n = min(len(x), fitting_scans(params, honest, tuple(x.shape[1:])))
+            counts[f"mantissa k={k}"] += refused(stego.embed(honest, _payload(codec, codec.encode(x[:n])), k))
+    print(f"\nexport_bit_test (bits 8, chunk 4096, alpha 1e-6) on {seeds} exports of lake 0 (seeds 0-{seeds - 1}, "
+          "2 epochs):\n\n| export | refused |\n|---|---|")
+    for name, hits in counts.items():
+        print(f"| {name} | {hits} of {seeds} |")
 
 
 def _figure(curves: dict, quality: dict, out: Path) -> None:
