@@ -179,6 +179,16 @@ class _DefenseHook(TrainingHook):
 DEFENSES = registry("defense", base=Defense, group="fedsim.defenses")
 
 
+def defense_class(name: str, index: int) -> type[Defense]:
+    """The defense class `defenses.<index>` names; an unknown one is a one-line error naming the key."""
+    from fedsim.registry import PluginError
+
+    try:
+        return DEFENSES.get(name)
+    except PluginError as exc:
+        raise ValueError(f"defenses.{index}: {exc}") from None
+
+
 def hides_client_updates(scenario: Scenario) -> bool:
     """Whether a listed defense (secure aggregation) leaves the server only the round's aggregate."""
     return any(DEFENSES.get(spec.name).hides_client_updates for spec in scenario.defenses)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from fedsim.defenses.base import DEFENSES, Defense, ExportRefused, ExportRound
 
@@ -99,9 +99,18 @@ class BitTestParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bits: int = Field(8, ge=1, le=12, description="low mantissa bits tested")
-    chunk: int = Field(4096, ge=256, description="weights per tested run (a payload may fill only a few)")
+    chunk: int = Field(4096, ge=256, description="weights per tested run (a payload may fill only a few); "
+                       "at least 5 x 2^bits, so that the chi-square approximation holds")
     alpha: float = Field(1e-6, gt=0, lt=1, description="false-alarm rate of one export (Bonferroni over runs)")
     refuse: bool = Field(True, description="refuse a flagged export (else flag it and let it leave)")
+
+    @field_validator("chunk")
+    @classmethod
+    def _enough_per_cell(cls, v: int, info: ValidationInfo) -> int:
+        bits = info.data.get("bits", 8)
+        if v < 5 * 2**bits:
+            raise ValueError(f"{v} weights give fewer than 5 per value of {bits} bits; use at least {5 * 2**bits}")
+        return v
 
 
 @DEFENSES.register("export_bit_test")

@@ -61,6 +61,8 @@ class EncodingHook(TrainingHook):
 
         params = dict(model.named_parameters())
         theta = torch.cat([params[n].reshape(-1) for n in sorted(params)])[: len(self.target)]
+        if self.target.device != theta.device:
+            self.target = self.target.to(theta.device)
         if self.kind == "correlated":
             t, s = theta - theta.mean(), self.target - self.target.mean()
             return -self.weight * (t * s).sum() / (t.norm() * s.norm()).clamp(min=1e-12)

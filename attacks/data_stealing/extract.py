@@ -7,7 +7,7 @@ own labelled scans beside the exported network itself."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,8 +39,14 @@ class DataStealing(ReconstructionAttack):
     consumes: ClassVar[frozenset[str]] = frozenset({EXPORTED_MODEL})
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, auxiliary=True)
 
+    @classmethod
+    def check_experiment(cls, params: StealingParams, experiment: Any) -> None:
+        if params.train_on_stolen and experiment.task.primary_metric != "dice":
+            raise ValueError(f"params.train_on_stolen: labels the stolen scans with the exported network's "
+                             f"segmentation; task '{experiment.scenario.task.name}' is not a segmentation")
+
     def reconstruct(self, observation: Observation) -> Reconstruction:
-        from fedsim.attacks.data_stealing.recipe import CompressAndHide, extract, fixed_bits, scan_bits
+        from fedsim.attacks.data_stealing.recipe import CODES, DECODER, CompressAndHide, extract, fixed_bits, scan_bits
 
         recipe = observation.recipe or {}
         if recipe.get("name") != "compress_and_hide":
@@ -50,11 +56,15 @@ class DataStealing(ReconstructionAttack):
         images = extract(observation.update, params, shape, model=observation.model(),
                          lake_scans=observation.num_examples)
         extra: dict[str, float | int | str] = {"stolen": len(images), "hide": params.hide}
-        if params.hide not in ("correlated", "sign"):
+        if params.hide == "mantissa":
             per_scan = scan_bits(params, shape)
             extra.update(bits_per_voxel=per_scan / images[0].numel(),
                          hidden_kb=(len(images) * per_scan + fixed_bits(params, shape)) / 8e3)
-        if self.params.train_on_stolen:
+        elif params.hide == "extra_entries":
+            hidden = [v for k, v in observation.update.items() if k == CODES or k.startswith(DECODER)]
+            extra.update(bits_per_voxel=params.codec.bits * observation.update[CODES][0].numel() / images[0].numel(),
+                         hidden_kb=sum(v.numel() * v.element_size() for v in hidden) / 1e3)
+        if self.params.train_on_stolen and _loaded(observation) is not None:
             extra.update(self._worth(observation, images))
         return Reconstruction(images=images, extra=extra)
 
@@ -65,6 +75,7 @@ class DataStealing(ReconstructionAttack):
         from fedsim.training import predict
 
         exported = _loaded(obs)
+        assert exported is not None
         pseudo = predict(exported, images).argmax(1, keepdim=True)
         torch.manual_seed(self.params.seed)
         model = obs.model_factory()  # type: ignore[misc]
@@ -82,9 +93,11 @@ class DataStealing(ReconstructionAttack):
                 **{f"stolen_trained_{k}": v for k, v in ours.items()}}
 
 
-def _loaded(obs: Observation) -> nn.Module:
-    """The agreed network with the exported weights."""
+def _loaded(obs: Observation) -> nn.Module | None:
+    """The agreed network with the exported weights (None if the export lacks some of them)."""
     model = obs.model_factory()  # type: ignore[misc]
     state = model.state_dict()
+    if any(k not in obs.update for k in state):
+        return None
     model.load_state_dict({k: obs.update[k].to(v.dtype) for k, v in state.items()})
     return model

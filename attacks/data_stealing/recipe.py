@@ -55,6 +55,11 @@ class CompressAndHide(Recipe):
     Params = CompressParams
 
     def check(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        down = 2 ** len(self.params.codec.channels)
+        if self.params.codec.kind == "autoencoder" and any(side % down for side in input_shape[1:]):
+            raise ValueError(f"params.codec.channels: {len(self.params.codec.channels)} levels halve each side "
+                             f"{len(self.params.codec.channels)} times; sides {list(input_shape[1:])} do not divide "
+                             f"by {down}")
         if self.params.hide in ("correlated", "sign") and encoded_scans(self.params, model, input_shape, 1) < 1:
             per_voxel = f" x {self.params.sign_bits} bits" if self.params.hide == "sign" else ""
             raise ValueError(f"params.hide: the agreed network's {sum(p.numel() for p in model.parameters())} "

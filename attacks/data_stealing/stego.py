@@ -75,10 +75,3 @@ def read(tensors: dict[str, torch.Tensor], n_bits: int, k: int) -> torch.Tensor:
     low = (flat[:weights] & ((1 << k) - 1)).to(torch.int64)
     return to_bits(low, k)[:n_bits]
 
-
-def low_bit_ones(tensors: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-    """For each of the low `k` bit positions (lowest first), the fraction of float32 weights with a 1."""
-    import torch
-
-    flat = torch.cat([tensors[n].detach().contiguous().reshape(-1).view(torch.int32) for n in carriers(tensors)])
-    return torch.stack([((flat >> j) & 1).double().mean() for j in range(k)])

@@ -53,7 +53,7 @@ class DataLake(Setting):
 
     @classmethod
     def check_scenario(cls, config: DataLakeConfig, scenario: Scenario) -> None:
-        from fedsim.defenses.base import DEFENSES
+        from fedsim.defenses.base import defense_class
         from fedsim.settings.recipes import RECIPES
 
         try:
@@ -65,7 +65,7 @@ class DataLake(Setting):
         except ValueError as exc:
             raise ValueError(f"data_lake.recipe.{exc}") from None
         for i, spec in enumerate(scenario.defenses):
-            if not DEFENSES.get(spec.name).at_export:
+            if not defense_class(spec.name, i).at_export:
                 raise ValueError(f"defenses.{i}: {spec.name} is a client defense; a data lake runs the owner's "
                                  "training code, so only export gates apply (export_whitelist, export_bit_test, "
                                  "export_finetune, export_noise, export_precision)")
@@ -162,11 +162,10 @@ class DataLake(Setting):
     @classmethod
     def report_setup(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:
         raw = run.scenario_raw()
-        lake = raw.get("data_lake") or {}
-        recipe = (lake.get("recipe") or {}).get("name", "train_agreed")
+        lake = DataLakeConfig.model_validate(raw.get("data_lake") or {})
         gates = ", ".join(d["name"] for d in raw.get("defenses", [])) or "none"
-        return [f"- Data lakes: {raw['federation']['clients']}, each running the owner's recipe `{recipe}` for "
-                f"{lake.get('epochs', 10)} epochs; export gates: {gates}"]
+        return [f"- Data lakes: {raw['federation']['clients']}, each running the owner's recipe `{lake.recipe.key}` "
+                f"for {lake.epochs} epochs; export gates: {gates}"]
 
     @classmethod
     def report_section(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:

@@ -30,12 +30,12 @@ class Federated(Setting):
 
     @classmethod
     def check_scenario(cls, config: Any, scenario: Scenario) -> None:
-        from fedsim.defenses.base import DEFENSES
+        from fedsim.defenses.base import defense_class
         from fedsim.server.strategies import check_strategy_args
 
         check_strategy_args(scenario.federation)
         for i, spec in enumerate(scenario.defenses):
-            if DEFENSES.get(spec.name).at_export:
+            if defense_class(spec.name, i).at_export:
                 raise ValueError(f"defenses.{i}: {spec.name} is an export gate of a data lake (setting: data_lake); "
                                  "a federation exports nothing")
 

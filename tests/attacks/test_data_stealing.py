@@ -108,6 +108,9 @@ def test_noise_and_precision_gates_change_parameters_not_integer_codes():
     ({"defenses": [{"name": "export_noise", "params": {"sigma": 0}}]},
      "defenses.0: params.sigma: Input should be greater than 0"),
     ({"attacks": [{"name": "dlg"}]}, "attacks.0: dlg consumes gradient or weights observations"),
+    ({"defenses": [{"name": "export_bit_test", "params": {"bits": 8, "chunk": 1024}}]},
+     "defenses.0: params.chunk: 1024 weights give fewer than 5 per value of 8 bits; use at least 1280"),
+    ({"defenses": [{"name": "export_whitelst"}]}, "defenses.0: unknown defense 'export_whitelst'"),
 ])
 def test_bad_lake_input_is_one_line_naming_the_key(change, message):
     raw = tiny_scenario(setting="data_lake",
@@ -303,3 +306,43 @@ def test_a_loss_term_makes_the_weights_carry_the_scans(kind):
     else:
         expected = encodings.decode({"w": encodings.secret(x, kind, bits)}, ["w"], 3, (1, 4, 4, 4), kind, bits)
         assert torch.equal(found, expected)
+
+
+@pytest.mark.e2e
+def test_scans_hidden_in_the_weights_pass_the_whitelist_and_come_back(tmp_path: Path):
+    """Through the setting: the mantissa payload and the correlated encoding leave as exactly the
+    agreed entries, and the owner reads the lake's scans back from the file alone."""
+    found = {}
+    for hide, params in (("mantissa", {"bits_per_weight": 16, "codec": {"kind": "voxels", "bits": 5}}),
+                         ("correlated", {"weight": 1.0})):
+        raw = lake_scenario({"name": "compress_and_hide", "params": {"hide": hide, **params}},
+                            [{"name": "export_whitelist"}])
+        raw["task"]["model"]["channels"] = [8, 16]  # 7,152 weights: room for two 16^3 scans at 5 bits
+        raw["attacks"][0]["params"] = {}
+        if hide == "correlated":  # the weights must move as far as they are large: more, larger steps
+            raw["data_lake"]["epochs"], raw["federation"]["lr"] = 20, 0.01
+        result = run_scenario(validate_scenario(raw), out_dir=tmp_path / hide, log=lambda _: None)
+        exports, rows = result.summary["exports"], result.summary["attacks"]
+        assert all(e["extra_entries"] == 0 and not e["flags"] and not e["refused"] for e in exports)
+        assert all(r["status"] == "ok" for r in rows), rows
+        found[hide] = rows
+    assert all(r["stolen"] == 2 and r["psnr"] > 35 and r["reid_top1"] == 1 for r in found["mantissa"])
+    # a network this small, trained this briefly, carries one scan that identifies its patient (not
+    # yet closer than the population mean; the benchmark's UNet carries 18 at +10 dB)
+    assert all(r["stolen"] == 1 and r["reid_top1"] == 1 for r in found["correlated"])
+
+
+def test_what_the_recipe_and_the_theft_check_cannot_work_is_refused(tmp_path: Path):
+    raw = lake_scenario({"name": "compress_and_hide", "params": {"codec": {"channels": [8, 8, 8, 8, 8]}}})
+    with pytest.raises(ScenarioError, match="params.codec.channels: Tuple should have at most 4 items"):
+        validate_scenario(raw)
+    from fedsim.attacks.data_stealing.recipe import CompressAndHide  # scans of a side that does not halve 4 times
+
+    with pytest.raises(ValueError, match=r"params\.codec\.channels: 4 levels halve each side 4 times; sides "
+                                         r"\[24, 24, 24\] do not divide by 16"):
+        CompressAndHide(codec={"channels": [4, 4, 4, 4]}).check(torch.nn.Linear(1, 1), (1, 24, 24, 24))
+    raw = lake_scenario({"name": "compress_and_hide"})
+    raw["task"] = {"name": "brain_age", "model": {"channels": [4, 8]}}
+    with pytest.raises(ScenarioError, match="attacks.0: data_stealing: params.train_on_stolen: labels the stolen "
+                                            "scans with the exported network's segmentation"):
+        run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
