@@ -13,6 +13,7 @@ leaks), leave with exactly the agreed entries, and survive half precision.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -74,9 +75,7 @@ def decode(tensors: dict[str, torch.Tensor], names: Sequence[str], n: int, input
     """The `n` scans of `input_shape` (C, *spatial) that the parameters `names` of `tensors` carry."""
     import torch
 
-    voxels = 1
-    for side in input_shape:
-        voxels *= side
+    voxels = math.prod(input_shape)
     per_scan = voxels * (bits if kind == "sign" else 1)
     missing = [k for k in names if k not in tensors]
     if missing:

@@ -17,6 +17,7 @@ Hiding (`hide`):
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,7 +64,7 @@ class CompressAndHide(Recipe):
         if self.params.hide in ("correlated", "sign") and encoded_scans(self.params, model, input_shape, 1) < 1:
             per_voxel = f" x {self.params.sign_bits} bits" if self.params.hide == "sign" else ""
             raise ValueError(f"params.hide: the agreed network's {sum(p.numel() for p in model.parameters())} "
-                             f"parameters hold no whole scan of {_numel(input_shape)} voxels{per_voxel}")
+                             f"parameters hold no whole scan of {math.prod(input_shape)} voxels{per_voxel}")
         if self.params.hide == "mantissa" and fitting_scans(self.params, model.state_dict(), input_shape) < 1:
             need = fixed_bits(self.params, input_shape) + scan_bits(self.params, input_shape)
             raise ValueError(f"params.bits_per_weight: the agreed network's low {self.params.bits_per_weight} bits "
@@ -90,7 +91,7 @@ class CompressAndHide(Recipe):
 
 def encoded_scans(params: CompressParams, model: nn.Module, input_shape: tuple[int, ...], lake_scans: int) -> int:
     """How many of a lake's scans the parameters carry (correlated / sign encodings)."""
-    room = encodings.capacity(model, _numel(input_shape), params.sign_bits if params.hide == "sign" else 1)
+    room = encodings.capacity(model, math.prod(input_shape), params.sign_bits if params.hide == "sign" else 1)
     return min(room, lake_scans, params.scans or lake_scans)
 
 
@@ -106,12 +107,12 @@ def _payload(codec: Codec | VoxelCodec, codes: torch.Tensor) -> torch.Tensor:
 
 def fixed_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
     shapes = make_codec(params.codec, spatial_dims=len(input_shape) - 1).decoder_shapes(input_shape)
-    return 2 * COUNT_BITS + HALF_BITS * sum(_numel(s) for s in shapes.values())
+    return 2 * COUNT_BITS + HALF_BITS * sum(math.prod(s) for s in shapes.values())
 
 
 def scan_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
     shape = make_codec(params.codec, spatial_dims=len(input_shape) - 1).code_shape(input_shape)
-    return _numel(shape) * params.codec.bits
+    return math.prod(shape) * params.codec.bits
 
 
 def fitting_scans(params: CompressParams, tensors: dict[str, torch.Tensor], input_shape: tuple[int, ...]) -> int:
@@ -154,19 +155,13 @@ def _extract_mantissa(exported: dict[str, torch.Tensor], params: CompressParams,
     bits = stego.read(exported, fixed_bits(params, input_shape) + n * scan_bits(params, input_shape), k)
     at, state = 2 * COUNT_BITS, {}
     for name, shape in codec.decoder_shapes(input_shape).items():
-        size = _numel(shape) * HALF_BITS
+        size = math.prod(shape) * HALF_BITS
         values = stego.from_bits(bits[at:at + size], HALF_BITS).to(torch.int16)  # wraps to the int16 bit pattern
         state[name] = values.view(torch.float16).float().reshape(shape)
         at += size
     codec.load_decoder(state)
     return codec.decode(stego.from_bits(bits[at:], params.codec.bits).reshape(n, *codec.code_shape(input_shape)))
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    out = 1
-    for side in shape:
-        out *= side
-    return out
 
 
 def _code_dtype(bits: int):

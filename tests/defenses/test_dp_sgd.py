@@ -247,6 +247,9 @@ def test_the_attackers_copy_sends_what_opacus_makes_of_one_record(clip: float):
     noisy = DPSGD(noise_multiplier=2.0, **params).simulated_sender("gradient")
     noise = torch.cat([flat(noisy(plain, ctx).values()) - flat(copied.values()) for _ in range(3)])
     assert abs(float(noise.std()) / (2.0 * clip) - 1) < 0.05
+    batch4 = ctx_for(FederationConfig(batch_size=4, lr=0.1), {})  # one record of a batch of 4: a quarter
+    torch.testing.assert_close(flat(send(plain, batch4).values()), flat(copied.values()) / 4, rtol=1e-4,
+                               atol=1e-6 * clip)
     assert DPSGD(noise_multiplier=1.0).simulated_sender("weights") is None
     assert DPSGD(target_epsilon=3.0, delta=1e-5).simulated_sender("gradient") is None
 
