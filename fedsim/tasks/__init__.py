@@ -17,4 +17,7 @@ TASKS.lazy("diagnosis_slice", "fedsim.tasks.diagnosis:DiagnosisSliceTask",
 TASKS.lazy("segmentation", "fedsim.tasks.segmentation:SegmentationTask",
            "Voxel-wise segmentation of a 3D volume (synthetic: CSF / GM / WM) with a MONAI UNet or SegResNet.")
 
+TASKS.lazy("segmentation_slice", "fedsim.tasks.segmentation:SegmentationSliceTask",
+           "The same tissues on the central axial slice (2D UNet).")
+
 __all__ = ["TASKS", "Task"]

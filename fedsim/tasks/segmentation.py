@@ -45,6 +45,7 @@ class SegmentationTask(Task):
     """Voxel-wise segmentation of a 3D volume (synthetic: CSF / GM / WM) with a MONAI UNet or SegResNet."""
 
     primary_metric = "dice"
+    spatial_dims = 3
     baseline_name = "all background"
     # labels 1.. (0 is background); set from the cohort by `tensors`, which the runner and every
     # client call before building a model, so all agree on the output channels
@@ -62,17 +63,21 @@ class SegmentationTask(Task):
     def build_model(self) -> nn.Module:
         cfg = self.config.model
         return MODELS.get(cfg.name)(channels=cfg.channels, norm=cfg.norm, dropout=cfg.dropout,
-                                    in_channels=1, out_channels=self.n_classes, spatial_dims=3)
+                                    in_channels=1, out_channels=self.n_classes, spatial_dims=self.spatial_dims)
 
     def tensors(self, cohort: Cohort, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Z-scored volumes (N, 1, S, S, S) float32 and label maps (N, 1, S, S, S) int64.
+        """Z-scored images (N, 1, *spatial) float32 and label maps (N, 1, *spatial) int64.
 
         Labels keep their channel axis: DiceCELoss one-hot encodes along it (to_onehot_y). The task's
         classes are taken from the whole cohort here, so every subset gives the same number."""
         self.class_names = class_names(cohort)
-        x = zscore_volumes(cohort.images[indices])[:, None]
-        y = cohort.labels[indices].astype(np.int64)[:, None]
+        x = zscore_volumes(self.images(cohort.images, indices))[:, None]
+        y = self.images(cohort.labels, indices).astype(np.int64)[:, None]
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+    def images(self, volumes: np.ndarray, indices: list[int]) -> np.ndarray:
+        """The network's inputs (or label maps) of the rows: whole volumes here."""
+        return volumes[indices]
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self._loss(pred, target)
@@ -81,7 +86,7 @@ class SegmentationTask(Task):
         """Per tissue the mean over cases of each case's Dice; `dice` their mean (the headline number).
 
         A tissue absent from a case's ground truth does not count for that case (MONAI's ignore_empty)."""
-        labels = target.reshape(target.shape[0], *target.shape[-3:])
+        labels = target.reshape(target.shape[0], *target.shape[-self.spatial_dims:])
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)  # nan: tissue absent
         per_case = dice(self._one_hot(pred.detach().argmax(1)), self._one_hot(labels))
         per_class = [float(v) for v in torch.nanmean(per_case, dim=0)]
@@ -92,12 +97,12 @@ class SegmentationTask(Task):
         return scores
 
     def _one_hot(self, labels: torch.Tensor) -> torch.Tensor:
-        """(N, S, S, S) class indices -> (N, C, S, S, S), the layout DiceMetric wants."""
+        """(N, *spatial) class indices -> (N, C, *spatial), the layout DiceMetric wants."""
         return nn.functional.one_hot(labels.long(), self.n_classes).movedim(-1, 1).float()
 
     def baseline(self, target_mean: float, test_target: torch.Tensor) -> dict[str, float]:
         """Labelling every voxel background: Dice 0 for every tissue."""
-        shape = (test_target.shape[0], self.n_classes, *test_target.shape[-3:])
+        shape = (test_target.shape[0], self.n_classes, *test_target.shape[-self.spatial_dims:])
         logits = torch.zeros(shape)
         logits[:, 0] = 1.0
         return self.metrics(logits, test_target)
@@ -107,3 +112,13 @@ class SegmentationTask(Task):
         """Zeros: the runner summarises targets as a mean/std to set up regression heads, which a
         segmentation network does not have; zeros make that summary harmless (mean 0, std 1)."""
         return np.zeros(len(cohort), dtype=np.float64)
+
+
+class SegmentationSliceTask(SegmentationTask):
+    """The same tissues on the central axial slice (2D UNet): the scale of the 2D literature, where
+    a network holds many more of its training images than a 3D one."""
+
+    spatial_dims = 2
+
+    def images(self, volumes: np.ndarray, indices: list[int]) -> np.ndarray:
+        return volumes[indices][..., volumes.shape[-1] // 2]

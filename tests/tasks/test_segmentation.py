@@ -87,6 +87,22 @@ def test_tensors_are_zscored_volumes_and_int64_label_maps():
     assert not SegmentationTask.targets(cohort).any()  # harmless mean/std for the runner
 
 
+def test_the_slice_task_segments_the_central_axial_slice_with_a_2d_unet():
+    cohort = load_cohort(CohortSpec(n_subjects=3, shape=16, n_sites=1, seed=0))
+    config = TaskConfig(name="segmentation_slice", model=ModelConfig(name="unet", channels=[4, 8], norm="instance"))
+    task = TASKS.get("segmentation_slice")(config=config, target_mean=0.0)
+    x, y = task.tensors(cohort, [0, 2])
+    assert x.shape == (2, 1, 16, 16) and y.shape == (2, 1, 16, 16) and y.dtype == torch.int64
+    assert torch.equal(y[1, 0], torch.from_numpy(cohort.labels[2][..., 8]).long())  # the central axial slice
+    volume = _task().tensors(cohort, [0])[0][0, 0, ..., 8]
+    assert not torch.allclose(x[0, 0], volume)  # z-scored over the slice, not the volume
+    torch.manual_seed(0)
+    logits = task.build_model()(x)
+    assert logits.shape == (2, 4, 16, 16)
+    perfect = task.metrics(10.0 * torch.nn.functional.one_hot(y[:, 0], 4).movedim(-1, 1).float(), y)
+    assert perfect["dice"] == pytest.approx(1.0) and task.baseline(0.0, y)["dice"] == 0.0
+
+
 @pytest.mark.parametrize("name,norm", [("unet", "instance"), ("unet", "group"), ("segresnet", "group"),
                                        ("segresnet", "instance")])
 def test_models_give_class_logits_per_voxel_and_suit_opacus(name: str, norm: str):
