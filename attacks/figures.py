@@ -41,7 +41,7 @@ def reconstruction_figure(truth: torch.Tensor, recon: torch.Tensor, prior: torch
                 ax.set_yticks([])
                 if i == 0 and k == 0:
                     ax.set_title(label, fontsize=8, loc="left")
-    fig.suptitle(f"{scores.get('attack')} · round {scores.get('round')} client {scores.get('client')} · "
+    fig.suptitle(f"{scores.get('attack')} · round {scores.get('round')} client {scores.get('client')}\n"
                  f"PSNR {scores.get('psnr', float('nan')):.1f} dB "
                  f"(prior {scores.get('prior_psnr', float('nan')):.1f}) · "
                  f"SSIM {scores.get('ssim', float('nan')):.2f} · re-id top-1 {scores.get('reid_top1', 0):.0%}",

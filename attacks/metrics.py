@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.metrics.regression import compute_ssim_and_cs
+from monai.metrics.regression import compute_ms_ssim, compute_ssim_and_cs
 from scipy.optimize import linear_sum_assignment
 
 PSNR_CAP = 1000.0  # score_reconstruction reports this for identical images (strict JSON has no inf)
 
-__all__ = ["match_batch", "mse", "psnr", "reidentification_ranks", "score_reconstruction", "ssim"]
+__all__ = ["match_batch", "ms_ssim", "mse", "psnr", "reidentification_ranks", "score_reconstruction", "ssim"]
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli and Bovik's five scales
 
 
 def _check(recon: torch.Tensor, truth: torch.Tensor) -> None:
@@ -71,6 +72,36 @@ def ssim(recon: torch.Tensor, truth: torch.Tensor, *, data_range: float | None =
         )
         out.append(s.flatten(1).mean())
     return torch.stack(out)
+
+
+def ms_ssim_scales(spatial: Sequence[int]) -> tuple[int, int] | None:
+    """(scales, window) of the multi-scale SSIM that images of `spatial` sides allow: the most of the
+    standard five scales at which MONAI's size rule holds with a window of at least 7 (32^3: three
+    scales, window 7; 64: four; 128: five); None when fewer than three fit."""
+    for scales in (5, 4, 3):
+        win = min(11, min(spatial) // (scales - 1) ** 2)  # MONAI: side // (scales - 1)^2 > window - 1
+        win = win if win % 2 == 1 else win - 1
+        if win >= 7:
+            return scales, win
+    return None
+
+
+def ms_ssim(recon: torch.Tensor, truth: torch.Tensor, *, data_range: float | None = None) -> torch.Tensor | None:
+    """Multi-scale SSIM per item (MONAI), shape (B,), on as many of the standard scales as the size
+    allows (their weights renormalised); None for images too small for three scales."""
+    _check(recon, truth)
+    spatial = tuple(truth.shape[2:])
+    fit = ms_ssim_scales(spatial)
+    if fit is None:
+        return None
+    scales, win = fit
+    weights = [w / sum(MS_SSIM_WEIGHTS[:scales]) for w in MS_SSIM_WEIGHTS[:scales]]
+    rng = _data_range(truth, data_range)
+    out = [compute_ms_ssim(recon[i : i + 1].detach().double(), truth[i : i + 1].detach().double(),
+                           spatial_dims=len(spatial), data_range=float(rng[i]), kernel_size=win,
+                           kernel_sigma=1.5 * win / 11.0, weights=weights).flatten().mean()
+           for i in range(truth.shape[0])]
+    return torch.stack(out).double()
 
 
 def _pairwise_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -153,6 +184,9 @@ def score_reconstruction(
         "reid_top5": (ranks <= 5).double().mean(),
         "median_rank": ranks.quantile(0.5),
     }
+    multi = ms_ssim(matched, truth)
+    if multi is not None:
+        scores.update(ms_ssim=multi.mean(), prior_ms_ssim=ms_ssim(prior_b, truth).mean())
     out = {k: float(v) for k, v in scores.items()}
     out["psnr_gain"] = out["psnr"] - out["prior_psnr"]
     out["ssim_gain"] = out["ssim"] - out["prior_ssim"]

@@ -61,6 +61,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         behaviours=tuple(meta.get("behaviours", [])),
         defenses=tuple(experiment.defense_copies()) if threat.defenses and experiment.defense_copies else (),
         recipe=meta.get("recipe"),  # the owner's own code: it knows it
+        owner_state=obs.owner_state() if meta.get("recipe") else None,  # and what it prepared outside the lakes
     )
 
 
@@ -181,8 +182,8 @@ class ReconstructionFamily(AttackFamily):
         lines += ["- Scores compare each reconstruction with the true scan and with the population-mean image (the "
                   "prior an attacker has without attacking); re-identification ranks the true scan among the "
                   "client's data plus the server's population pool.", ""]
-        lines += ["| attack | round | client | update | batch | PSNR dB | prior PSNR | gain | SSIM | prior SSIM "
-                  "| re-id top-1 (chance) | target error / label acc. | s |",
+        lines += ["| attack | round | client | update | batch | PSNR dB | prior PSNR | gain | SSIM (MS-SSIM) "
+                  "| prior SSIM | re-id top-1 (chance) | target error / label acc. | s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             if r.get("status") != "ok":
@@ -192,7 +193,7 @@ class ReconstructionFamily(AttackFamily):
             lines.append(
                 f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | "
                 f"{r['batch_size'] or r.get('stolen') or '–'} | {r['psnr']:.1f} | {r['prior_psnr']:.1f} | "
-                f"{r['psnr_gain']:+.1f} | {r['ssim']:.3f} | {r['prior_ssim']:.3f} | "
+                f"{r['psnr_gain']:+.1f} | {_with_ms(r, '')} | {_with_ms(r, 'prior_')} | "
                 f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | {_target_column(r)} | {r['seconds']:.0f} |")
         lines += _probe_table(rows) + _worth_table(rows)
         for r in rows:
@@ -252,6 +253,12 @@ def _worth_table(rows: list[dict[str, Any]]) -> list[str]:
     lines += [f"| {r['attack']} | {r['client']} | {r.get('stolen', '–')} | {r['stolen_trained_dice']:.3f} | "
               f"{r['exported_dice']:.3f} |" for r in ok]
     return lines
+
+
+def _with_ms(row: dict[str, Any], prefix: str) -> str:
+    """SSIM, and the multi-scale SSIM in brackets where the images were large enough for it."""
+    multi = row.get(f"{prefix}ms_ssim")
+    return f"{row[f'{prefix}ssim']:.3f}" + (f" ({multi:.3f})" if multi is not None else "")
 
 
 def _target_column(row: dict[str, Any]) -> str:

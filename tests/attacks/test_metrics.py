@@ -11,6 +11,8 @@ import torch
 from fedsim.attacks.metrics import (
     PSNR_CAP,
     match_batch,
+    ms_ssim,
+    ms_ssim_scales,
     mse,
     psnr,
     reidentification_ranks,
@@ -53,6 +55,22 @@ def test_ssim_is_one_for_identical_and_lower_with_noise(images: torch.Tensor) ->
 def test_ssim_works_on_small_volumes() -> None:
     x = torch.randn(2, 1, 8, 8, 8)
     assert torch.isfinite(ssim(x + 0.1, x)).all()
+
+
+def test_ms_ssim_uses_the_scales_the_size_allows_and_ranks_blur_below_noise_of_the_same_error() -> None:
+    assert ms_ssim_scales((16, 16, 16)) is None and ms_ssim(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16,
+                                                                                                       16)) is None
+    assert ms_ssim_scales((32, 32, 32)) == (3, 7) and ms_ssim_scales((64, 64)) == (4, 7)
+    assert ms_ssim_scales((128, 128)) == (5, 7)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 64, 64, generator=gen).cumsum(-1).cumsum(-2)
+    x = x / x.flatten(1).std(1).view(-1, 1, 1, 1)
+    assert torch.allclose(ms_ssim(x, x), torch.ones(2, dtype=torch.float64), atol=1e-6)
+    fine = x + 0.05 * torch.randn(x.shape, generator=gen)
+    coarse = x + 0.05 * torch.randn(2, 1, 8, 8, generator=gen).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    assert torch.allclose(mse(fine, x), mse(coarse, x), rtol=0.2)
+    # the same error at coarse scales (blotches) costs more structure at the coarse scales MS-SSIM adds
+    assert (ms_ssim(coarse, x) < ms_ssim(fine, x)).all() and (ms_ssim(fine, x) < 1).all()
 
 
 def test_match_batch_recovers_a_shuffle(images: torch.Tensor) -> None:
