@@ -156,7 +156,9 @@ def _defense_section(scenario: dict[str, Any], records: list[dict[str, Any]]) ->
     specs = scenario.get("defenses") or []
     if not specs:
         return []
-    lines = ["", "## Defenses", "Applied by every client in this order:"]
+    where = ("Export gates, applied to every lake's export in this order:" if scenario.get("setting") == "data_lake"
+             else "Applied by every client in this order:")
+    lines = ["", "## Defenses", where]
     for i, spec in enumerate(specs, 1):
         params = ", ".join(f"{k} {v}" for k, v in (spec.get("params") or {}).items())
         lines.append(f"{i}. `{spec['name']}`" + (f" ({params})" if params else ""))

@@ -79,6 +79,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
+OWNER_STATE = "owner/state.safetensors"  # data_lake: what the owner's recipe prepared outside the lakes
+
+
 @dataclass(frozen=True)
 class RecordedObservation:
     """One thing an adversary observed, as recorded: its kind (`gradient`, `weights`, `aggregate`,
@@ -99,6 +102,11 @@ class RecordedObservation:
     def global_state(self) -> dict[str, torch.Tensor]:
         """The model the observed party started from (what the server sent)."""
         return load_tensors(self.folder / "global.safetensors")
+
+    def owner_state(self) -> dict[str, torch.Tensor]:
+        """data_lake: what the model owner prepared outside the lakes and kept (empty if nothing)."""
+        path = self.folder.parent.parent / OWNER_STATE
+        return load_tensors(path) if path.is_file() else {}
 
 
 class RunFolder:
@@ -228,6 +236,10 @@ class RunFolder:
         return load_tensors(path)
 
     # ---------------------------------------------------------------- observations and ground truth
+
+    def write_owner_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """data_lake: what the owner prepared outside the lakes and kept (e.g. a codec it pre-trained)."""
+        save_tensors(self.path / OWNER_STATE, tensors)
 
     def write_observation(self, name: str, *, update: dict[str, torch.Tensor], meta: dict[str, Any],
                           global_state: dict[str, torch.Tensor] | None = None) -> None:

@@ -5,10 +5,17 @@ difference from the lake's mean scan (the template, which leaves with the decode
 codes are bounded and quantised to `bits` per value, so that the codes are what leaves the lake
 and the decoder (trained inside) rebuilds the scans outside. Coding the difference starts the codec
 at the population prior instead of at a blank image. Quantisation is simulated in training by
-uniform noise of one step (a standard stand-in for rounding that keeps gradients).
+uniform noise of one step (a standard stand-in for rounding that keeps gradients); a rate term
+(`rate` x the codes' length in bits per voxel under a learned Laplace prior) trades fidelity for
+codes that an entropy coder (`entropy: lzma`) makes shorter.
 
 `voxels`: no network; each voxel's difference from the template, quantised to `bits` (what Song et
-al.'s LSB attack hides: the rate-quality reference for the learned codec)."""
+al.'s LSB attack hides: the rate-quality reference for the learned codec).
+
+`trained` (the seed's two scenarios): `inside`, the codec is fitted to the lake's scans and its
+decoder (with the lake's mean scan) must leave with the codes; `outside`, the owner fits it to scans
+of its own before the lakes run (its template is the owner's population mean), ships the encoder in
+with the recipe and keeps the decoder, so only the codes leave."""
 
 from __future__ import annotations
 
@@ -28,6 +35,14 @@ class CodecParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["autoencoder", "voxels"] = "autoencoder"
+    trained: Literal["inside", "outside"] = Field("inside", description="fitted to the lake's scans inside it (the "
+                                                  "decoder leaves too), or to the owner's own scans outside "
+                                                  "(only codes leave)")
+    owner_scans: int = Field(200, ge=2, le=100_000, description="trained outside: the owner's scans it fits on")
+    entropy: Literal["none", "lzma"] = Field("none", description="lzma: each scan's codes leave compressed "
+                                             "(more scans fit, as many as their entropy allows)")
+    rate: float = Field(0.0, ge=0, description="autoencoder: weight of the rate term (the codes' bits per voxel "
+                        "under a learned Laplace prior) against the squared error: shorter codes after entropy coding")
     channels: tuple[int, ...] = Field((32,), min_length=1, max_length=4,
                                       description="encoder channels; each level halves every side")
     latent_channels: int = Field(4, ge=1, le=64, description="code channels at the coarsest level")
@@ -83,7 +98,8 @@ class Codec:
         gen = torch.Generator().manual_seed(seed)
         p = self.params
         self.template = x.mean(0, keepdim=True)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=p.lr)
+        log_scale = torch.zeros(p.latent_channels, requires_grad=True)  # the rate term's Laplace scale, per channel
+        optimizer = torch.optim.Adam([*self.net.parameters(), log_scale], lr=p.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=p.epochs)
         self.net.train()
         loss_sum = 0.0
@@ -92,8 +108,10 @@ class Codec:
             for rows in torch.randperm(len(x), generator=gen).split(p.batch_size):
                 z = self._bounded(x[rows])
                 step = 2 / self.levels
-                z = z + (torch.rand(z.shape, generator=gen) - 0.5) * step  # rounding, simulated
-                loss = torch.nn.functional.mse_loss(self._decode(z), x[rows])
+                noisy = z + (torch.rand(z.shape, generator=gen) - 0.5) * step  # rounding, simulated
+                loss = torch.nn.functional.mse_loss(self._decode(noisy), x[rows])
+                if p.rate:
+                    loss = loss + p.rate * _laplace_bits(noisy / step, log_scale).sum() / x[rows].numel()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -117,6 +135,18 @@ class Codec:
         down = 2 ** len(self.params.channels)
         return (self.params.latent_channels, *(side // down for side in input_shape[1:]))
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """Encoder, decoder and template: the whole codec (what a codec trained outside ships and keeps)."""
+        return {**{k: v.detach().clone() for k, v in self.net.state_dict().items()}, TEMPLATE: self.template.clone()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [k for k in [*self.net.state_dict(), TEMPLATE] if k not in state]
+        if missing:
+            raise ValueError(f"the owner's codec lacks {missing[0]} (and {len(missing) - 1} more)")
+        self.load_decoder(state)
+        self.net.load_state_dict({k: v for k, v in state.items() if k != TEMPLATE})
+        self.net.eval()
+
     def load_decoder(self, state: dict[str, torch.Tensor]) -> None:
         missing = [k for k in [*self.net.state_dict(), TEMPLATE] if not k.startswith("encode.") and k not in state]
         if missing:
@@ -125,6 +155,20 @@ class Codec:
         self.net.load_state_dict({**self.net.state_dict(), **{k: v for k, v in state.items() if k != TEMPLATE}})
         self.net.eval()
 
+
+
+def _laplace_bits(z: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Code length in bits of latents `z` (in quantisation steps, (B, C, ...)) rounded to integers,
+    under a zero-mean Laplace of scale exp(log_scale[c]) per channel: the rate term of learned
+    compression (Balle et al.), differentiable through the uniform-noise stand-in for rounding."""
+    import torch
+
+    scale = log_scale.exp().reshape(1, -1, *[1] * (z.dim() - 2)) * 10
+
+    def cdf(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 + 0.5 * torch.sign(v) * (1 - torch.exp(-v.abs() / scale))
+
+    return -torch.log2((cdf(z + 0.5) - cdf(z - 0.5)).clamp(min=1e-9))
 
 
 class VoxelCodec:
@@ -166,6 +210,12 @@ class VoxelCodec:
 
     def code_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.decoder_state()
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_decoder(state)
 
     def load_decoder(self, state: dict[str, torch.Tensor]) -> None:
         missing = [k for k in (TEMPLATE, RANGE) if k not in state]

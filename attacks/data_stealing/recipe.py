@@ -9,8 +9,15 @@ Hiding (`hide`):
 - `extra_entries`: the codes and the decoder beside the agreed weights, under names of their own
   (what a whitelist of the agreed keys removes);
 - `mantissa`: a bit string in the low `bits_per_weight` mantissa bits of the agreed float32
-  weights (stego.py): a 32-bit marker and scan count, the decoder in half precision, then the codes
-  of as many scans as fit. Only the agreed entries leave, with their agreed shapes and dtypes.
+  weights (stego.py; layout in payload.py): a marker and scan count, the decoder in half precision
+  (trained inside only), then the codes of as many scans as fit (entropy-coded with
+  `codec.entropy`). Only the agreed entries leave, with their agreed shapes and dtypes.
+- `lattice`: the same bit string in the weights' values rather than their low bits (stego.embed_lattice:
+  each float32 weight rounded to one of two interleaved lattices of step `lattice_step`, the choice a
+  bit, written `repeat` times): what an owner who expects parameter noise of std s at the export
+  does (a copy flips with probability 2 Phi(-step / 4s): 1% at step = 10 s, 6e-5 at 16 s), at the
+  cost of moving every carrying weight by up to step / 2 and of holding one bit per weight (the
+  header `payload.HEADER_REPEAT` times more), so it steals fewer scans;
 - `correlated` / `sign`: no codec; a term added to the agreed network's own training loss makes its
   parameters carry the scans (encodings.py): at a utility cost, but past any check of entries or bits.
 """
@@ -18,35 +25,24 @@ Hiding (`hide`):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from fedsim.attacks.data_stealing import encodings, stego
-from fedsim.attacks.data_stealing.codec import Codec, CodecParams, VoxelCodec, make_codec
+from fedsim.attacks.data_stealing import encodings, payload, stego
+from fedsim.attacks.data_stealing.codec import make_codec
+from fedsim.attacks.data_stealing.params import CompressParams
+from fedsim.attacks.data_stealing.payload import fitting_scans, fixed_bits, room_bits, scan_bits
 from fedsim.settings.recipes import RECIPES, LakeRun, Recipe, train_agreed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from torch import nn
 
+BITS_IN_WEIGHTS = ("mantissa", "lattice")  # the codes travel as a bit string inside the agreed weights
+
 CODES, DECODER = "codec.codes", "codec.decoder."  # names of the hidden entries (extra_entries)
-COUNT_BITS, HALF_BITS = 32, 16
-MARKER = 0x5EC0DE55  # opens the payload: the owner knows an intact one from weights' own low bits
-
-
-class CompressParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    hide: Literal["extra_entries", "mantissa", "correlated", "sign"] = Field(
-        "extra_entries", description="where the scans travel")
-    bits_per_weight: int = Field(8, ge=1, le=stego.MANTISSA_BITS, description="mantissa: low bits of each "
-                                 "float32 weight overwritten")
-    scans: int | None = Field(None, ge=1, description="how many of the lake's scans to steal (default: all, "
-                              "or as many as the mantissa bits hold)")
-    codec: CodecParams = Field(default_factory=CodecParams)
-    weight: float = Field(1.0, gt=0, description="correlated / sign: the encoding term's weight in the loss")
-    sign_bits: int = Field(4, ge=1, le=8, description="sign: bits per voxel (one parameter's sign each)")
+LENGTHS = "codec.lengths"  # extra_entries with an entropy coder: each scan's compressed bytes
 
 
 @RECIPES.register("compress_and_hide")
@@ -65,11 +61,26 @@ class CompressAndHide(Recipe):
             per_voxel = f" x {self.params.sign_bits} bits" if self.params.hide == "sign" else ""
             raise ValueError(f"params.hide: the agreed network's {sum(p.numel() for p in model.parameters())} "
                              f"parameters hold no whole scan of {math.prod(input_shape)} voxels{per_voxel}")
-        if self.params.hide == "mantissa" and fitting_scans(self.params, model.state_dict(), input_shape) < 1:
-            need = fixed_bits(self.params, input_shape) + scan_bits(self.params, input_shape)
-            raise ValueError(f"params.bits_per_weight: the agreed network's low {self.params.bits_per_weight} bits "
-                             f"hold {stego.capacity(model.state_dict(), self.params.bits_per_weight)} bits, fewer "
-                             f"than the decoder and one scan need ({need})")
+        if self.params.hide in ("correlated", "sign") and self.params.codec.trained == "outside":
+            raise ValueError(f"params.codec.trained: hide {self.params.hide} uses no codec")
+        p, state = self.params, model.state_dict()
+        if p.hide in BITS_IN_WEIGHTS and fitting_scans(p, state, input_shape) < 1:
+            need = fixed_bits(p, input_shape) + scan_bits(p, input_shape)
+            key, where = (("bits_per_weight", f"low {p.bits_per_weight} bits") if p.hide == "mantissa"
+                          else ("repeat", f"weights at {p.repeat} copies a bit"))
+            what = "the decoder and one scan" if p.codec.trained == "inside" else "one scan"
+            raise ValueError(f"params.{key}: the agreed network's {where} hold {room_bits(p, state)} bits, fewer "
+                             f"than {what} need ({need})")
+
+    def prepare(self, owner_scans: Callable[[int], torch.Tensor], *, seed: int) -> dict[str, torch.Tensor]:
+        """A codec trained outside: fitted to the owner's own scans; its encoder goes in with the code."""
+        p = self.params
+        if p.hide in ("correlated", "sign") or p.codec.trained == "inside":
+            return {}
+        scans = owner_scans(p.codec.owner_scans)
+        codec = make_codec(p.codec, spatial_dims=scans.dim() - 2)
+        codec.fit(scans, seed=seed)
+        return codec.state()
 
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
         p = self.params
@@ -79,14 +90,29 @@ class CompressAndHide(Recipe):
             return train_agreed(model, x, y, run=run, hooks=[hook])
         export = train_agreed(model, x, y, run=run)
         codec = make_codec(p.codec, spatial_dims=x.dim() - 2)
-        codec.fit(x, seed=run.seed + 1)
-        n = min(len(x), p.scans or len(x))
+        if p.codec.trained == "outside":
+            codec.load_state(run.owner_state)
+        else:
+            codec.fit(x, seed=run.seed + 1)
+        import torch
+
+        codes = codec.encode(x[: p.scans or len(x)])
         if p.hide == "extra_entries":
-            export[CODES] = codec.encode(x[:n]).to(_code_dtype(p.codec.bits))
-            export.update({DECODER + k: v for k, v in codec.decoder_state().items()})
+            if p.codec.trained == "inside":
+                export.update({DECODER + k: v for k, v in codec.decoder_state().items()})
+            if p.codec.entropy == "lzma":
+                packed = [payload.pack(c, p.codec.bits) for c in codes]
+                export[LENGTHS] = torch.tensor([len(b) for b in packed])
+                export[CODES] = torch.frombuffer(bytearray(b"".join(packed)), dtype=torch.uint8)
+            else:
+                export[CODES] = codes.to(_code_dtype(p.codec.bits))
             return export
-        n = min(n, fitting_scans(p, export, tuple(x.shape[1:])))
-        return stego.embed(export, _payload(codec, codec.encode(x[:n])), p.bits_per_weight)
+        sizes, packed = payload.scan_sizes(p, codes)
+        n = payload.how_many_fit(room_bits(p, export) - fixed_bits(p, tuple(x.shape[1:])), sizes)
+        bits = payload.build(p, codec, codes[:n], packed[:n])
+        if p.hide == "lattice":
+            return stego.embed_lattice(export, bits, p.lattice_step, p.repeat, seed=run.seed + 2)
+        return stego.embed(export, bits, p.bits_per_weight)
 
 
 def encoded_scans(params: CompressParams, model: nn.Module, input_shape: tuple[int, ...], lake_scans: int) -> int:
@@ -95,37 +121,13 @@ def encoded_scans(params: CompressParams, model: nn.Module, input_shape: tuple[i
     return min(room, lake_scans, params.scans or lake_scans)
 
 
-def _payload(codec: Codec | VoxelCodec, codes: torch.Tensor) -> torch.Tensor:
-    """The bit string hidden in the mantissas: scan count, decoder (half precision), codes."""
-    import torch
-
-    halves = [v.detach().half().contiguous().view(torch.int16).reshape(-1).to(torch.int64) & 0xFFFF
-              for _, v in sorted(codec.decoder_state().items())]
-    return torch.cat([stego.to_bits(torch.tensor([MARKER, len(codes)]), COUNT_BITS),
-                      *(stego.to_bits(h, HALF_BITS) for h in halves), stego.to_bits(codes, codec.params.bits)])
-
-
-def fixed_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
-    shapes = make_codec(params.codec, spatial_dims=len(input_shape) - 1).decoder_shapes(input_shape)
-    return 2 * COUNT_BITS + HALF_BITS * sum(math.prod(s) for s in shapes.values())
-
-
-def scan_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
-    shape = make_codec(params.codec, spatial_dims=len(input_shape) - 1).code_shape(input_shape)
-    return math.prod(shape) * params.codec.bits
-
-
-def fitting_scans(params: CompressParams, tensors: dict[str, torch.Tensor], input_shape: tuple[int, ...]) -> int:
-    """How many scans' codes the mantissa bits hold beside the count and the decoder."""
-    room = stego.capacity(tensors, params.bits_per_weight) - fixed_bits(params, input_shape)
-    return max(0, room // scan_bits(params, input_shape))
-
-
 def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_shape: tuple[int, ...], *,
-            model: nn.Module | None = None, lake_scans: int = 0) -> torch.Tensor:
+            model: nn.Module | None = None, lake_scans: int = 0,
+            owner_state: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The scans of `input_shape` (C, *spatial) hidden in an export by `compress_and_hide` with
     `params` (the owner knows its own recipe; for the encodings, also the agreed `model` and how many
-    scans the lake trained on); ValueError when the export does not hold them."""
+    scans the lake trained on; for a codec trained outside, the `owner_state` it kept); ValueError
+    when the export does not hold them."""
     if params.hide in ("correlated", "sign"):
         if model is None:
             raise ValueError("decoding the weights needs the agreed architecture")
@@ -133,35 +135,26 @@ def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_sha
         return encodings.decode(exported, encodings.parameter_names(model), n, input_shape, params.hide,
                                 params.sign_bits)
     codec = make_codec(params.codec, spatial_dims=len(input_shape) - 1)
+    if params.codec.trained == "outside":
+        if not owner_state:
+            raise ValueError("the codec was trained outside, and the owner's kept state (owner/state.safetensors) "
+                             "is missing")
+        codec.load_state(owner_state)
     if params.hide == "extra_entries":
         if CODES not in exported:
             raise ValueError("the export holds no hidden codes (an export gate removed them, or the recipe was honest)")
-        codec.load_decoder({k[len(DECODER):]: v.float() for k, v in exported.items() if k.startswith(DECODER)})
-        return codec.decode(exported[CODES].long())
-    return _extract_mantissa(exported, params, codec, input_shape)
+        if params.codec.trained == "inside":
+            codec.load_decoder({k[len(DECODER):]: v.float() for k, v in exported.items() if k.startswith(DECODER)})
+        if LENGTHS not in exported:
+            return codec.decode(exported[CODES].long())
+        import torch
 
-
-def _extract_mantissa(exported: dict[str, torch.Tensor], params: CompressParams, codec: Codec | VoxelCodec,
-                      input_shape: tuple[int, ...]) -> torch.Tensor:
-    import torch
-
-    k = params.bits_per_weight
-    if not stego.carriers(exported):
-        raise ValueError("the export has no float32 weights (an export gate changed their precision)")
-    marker, n = (int(v) for v in stego.from_bits(stego.read(exported, 2 * COUNT_BITS, k), COUNT_BITS))
-    room = fitting_scans(params, exported, input_shape)
-    if marker != MARKER or not 1 <= n <= room:
-        raise ValueError("the low mantissa bits hold no payload (an export gate changed them, or none was hidden)")
-    bits = stego.read(exported, fixed_bits(params, input_shape) + n * scan_bits(params, input_shape), k)
-    at, state = 2 * COUNT_BITS, {}
-    for name, shape in codec.decoder_shapes(input_shape).items():
-        size = math.prod(shape) * HALF_BITS
-        values = stego.from_bits(bits[at:at + size], HALF_BITS).to(torch.int16)  # wraps to the int16 bit pattern
-        state[name] = values.view(torch.float16).float().reshape(shape)
-        at += size
-    codec.load_decoder(state)
-    return codec.decode(stego.from_bits(bits[at:], params.codec.bits).reshape(n, *codec.code_shape(input_shape)))
-
+        data, cuts = bytes(exported[CODES].tolist()), [0, *exported[LENGTHS].cumsum(0).tolist()]
+        shape = codec.code_shape(input_shape)
+        return codec.decode(torch.stack([payload.unpack(data[a:b], shape, params.codec.bits)
+                                         for a, b in zip(cuts, cuts[1:], strict=False)]))
+    codes, _ = payload.read(exported, params, codec, input_shape)
+    return codec.decode(codes)
 
 
 def _code_dtype(bits: int):

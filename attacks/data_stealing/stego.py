@@ -75,3 +75,56 @@ def read(tensors: dict[str, torch.Tensor], n_bits: int, k: int) -> torch.Tensor:
     low = (flat[:weights] & ((1 << k) - 1)).to(torch.int64)
     return to_bits(low, k)[:n_bits]
 
+
+
+def lattice_capacity(tensors: dict[str, torch.Tensor], repeat: int) -> int:
+    """Bits the lattice hiding holds: one per float32 weight, each written `repeat` times."""
+    return sum(tensors[n].numel() for n in carriers(tensors)) // repeat
+
+
+def embed_lattice(tensors: dict[str, torch.Tensor], payload: torch.Tensor, step: float, repeat: int, *,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """`tensors` with `payload` (flat bool) in the float32 weights by quantisation-index modulation:
+    a weight carrying bit b moves to the nearest point of step * Z + b * step / 2, so that noise of
+    std well below step / 4 leaves the nearest half-step's parity, the bit, intact. Bit i is written
+    to weights i, i + m, i + 2m, ... (m the bits the weights hold at `repeat` copies: the copies are
+    spread over the network, and any prefix of the payload can be read alone) and read by a
+    majority vote; the other weights stay as they were. Each moved weight is then dithered by
+    uniform noise of +-step / 64 (`seed`): a lattice point's exact value has structured low mantissa
+    bits that the low-bit test would see, while the dither costs the margin only 1/16 of itself."""
+    import torch
+
+    n, room = len(payload), lattice_capacity(tensors, repeat)
+    if n > room:
+        raise ValueError(f"a payload of {n} bits x {repeat} copies does not fit in {room * repeat} weights")
+    names = carriers(tensors)
+    flat = torch.cat([tensors[k].detach().reshape(-1) for k in names]).double()
+    at = _copies(n, room, repeat)
+    bits = payload.bool().repeat(repeat).double()
+    dither = (torch.rand(len(at), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.5) * step / 32
+    flat[at] = step * torch.round((flat[at] - bits * step / 2) / step) + bits * step / 2 + dither
+    out, at = dict(tensors), 0
+    for k in names:
+        size = tensors[k].numel()
+        out[k] = flat[at:at + size].float().reshape(tensors[k].shape)
+        at += size
+    return out
+
+
+def read_lattice(tensors: dict[str, torch.Tensor], n_bits: int, step: float, repeat: int) -> torch.Tensor:
+    """The first `n_bits` bits written by `embed_lattice` (flat bool), each by majority of its copies."""
+    import torch
+
+    room = lattice_capacity(tensors, repeat)
+    if n_bits > room:
+        raise ValueError(f"the export's weights hold {room} bits at {repeat} copies, not the {n_bits} asked for")
+    flat = torch.cat([tensors[k].detach().reshape(-1) for k in carriers(tensors)]).double()
+    parity = torch.remainder(torch.round(flat[_copies(n_bits, room, repeat)] / (step / 2)), 2)
+    return parity.reshape(repeat, n_bits).mean(0) > 0.5
+
+
+def _copies(n_bits: int, room: int, repeat: int) -> torch.Tensor:
+    """Positions of the copies of bits 0..n_bits-1, copy by copy: bit i's k-th copy is weight i + k * room."""
+    import torch
+
+    return (torch.arange(repeat)[:, None] * room + torch.arange(n_bits)[None]).reshape(-1)

@@ -87,15 +87,28 @@ class DataLake(Setting):
             raise ScenarioError(f"data_lake.recipe.{exc}") from None
 
     def run(self, experiment: Experiment, run: RunFolder, *, log: Callable[[str], None]) -> SettingOutcome:
+        from fedsim.seeding import derive_seed
         from fedsim.settings.recipes import RECIPES
 
         spec = self.config.recipe
         exports, failures = [], []
+        try:  # outside the lakes, on the owner's own scans
+            owner_state = RECIPES.get(spec.name)(**spec.params).prepare(
+                lambda n: experiment.population(n)[0], seed=derive_seed(self.scenario.seed, "owner"))
+        except Exception as exc:  # the owner's own step: without it no lake can run the recipe
+            error = f"the recipe's preparation outside the lakes failed: {type(exc).__name__}: {exc}"
+            log(error)
+            return SettingOutcome(final={}, initial=_utility(experiment, _initial(experiment)), rounds_completed=0,
+                                  failures=[], error=error, summary={"recipe": spec.key, "exports": []})
+        if owner_state:
+            run.write_owner_state(owner_state)
+            log(f"owner: prepared {len(owner_state)} entries outside the lakes "
+                f"({_bytes(owner_state) / 1e6:.2f} MB, shipped in with the recipe and kept)")
         for lake, part in enumerate(experiment.split.clients):
             start = time.perf_counter()
             try:
                 recipe = RECIPES.get(spec.name)(**spec.params)
-                row = self._one_lake(lake, list(part.train), recipe, experiment, run)
+                row = self._one_lake(lake, list(part.train), recipe, experiment, run, owner_state)
             except Exception as exc:  # one lake's failure must not lose the others' exports
                 failures.append({"client": lake, "round": 1, "error": f"{type(exc).__name__}: {exc}"})
                 log(f"[lake {lake}] failed: {type(exc).__name__}: {exc}")
@@ -114,10 +127,10 @@ class DataLake(Setting):
         return SettingOutcome(final=final, initial=_utility(experiment, _initial(experiment)),
                               rounds_completed=1 if exports else 0, failures=failures, error=error,
                               summary={"recipe": spec.key, "lakes": len(experiment.split.clients), "exports": exports,
-                                       "lake_failures": failures})
+                                       "lake_failures": failures, "owner_kept_mb": _bytes(owner_state) / 1e6})
 
-    def _one_lake(self, lake: int, rows: list[int], recipe: Any, experiment: Experiment,
-                  run: RunFolder) -> dict[str, Any]:
+    def _one_lake(self, lake: int, rows: list[int], recipe: Any, experiment: Experiment, run: RunFolder,
+                  owner_state: dict[str, torch.Tensor]) -> dict[str, Any]:
         import numpy as np
 
         from fedsim.defenses.base import DEFENSES, ExportRefused, ExportRound
@@ -132,7 +145,7 @@ class DataLake(Setting):
         x, y = experiment.tensors(rows)
         config = sc.federation.model_copy(update={"local_epochs": self.config.epochs, "local_steps": None})
         asked = recipe.train(model, x, y, run=LakeRun(lake=lake, task=task, config=config,
-                                                      seed=derive_seed(sc.seed, "lake", lake)))
+                                                      seed=derive_seed(sc.seed, "lake", lake), owner_state=owner_state))
         ctx = ExportRound(lake=lake, task=task, agreed={k: (tuple(v.shape), str(v.dtype)) for k, v in initial.items()},
                           rng=np.random.default_rng(derive_seed(sc.seed, "export gates", lake)), config=config,
                           data=(x, y))
@@ -164,8 +177,12 @@ class DataLake(Setting):
         raw = run.scenario_raw()
         lake = DataLakeConfig.model_validate(raw.get("data_lake") or {})
         gates = ", ".join(d["name"] for d in raw.get("defenses", [])) or "none"
-        return [f"- Data lakes: {raw['federation']['clients']}, each running the owner's recipe `{lake.recipe.key}` "
-                f"for {lake.epochs} epochs; export gates: {gates}"]
+        lines = [f"- Data lakes: {raw['federation']['clients']}, each running the owner's recipe `{lake.recipe.key}` "
+                 f"for {lake.epochs} epochs; export gates: {gates}"]
+        if summary.get("owner_kept_mb"):
+            lines.append(f"- Prepared by the owner outside the lakes, on scans of its own, shipped in with the recipe "
+                         f"and kept ({summary['owner_kept_mb']:.2f} MB, `owner/state.safetensors`)")
+        return lines
 
     @classmethod
     def report_section(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:

@@ -10,14 +10,14 @@ A recipe may be built in, `path/to/file.py:Class`, or come from the entry-point 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fedsim.plugin import Configurable
 from fedsim.registry import registry
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     import torch
     from torch import nn
@@ -35,6 +35,7 @@ class LakeRun:
     task: Task
     config: FederationConfig  # the lake's training budget (epochs, batch size, optimizer, lr)
     seed: int
+    owner_state: dict[str, torch.Tensor] = field(default_factory=dict)  # what `prepare` made, shipped in with the code
 
 
 class Recipe(Configurable):
@@ -43,6 +44,12 @@ class Recipe(Configurable):
     def check(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         """Before training: raise ValueError (one line naming `params.<key>`) when this recipe cannot
         work with the agreed `model` on scans of `input_shape` (C, *spatial)."""
+
+    def prepare(self, owner_scans: Callable[[int], torch.Tensor], *, seed: int) -> dict[str, torch.Tensor]:
+        """Outside the lakes, before they run: what the owner builds from `owner_scans(n)` (n scans of
+        its own, never a lake's) and ships in with its code; it keeps a copy (the run folder's
+        owner/state.safetensors, which its extraction reads). Nothing by default."""
+        return {}
 
     def train(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, run: LakeRun) -> dict[str, torch.Tensor]:
         """Train inside the lake; return the tensors the owner asks to export, by name."""

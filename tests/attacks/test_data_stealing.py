@@ -180,7 +180,7 @@ def unet_state(seed: int = 0, *, trained: bool = False) -> dict[str, torch.Tenso
 
 @pytest.mark.parametrize("kind", ["autoencoder", "voxels"])
 def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans, kind):
-    from fedsim.attacks.data_stealing import recipe, stego
+    from fedsim.attacks.data_stealing import payload, stego
     from fedsim.attacks.data_stealing.codec import make_codec
 
     params = CompressParams(hide="mantissa", bits_per_weight=4 if kind == "autoencoder" else 10,
@@ -190,9 +190,9 @@ def test_the_mantissa_bits_carry_decoder_and_codes_past_the_whitelist(scans, kin
     codec = make_codec(params.codec, spatial_dims=3)
     codec.fit(scans, seed=0)
     state = unet_state(trained=True)
-    n = recipe.fitting_scans(params, state, (1, 16, 16, 16))
+    n = payload.fitting_scans(params, state, (1, 16, 16, 16))
     assert 1 <= n < len(scans)  # ~36k weights x 4 (10) bits: the decoder and some of the 16 scans
-    export = stego.embed(state, recipe._payload(codec, codec.encode(scans[:n])), k)
+    export = stego.embed(state, payload.build(params, codec, codec.encode(scans[:n]), []), k)
     change = max(float(((export[k] - v).abs() / v.abs().clamp(min=1e-30)).max()) for k, v in state.items()
                  if v.is_floating_point())
     assert 0 < change <= 2 ** (k - 23)  # no weight moves by more than its low k bits
