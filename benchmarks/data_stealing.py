@@ -8,9 +8,11 @@ the honest recipe's export through the same gates, the Dice of a UNet trained on
 alone (data_stealing's `train_on_stolen`, on the owner's 60 labelled scans), and what the gates did
 (flagged / refused, of 3 lakes). The honest rows also give the gates' false alarms and their own utility cost.
 
-    python benchmarks/data_stealing.py                       # MRI, ~15 min on 2 CPU cores
+    python benchmarks/data_stealing.py                       # MRI, ~40 min on 2 CPU cores
     python benchmarks/data_stealing.py --data ct             # head CT
+    python benchmarks/data_stealing.py --dims 2              # 2D: the central axial slices at 64^2, a 2D UNet
     python benchmarks/data_stealing.py --only mantissa-8 --gates none finetune
+    python benchmarks/data_stealing.py --cells lattice-r1/noise-1e-3 honest/noise-1e-3
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ RECIPES: dict[str, dict[str, Any]] = {
                                                             "codec": VOXELS5}},
     "correlated": {"name": "compress_and_hide", "params": {"hide": "correlated", "weight": 1.0}},
     "sign-4": {"name": "compress_and_hide", "params": {"hide": "sign", "weight": 10.0, "sign_bits": 4}},
+    # the codec trained outside, on the owner's own 200 scans: only codes leave
+    "mantissa-8-outside": {"name": "compress_and_hide", "params": {
+        "hide": "mantissa", "bits_per_weight": 8, "codec": {**VOXELS5, "trained": "outside"}}},
+    "extra-ae-outside": {"name": "compress_and_hide", "params": {
+        "hide": "extra_entries", "codec": {"trained": "outside"}}},
+    # entropy-coded codes (lzma): voxels, and the autoencoder trained outside with a rate term
+    "mantissa-8-lzma": {"name": "compress_and_hide", "params": {
+        "hide": "mantissa", "bits_per_weight": 8, "codec": {**VOXELS5, "trained": "outside", "entropy": "lzma"}}},
+    "mantissa-8-ae-rate": {"name": "compress_and_hide", "params": {
+        "hide": "mantissa", "bits_per_weight": 8,
+        "codec": {"trained": "outside", "entropy": "lzma", "rate": 0.1, "epochs": 100}}},
+    # the owner that expects parameter noise of std s at the export: lattice steps ~16 s (one copy a bit)
+    # or ~10 s (three copies, 4 bits a voxel)
+    "lattice-r1": {"name": "compress_and_hide", "params": {
+        "hide": "lattice", "lattice_step": 0.016, "repeat": 1, "codec": {**VOXELS5, "trained": "outside"}}},
+    "lattice-r3": {"name": "compress_and_hide", "params": {
+        "hide": "lattice", "lattice_step": 0.01, "repeat": 3,
+        "codec": {"kind": "voxels", "bits": 4, "trained": "outside"}}},
+    "lattice-r1-3e-3": {"name": "compress_and_hide", "params": {
+        "hide": "lattice", "lattice_step": 0.05, "repeat": 1, "codec": {**VOXELS5, "trained": "outside"}}},
 }
 GATES: dict[str, list[dict[str, Any]]] = {
     "none": [],
@@ -45,19 +67,28 @@ GATES: dict[str, list[dict[str, Any]]] = {
     "bit test": [{"name": "export_bit_test"}],
     "fp16": [{"name": "export_precision", "params": {"dtype": "float16"}}],
     "noise 1e-3": [{"name": "export_noise", "params": {"sigma": 1e-3}}],
+    "noise 3e-3": [{"name": "export_noise", "params": {"sigma": 3e-3}}],
+    "noise 1e-2": [{"name": "export_noise", "params": {"sigma": 1e-2}}],
     "finetune": [{"name": "export_finetune", "params": {"epochs": 2, "lr": 1e-3, "decay": 0.8}}],
+    "finetune strong": [{"name": "export_finetune", "params": {"epochs": 5, "lr": 3e-3, "decay": 0.9}}],
 }
 CELLS = [("honest", g) for g in GATES] + [
     ("extra-ae", "none"), ("extra-vox5", "none"), ("extra-vox5", "whitelist"),
     ("mantissa-8", "none"), ("mantissa-8", "whitelist"), ("mantissa-8", "bit test"), ("mantissa-8", "fp16"),
     ("mantissa-8", "noise 1e-3"), ("mantissa-8", "finetune"), ("mantissa-16", "none"), ("mantissa-16", "bit test"),
     ("correlated", "none"), ("correlated", "bit test"), ("correlated", "fp16"), ("correlated", "finetune"),
-    ("sign-4", "none"), ("sign-4", "finetune")]
+    ("sign-4", "none"), ("sign-4", "finetune"),
+    ("mantissa-8-outside", "none"), ("extra-ae-outside", "none"), ("mantissa-8-lzma", "none"),
+    ("mantissa-8-ae-rate", "none"),
+    ("mantissa-8", "noise 3e-3"), ("lattice-r1", "none"), ("lattice-r1", "noise 1e-3"), ("lattice-r1", "bit test"),
+    ("lattice-r3", "none"), ("lattice-r3", "noise 1e-3"), ("lattice-r1-3e-3", "noise 3e-3"),
+    ("correlated", "noise 1e-2"), ("correlated", "finetune strong")]
+TWO_D = ["task.name=segmentation_slice", "data.shape=64"]  # --dims 2
 
 
-def run_cell(path: str, recipe: str, gates: str, out: Path) -> dict[str, Any]:
+def run_cell(path: str, recipe: str, gates: str, out: Path, overrides: list[str]) -> dict[str, Any]:
     scenario = load_scenario(REPO / path, [f"data_lake.recipe={_yaml(RECIPES[recipe])}",
-                                           f"defenses={_yaml(GATES[gates])}", f"output.dir={out}"])
+                                           f"defenses={_yaml(GATES[gates])}", f"output.dir={out}", *overrides])
     summary = run_scenario(scenario, log=lambda _: None).summary
     exports, rows = summary["exports"], summary.get("attacks", [])
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -65,6 +96,8 @@ def run_cell(path: str, recipe: str, gates: str, out: Path) -> dict[str, Any]:
     dice = [e["utility"]["dice"] for e in exports if e["utility"]]
     return {"recipe": recipe, "gates": gates, "stolen": sum(r["stolen"] for r in ok) / len(exports) if ok else 0,
             "psnr": mean("psnr"), "ssim": mean("ssim"), "gain": mean("psnr_gain"), "reid": mean("reid_top1"),
+            "ms_ssim": mean("ms_ssim") if ok and "ms_ssim" in ok[0] else None,
+            "bpv": mean("bits_per_voxel") if ok and "bits_per_voxel" in ok[0] else None,
             "dice": statistics.mean(dice) if dice else None, "flagged": sum(bool(e["flags"]) for e in exports),
             "refused": sum(bool(e["refused"]) for e in exports), "lakes": len(exports),
             "worth": mean("stolen_trained_dice") if ok and "stolen_trained_dice" in ok[0] else None,
@@ -86,28 +119,35 @@ def main() -> None:
     ap.add_argument("--data", choices=sorted(SCENARIOS), default="mri")
     ap.add_argument("--only", nargs="*", help="recipes to run (honest always runs: the utility reference)")
     ap.add_argument("--gates", nargs="*", help="only these gates (names of GATES)")
+    ap.add_argument("--cells", nargs="*", help="only these recipe/gates cells (a gate's spaces written as -); "
+                    "the honest recipe's cells of the same gates run too")
+    ap.add_argument("--dims", type=int, choices=(2, 3), default=3)
     args = ap.parse_args()
     cells = [c for c in CELLS if (not args.only or c[0] in args.only or c[0] == "honest")
              and (not args.gates or c[1] in args.gates)]
+    if args.cells:
+        asked = {(c.split("/", 1)[0], c.split("/", 1)[1].replace("-", " ", 1)) for c in args.cells}
+        cells = [c for c in CELLS if c in asked or (c[0] == "honest" and any(g == c[1] for _, g in asked))]
+    overrides = TWO_D if args.dims == 2 else []
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for recipe, gates in cells:
-            rows.append(run_cell(SCENARIOS[args.data], recipe, gates, Path(tmp)))
+            rows.append(run_cell(SCENARIOS[args.data], recipe, gates, Path(tmp), overrides))
             print(f"  {recipe} / {gates}: {rows[-1]}", flush=True)
     honest = {r["gates"]: r["dice"] for r in rows if r["recipe"] == "honest"}
-    print(f"\n{args.data}: {SCENARIOS[args.data]}\n")
-    print("| recipe | gates | scans stolen / lake | PSNR dB | gain dB | SSIM | re-id top-1 | exported Dice | "
-          "vs honest, same gates | trained on stolen: Dice | gates: flagged / refused | extraction |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n{args.data} {args.dims}D: {SCENARIOS[args.data]} {' '.join(overrides)}\n")
+    print("| recipe | gates | scans stolen / lake | bits / voxel | PSNR dB | gain dB | SSIM | MS-SSIM | re-id top-1 | "
+          "exported Dice | vs honest, same gates | trained on stolen: Dice | gates: flagged / refused | extraction |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = honest.get(r["gates"])
         delta = r["dice"] - ref if r["dice"] is not None and ref is not None else None
         extraction = ("–" if r["recipe"] == "honest" else "nothing left the lakes" if r["refused"] == r["lakes"]
                       else r["error"] or "ok")
-        print(f"| {r['recipe']} | {r['gates']} | {r['stolen']:.0f} | {_f(r['psnr'], '.1f')} | "
-              f"{_f(r['gain'], '+.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['reid'], '.0%')} | {_f(r['dice'], '.4f')} | "
-              f"{_f(delta, '+.5f')} | {_f(r['worth'], '.3f')} | {r['flagged']} / {r['refused']} of {r['lakes']} | "
-              f"{extraction} |")
+        print(f"| {r['recipe']} | {r['gates']} | {r['stolen']:.0f} | {_f(r['bpv'], '.2f')} | {_f(r['psnr'], '.1f')} | "
+              f"{_f(r['gain'], '+.1f')} | {_f(r['ssim'], '.3f')} | {_f(r['ms_ssim'], '.4f')} | "
+              f"{_f(r['reid'], '.0%')} | {_f(r['dice'], '.4f')} | {_f(delta, '+.5f')} | {_f(r['worth'], '.3f')} | "
+              f"{r['flagged']} / {r['refused']} of {r['lakes']} | {extraction} |")
 
 if __name__ == "__main__":
     main()
