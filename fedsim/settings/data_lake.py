@@ -79,6 +79,11 @@ class DataLake(Setting):
         from fedsim.scenario import ScenarioError
         from fedsim.settings.recipes import RECIPES
 
+        for lake, part in enumerate(experiment.split.clients):
+            if not experiment.task.labelled(experiment.cohort, list(part.train)):
+                raise ScenarioError(f"data: lake {lake} holds no labels for task '{self.scenario.task.name}' in its "
+                                    f"{len(part.train)} training scans (e.g. all-background label maps): the agreed "
+                                    "network cannot be trained there")
         spec = self.config.recipe
         try:
             RECIPES.get(spec.name)(**spec.params).check(experiment.task.build_model(),

@@ -52,6 +52,10 @@ class Task(ABC):
     def targets(cohort: Cohort) -> np.ndarray:
         """The raw target of every cohort row (for baselines and the head's initial bias)."""
 
+    def labelled(self, cohort: Cohort, indices: list[int]) -> bool:
+        """Whether the rows hold the targets this task learns (a segmentation needs label maps)."""
+        return True
+
     def neighbour_slices(self, cohort: Cohort, indices: list[int], spread: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' inputs and `spread` axial slices either side (offsets 0, -1, +1, -2, ...), as
         (inputs, targets) where row i shows person i % len(indices): other anatomy of the same

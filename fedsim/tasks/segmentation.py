@@ -79,6 +79,10 @@ class SegmentationTask(Task):
         """The network's inputs (or label maps) of the rows: whole volumes here."""
         return volumes[indices]
 
+    def labelled(self, cohort: Cohort, indices: list[int]) -> bool:
+        """Some foreground in the rows' label maps (brain-age sets come with all-zero maps)."""
+        return bool(self.images(cohort.labels, indices).any())
+
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self._loss(pred, target)
 

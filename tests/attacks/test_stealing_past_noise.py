@@ -171,3 +171,31 @@ def test_a_recipe_whose_preparation_fails_ends_the_run_with_one_line_and_no_expo
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path / "run", log=lambda _: None)
     assert result.error == ("the recipe's preparation outside the lakes failed: RuntimeError: the owner has no scans")
     assert result.summary["exports"] == [] and not list((Path(result.run_dir) / "observations").glob("*"))
+
+
+def test_a_lake_without_label_maps_is_refused_before_training(tmp_path: Path):
+    """A real on-disk table (NIfTI files) whose site b has no label maps: that lake cannot train the
+    agreed segmentation network, said in one line before any lake trains."""
+    import nibabel as nib
+    import numpy as np
+
+    rng, rows = np.random.default_rng(0), ["path,age,site,label"]
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, 16)] * 3, indexing="ij"))
+    brain = (grid**2).sum(0) < 0.6
+    for i in range(12):
+        scan = (100 * brain + rng.normal(0, 5, brain.shape)).astype(np.float32)
+        (tmp_path / "scans").mkdir(exist_ok=True)
+        nib.Nifti1Image(scan, np.eye(4)).to_filename(tmp_path / "scans" / f"s{i}.nii.gz")
+        label = ""
+        if i % 2 == 0:  # site a is labelled
+            nib.Nifti1Image(brain.astype(np.uint8), np.eye(4)).to_filename(tmp_path / "scans" / f"s{i}_seg.nii.gz")
+            label = f"scans/s{i}_seg.nii.gz"
+        rows.append(f"scans/s{i}.nii.gz,{40 + i},{'a' if i % 2 == 0 else 'b'},{label}")
+    (tmp_path / "subjects.csv").write_text("\n".join(rows) + "\n")
+    raw = tiny_scenario(setting="data_lake", data={"dataset": "nifti_csv", "path": str(tmp_path), "shape": 16},
+                        task={"name": "segmentation", "model": {"name": "unet", "channels": [4, 8]}},
+                        data_lake={"epochs": 1, "recipe": {"name": "train_agreed"}})
+    with pytest.raises(ScenarioError, match=r"^data: lake 1 holds no labels for task 'segmentation' in its \d+ "
+                                            "training scans"):
+        run_scenario(validate_scenario(raw), out_dir=tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.safetensors"))
