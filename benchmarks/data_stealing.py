@@ -119,14 +119,18 @@ def main() -> None:
     ap.add_argument("--data", choices=sorted(SCENARIOS), default="mri")
     ap.add_argument("--only", nargs="*", help="recipes to run (honest always runs: the utility reference)")
     ap.add_argument("--gates", nargs="*", help="only these gates (names of GATES)")
-    ap.add_argument("--cells", nargs="*", help="only these recipe/gates cells (a gate's spaces written as -); "
-                    "the honest recipe's cells of the same gates run too")
+    ap.add_argument("--cells", nargs="*", help="only these recipe/gates cells (a gate's spaces written as -; "
+                    "replaces --only and --gates); the honest recipe's cells of the same gates run too")
     ap.add_argument("--dims", type=int, choices=(2, 3), default=3)
     args = ap.parse_args()
     cells = [c for c in CELLS if (not args.only or c[0] in args.only or c[0] == "honest")
              and (not args.gates or c[1] in args.gates)]
     if args.cells:
+        if bad := [c for c in args.cells if c.count("/") != 1]:
+            ap.error(f"--cells: {bad[0]} is not recipe/gates")
         asked = {(c.split("/", 1)[0], c.split("/", 1)[1].replace("-", " ", 1)) for c in args.cells}
+        if unknown := sorted(asked - set(CELLS)):
+            ap.error(f"--cells: {'/'.join(unknown[0])} is not one of the benchmark's cells (CELLS)")
         cells = [c for c in CELLS if c in asked or (c[0] == "honest" and any(g == c[1] for _, g in asked))]
     overrides = TWO_D if args.dims == 2 else []
     with tempfile.TemporaryDirectory() as tmp:

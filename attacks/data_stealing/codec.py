@@ -14,8 +14,8 @@ al.'s LSB attack hides: the rate-quality reference for the learned codec).
 
 `trained` (the seed's two scenarios): `inside`, the codec is fitted to the lake's scans and its
 decoder (with the lake's mean scan) must leave with the codes; `outside`, the owner fits it to scans
-of its own before the lakes run (its template is the owner's population mean), ships the encoder in
-with the recipe and keeps the decoder, so only the codes leave."""
+of its own before the lakes run (its template is the owner's population mean), ships the codec in
+with the recipe (the lake uses its encoder) and keeps a copy for decoding, so only the codes leave."""
 
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ class Codec:
             return self._decode(codes.float() / self.levels * 2 - 1)
 
     def fit(self, x: torch.Tensor, *, seed: int) -> float:
-        """Train on the scans `x` (N, 1, *spatial); returns the last epoch's mean squared error."""
+        """Train on the scans `x` (N, 1, *spatial); returns the last epoch's mean loss (the squared
+        error, plus the rate term when `rate` > 0)."""
         import torch
 
         gen = torch.Generator().manual_seed(seed)
@@ -159,7 +160,7 @@ class Codec:
 
 def _laplace_bits(z: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Code length in bits of latents `z` (in quantisation steps, (B, C, ...)) rounded to integers,
-    under a zero-mean Laplace of scale exp(log_scale[c]) per channel: the rate term of learned
+    under a zero-mean Laplace of scale 10 exp(log_scale[c]) steps per channel (starting at 10): the rate term of learned
     compression (Balle et al.), differentiable through the uniform-noise stand-in for rounding."""
     import torch
 
@@ -215,6 +216,9 @@ class VoxelCodec:
         return self.decoder_state()
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = [k for k in (TEMPLATE, RANGE) if k not in state]
+        if missing:
+            raise ValueError(f"the owner's codec lacks {missing[0]}")
         self.load_decoder(state)
 
     def load_decoder(self, state: dict[str, torch.Tensor]) -> None:

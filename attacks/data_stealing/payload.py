@@ -22,13 +22,14 @@ if TYPE_CHECKING:
 
     from fedsim.attacks.data_stealing.params import CompressParams
 
-COUNT_BITS, HALF_BITS, LENGTH_BITS = 32, 16, 32
+FIELD_BITS, HALF_BITS = 32, 16  # every header field (marker, count, a scan's length); a half-precision value
 HEADER_REPEAT = 5  # lattice: header fields have this many times the copies (one error loses every scan)
 MARKER = 0x5EC0DE55  # opens the payload: the owner knows an intact one from weights' own low bits
 
 
 def pack(codes: torch.Tensor, bits: int) -> bytes:
-    """One scan's integer codes, lzma-compressed (bytes of uint8, or little-endian uint16 above 8 bits)."""
+    """One scan's integer codes, lzma-compressed (bytes of uint8, or little-endian uint16 above 8 bits;
+    the .xz format's integrity check lets the owner tell a damaged scan; ~60 bytes of framing)."""
     import lzma
 
     import numpy as np
@@ -46,14 +47,26 @@ def unpack(data: bytes, shape: tuple[int, ...], bits: int) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.int64)).reshape(shape)
 
 
+def unpack_all(data: bytes, lengths: list[int], shape: tuple[int, ...], bits: int) -> torch.Tensor:
+    """Every scan's codes from their concatenated packed bytes; ValueError (one line) if damaged."""
+    import torch
+
+    cuts = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    try:
+        return torch.stack([unpack(data[a:b], shape, bits) for a, b in zip(cuts, cuts[1:], strict=False)])
+    except Exception as exc:  # lzma's check or the shape: the bytes were changed
+        raise ValueError(f"the hidden codes do not decompress ({type(exc).__name__}): an export gate changed "
+                         "them") from None
+
+
 def _repeat(params: CompressParams) -> int:
     return HEADER_REPEAT if params.hide == "lattice" else 1
 
 
 def header_bits(params: CompressParams, n: int = 0) -> int:
     """The marker and count, and with an entropy coder `n` scans' lengths, as written."""
-    lengths = n * LENGTH_BITS if params.codec.entropy == "lzma" else 0
-    return (2 * COUNT_BITS + lengths) * _repeat(params)
+    lengths = n * FIELD_BITS if params.codec.entropy == "lzma" else 0
+    return (2 * FIELD_BITS + lengths) * _repeat(params)
 
 
 def fixed_bits(params: CompressParams, input_shape: tuple[int, ...]) -> int:
@@ -105,7 +118,9 @@ def build(params: CompressParams, codec: Codec | VoxelCodec, codes: torch.Tensor
     """The bit string (flat bool) of `codes` (and their `packed` bytes with an entropy coder)."""
     import torch
 
-    header = stego.to_bits(torch.tensor([MARKER, len(codes), *(len(b) for b in packed)]), COUNT_BITS)
+    if params.codec.entropy == "lzma" and len(packed) != len(codes):
+        raise ValueError(f"{len(codes)} scans' codes but {len(packed)} packed")
+    header = stego.to_bits(torch.tensor([MARKER, len(codes), *(len(b) for b in packed)]), FIELD_BITS)
     header = header.repeat_interleave(_repeat(params))
     decoder = codec.decoder_state() if params.codec.trained == "inside" else {}
     halves = [v.detach().half().contiguous().view(torch.int16).reshape(-1).to(torch.int64) & 0xFFFF
@@ -122,10 +137,10 @@ def _read(exported: dict[str, torch.Tensor], n_bits: int, params: CompressParams
 
 
 def _header(exported: dict[str, torch.Tensor], params: CompressParams, fields: int) -> list[int]:
-    bits = _read(exported, fields * COUNT_BITS * _repeat(params), params)
+    bits = _read(exported, fields * FIELD_BITS * _repeat(params), params)
     if _repeat(params) > 1:
         bits = bits.reshape(-1, _repeat(params)).double().mean(1) > 0.5
-    return [int(v) for v in stego.from_bits(bits, COUNT_BITS)]
+    return [int(v) for v in stego.from_bits(bits, FIELD_BITS)]
 
 
 def read(exported: dict[str, torch.Tensor], params: CompressParams, codec: Codec | VoxelCodec,
@@ -162,10 +177,4 @@ def read(exported: dict[str, torch.Tensor], params: CompressParams, codec: Codec
     if not lengths:
         return stego.from_bits(bits[at:], params.codec.bits).reshape(n, *shape), start + body
     data = bytes(stego.from_bits(bits[at:], 8).to(torch.uint8).tolist())
-    cuts = [0, *torch.tensor(lengths).cumsum(0).tolist()]
-    try:
-        codes = torch.stack([unpack(data[a:b], shape, params.codec.bits) for a, b in zip(cuts, cuts[1:], strict=False)])
-    except Exception as exc:  # lzma or shape: the bytes were changed
-        raise ValueError(f"the hidden codes do not decompress ({type(exc).__name__}): an export gate changed "
-                         "them") from None
-    return codes, start + body
+    return unpack_all(data, lengths, shape, params.codec.bits), start + body

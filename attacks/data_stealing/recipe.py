@@ -63,6 +63,9 @@ class CompressAndHide(Recipe):
                              f"parameters hold no whole scan of {math.prod(input_shape)} voxels{per_voxel}")
         if self.params.hide in ("correlated", "sign") and self.params.codec.trained == "outside":
             raise ValueError(f"params.codec.trained: hide {self.params.hide} uses no codec")
+        if self.params.hide == "lattice" and self.params.codec.entropy == "lzma" and self.params.repeat < 3:
+            raise ValueError("params.repeat: lzma with a lattice needs 3 copies or more (one flipped bit loses a "
+                             "whole compressed scan)")
         p, state = self.params, model.state_dict()
         if p.hide in BITS_IN_WEIGHTS and fitting_scans(p, state, input_shape) < 1:
             need = fixed_bits(p, input_shape) + scan_bits(p, input_shape)
@@ -109,6 +112,9 @@ class CompressAndHide(Recipe):
             return export
         sizes, packed = payload.scan_sizes(p, codes)
         n = payload.how_many_fit(room_bits(p, export) - fixed_bits(p, tuple(x.shape[1:])), sizes)
+        if n == 0:  # only with an entropy coder (the check before training sized the scans uncompressed)
+            raise ValueError(f"params.codec.entropy: compressed, the smallest scan takes {min(sizes)} bits, more than "
+                             f"the {room_bits(p, export) - fixed_bits(p, tuple(x.shape[1:]))} the weights hold")
         bits = payload.build(p, codec, codes[:n], packed[:n])
         if p.hide == "lattice":
             return stego.embed_lattice(export, bits, p.lattice_step, p.repeat, seed=run.seed + 2)
@@ -147,12 +153,9 @@ def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_sha
             codec.load_decoder({k[len(DECODER):]: v.float() for k, v in exported.items() if k.startswith(DECODER)})
         if LENGTHS not in exported:
             return codec.decode(exported[CODES].long())
-        import torch
 
-        data, cuts = bytes(exported[CODES].tolist()), [0, *exported[LENGTHS].cumsum(0).tolist()]
-        shape = codec.code_shape(input_shape)
-        return codec.decode(torch.stack([payload.unpack(data[a:b], shape, params.codec.bits)
-                                         for a, b in zip(cuts, cuts[1:], strict=False)]))
+        return codec.decode(payload.unpack_all(bytes(exported[CODES].tolist()), exported[LENGTHS].tolist(),
+                                               codec.code_shape(input_shape), params.codec.bits))
     codes, _ = payload.read(exported, params, codec, input_shape)
     return codec.decode(codes)
 

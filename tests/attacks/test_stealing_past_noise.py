@@ -100,15 +100,21 @@ def test_entropy_coded_codes_fit_more_scans_and_come_back_exactly(brains):
 
 
 def test_a_rate_term_makes_the_autoencoders_codes_shorter_after_entropy_coding(brains):
-    found = []
+    from fedsim.attacks.metrics import mse
+
+    found, errors = [], []
     for rate in (0.0, 0.3):  # 0.3: a bit per voxel is worth 0.3 of squared error in z-score units
         params = CompressParams(codec=CodecParams(channels=(8,), latent_channels=2, epochs=150, rate=rate,
                                                   entropy="lzma", batch_size=2))
         torch.manual_seed(0)
         codec = make_codec(params.codec, spatial_dims=3)
         codec.fit(brains[:4], seed=0)
-        found.append(sum(payload.scan_sizes(params, codec.encode(brains[:4]))[0]))
+        codes = codec.encode(brains[:4])
+        found.append(sum(payload.scan_sizes(params, codes)[0]))
+        errors.append(float(mse(codec.decode(codes), brains[:4]).mean()))
+    prior = float(mse(brains[:4].mean(0, keepdim=True).expand(4, -1, -1, -1, -1), brains[:4]).mean())
     assert found[1] < 0.8 * found[0]
+    assert errors[0] < errors[1] < 0.75 * prior  # shorter codes for some fidelity, still better than the mean
 
 
 def lake_2d(params: dict, defenses: list | None = None) -> dict:
@@ -145,6 +151,8 @@ def test_on_2d_slices_noise_at_the_export_erases_the_mantissa_payload_and_not_th
 
 @pytest.mark.parametrize(("params", "message"), [
     ({"hide": "lattice", "repeat": 4}, r"data_lake\.recipe\.params\.repeat: 4 copies can tie; use an odd number"),
+    ({"hide": "lattice", "repeat": 1, "codec": {"kind": "voxels", "trained": "outside", "entropy": "lzma"}},
+     r"data_lake\.recipe\.params\.repeat: lzma with a lattice needs 3 copies or more"),
     ({"hide": "correlated", "codec": {"trained": "outside"}}, r"data_lake\.recipe\.params\.codec\.trained: hide "
      "correlated uses no codec"),
     ({"hide": "lattice", "repeat": 99, "codec": {"kind": "voxels", "trained": "outside"}},
