@@ -83,6 +83,7 @@ class Observation:
     defenses: tuple[DefenseCopy, ...] = ()  # the attacker's own copies of the clients' defenses (threat.defenses)
     recipe: dict[str, Any] | None = None  # data_lake: the training code the owner submitted (name, params)
     owner_state: dict[str, torch.Tensor] | None = None  # data_lake: what the owner prepared outside and kept
+    split: int | None = None  # split_inference: the convolution blocks the hospital ran before sending
 
     def model(self) -> nn.Module:
         """The global model the client started from (needs the architecture)."""

@@ -62,6 +62,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         defenses=tuple(experiment.defense_copies()) if threat.defenses and experiment.defense_copies else (),
         recipe=meta.get("recipe"),  # the owner's own code: it knows it
         owner_state=obs.owner_state() if meta.get("recipe") else None,  # and what it prepared outside the lakes
+        split=meta.get("split"),  # split inference: where the network was cut (the server runs the rest)
     )
 
 

@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "fedsim.settings.recipes",
     "fedsim.settings.federated",
     "fedsim.settings.data_lake",
+    "fedsim.settings.split_inference",
 )
 
 

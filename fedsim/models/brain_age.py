@@ -65,5 +65,19 @@ class BrainAgeCNN(nn.Module):
         nn.init.constant_(self.head.bias, out_bias / self.out_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.dropout(self.pool(self.features(x)))).flatten(1)
+        return self.rest(self.features(x), after=len(self.features))
+
+    @property
+    def blocks(self) -> int:
+        """Convolution blocks (each followed by a pooling): where split inference may cut."""
+        return len(self.features) // 2
+
+    def first(self, split: int) -> nn.Sequential:
+        """The layers up to and including the `split`-th convolution block's activation (before its
+        pooling): what a hospital runs in split inference; the rest is `rest(v, after=2 * split - 1)`."""
+        return self.features[: 2 * split - 1]
+
+    def rest(self, v: torch.Tensor, *, after: int) -> torch.Tensor:
+        """The network from `features[after]` on, given that layer's input `v`."""
+        out = self.head(self.dropout(self.pool(self.features[after:](v)))).flatten(1)
         return (out.squeeze(1) if out.shape[1] == 1 else out) * self.out_scale

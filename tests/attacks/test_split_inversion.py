@@ -1,0 +1,71 @@
+"""Split inference (setting split_inference) and the white-box inversion of the features a hospital
+sends: the cut, the setting end to end on 2D slices, and the refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsim.loading import validate_scenario
+from fedsim.models.brain_age import BrainAgeCNN
+from fedsim.run_folder import RunFolder
+from fedsim.runner import run_scenario
+from fedsim.scenario import ScenarioError
+from tests.conftest import tiny_scenario
+
+
+def test_the_two_halves_of_a_cut_network_compose_to_the_whole():
+    torch.manual_seed(0)
+    model = BrainAgeCNN(channels=[4, 8, 16], spatial_dims=2)
+    x = torch.randn(3, 1, 32, 32)
+    assert model.blocks == 3
+    for split in (1, 2, 3):
+        first = model.first(split)
+        assert torch.allclose(model.rest(first(x), after=len(first)), model(x), atol=1e-6)
+    assert model.first(1)(x).shape == (3, 4, 32, 32)  # after the first block's activation, before its pooling
+
+
+def split_scenario(split: int, **sections) -> dict:
+    return tiny_scenario(
+        setting="split_inference", data={"n_subjects": 40, "shape": 32},
+        task={"name": "brain_age_slice", "model": {"name": "brain_age_cnn", "channels": [8, 16, 32]}},
+        federation={"clients": 2, "batch_size": 8, "optimizer": "adam", "lr": 0.003},
+        split_inference={"split": split, "scans": 4, "train_scans": 40, "epochs": 2},
+        attacks=[{"name": "split_inversion", "params": {"iterations": 200, "lr": 0.05}}], **sections)
+
+
+@pytest.mark.e2e
+def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_one(tmp_path: Path):
+    found = {}
+    for split in (1, 3):
+        result = run_scenario(validate_scenario(split_scenario(split)), out_dir=tmp_path / str(split),
+                              log=lambda _: None)
+        assert result.error is None and result.summary["final"]["mae"] > 0
+        rows = result.summary["attacks"]
+        assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["kind"] == "activations" for r in rows)
+        found[split] = rows
+        sent = result.summary["sent"]
+        assert [s["scans"] for s in sent] == [4, 4] and sent[0]["features"][0] == [8, 16, 32][split - 1]
+    early, deep = found[1], found[3]
+    assert all(r["ssim"] > 0.9 and r["psnr_gain"] > 8 and r["reid_top1"] == 1 for r in early)
+    assert max(r["ssim"] for r in deep) < min(r["ssim"] for r in early) - 0.2  # the deeper the cut, the less
+    report = RunFolder(Path(result.run_dir)).report_file.read_text()
+    assert "- Split inference: 2 hospitals each run the first 3 convolution block(s)" in report
+    assert "| split_inversion | 1 | 0 | activations |" in report
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"split_inference": {"split": 4}}, "split_inference.split: 4 is beyond the network's 3 convolution blocks"),
+    ({"task": {"name": "segmentation", "model": {"name": "unet", "channels": [4, 8]}}},
+     "task.model.name: split inference cuts brain_age_cnn between convolution blocks; 'unet' has no cut points"),
+    ({"attacks": [{"name": "dlg"}]}, "attacks.0: dlg consumes gradient or weights observations"),
+    ({"defenses": [{"name": "model_noise", "params": {"sigma": 0.01}}]}, "defenses.0: split inference takes no "
+     "client defenses yet"),
+])
+def test_bad_split_input_is_one_line_naming_the_key(change, message):
+    raw = split_scenario(1)
+    raw.update(change)
+    with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(").replace("'", "'")):
+        validate_scenario(raw)
