@@ -15,6 +15,7 @@ from monai.metrics.regression import compute_ms_ssim, compute_ssim_and_cs
 from scipy.optimize import linear_sum_assignment
 
 PSNR_CAP = 1000.0  # score_reconstruction reports this for identical images (strict JSON has no inf)
+UNRECOGNISABLE_SSIM = 0.3  # below it a reconstruction counts as unrecognisable (He, Zhang and Lee, ACSAC 2019)
 
 __all__ = ["match_batch", "ms_ssim", "mse", "psnr", "reidentification_ranks", "score_reconstruction", "ssim"]
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli and Bovik's five scales
@@ -176,7 +177,8 @@ def score_reconstruction(
         "mse": mse(matched, truth).mean(),
         "psnr": item_psnr.mean(),
         "recovered_30db": (item_psnr > 30).double().mean(),  # fraction of the batch rebuilt above 30 dB
-        "ssim": ssim(matched, truth).mean(),
+        "ssim": (item_ssim := ssim(matched, truth)).mean(),
+        "unrecognisable": (item_ssim < UNRECOGNISABLE_SSIM).double().mean(),  # He et al.'s line
         "prior_mse": mse(prior_b, truth).mean(),
         "prior_psnr": psnr(prior_b, truth).clamp(max=PSNR_CAP).mean(),
         "prior_ssim": ssim(prior_b, truth).mean(),

@@ -98,7 +98,7 @@ def test_score_reconstruction_prior_and_perfect_recon(images: torch.Tensor) -> N
                                    true_index=[0, 1, 2, 3])
     json.dumps(perfect, allow_nan=False)
     assert perfect["psnr"] == PSNR_CAP and perfect["mse"] == 0.0  # matching undid the shuffle
-    assert perfect["reid_top1"] == 1.0 and perfect["median_rank"] == 1.0
+    assert perfect["reid_top1"] == 1.0 and perfect["median_rank"] == 1.0 and perfect["unrecognisable"] == 0.0
     assert perfect["chance_top1"] == pytest.approx(0.1)
     expected_prior = psnr(prior.expand_as(images), images).mean().item()
     assert perfect["prior_psnr"] == pytest.approx(expected_prior)
@@ -106,6 +106,10 @@ def test_score_reconstruction_prior_and_perfect_recon(images: torch.Tensor) -> N
     separate = score_reconstruction(images[[1, 0, 3, 2]], images, prior=prior, candidates=candidates,
                                     true_index=[0, 1, 2, 3], batch=False)  # separate observations: no re-pairing
     assert separate["reid_top1"] == 0.0 and separate["mse"] > 0.0
+
+    noise = score_reconstruction(torch.randn(images.shape, generator=torch.Generator().manual_seed(9)), images,
+                                 prior=prior, candidates=candidates, true_index=[0, 1, 2, 3])
+    assert noise["unrecognisable"] == 1.0  # white noise shares no structure with the scans
 
     as_prior = score_reconstruction(prior[None].expand_as(images).clone(), images, prior=prior,
                                     candidates=candidates, true_index=[0, 1, 2, 3])
