@@ -73,6 +73,7 @@ class Defense(Configurable):
     - `hides_client_updates`: the server (and so every attacker) sees only the round's aggregate,
       never one client's update (secure aggregation).
     - `at_export`: an export gate of a data lake (`transform_export`), not a client's defense.
+    - `at_split`: a hospital's defense in split inference (`transform_first`, `transform_features`).
     - `changes_images`: the client trains on images the defense makes of its scans (`shown`), so
       an attacker that knows the defense must train a copy of it (`fedsim.defense_copies`).
     """
@@ -81,6 +82,7 @@ class Defense(Configurable):
     hides_client_updates: ClassVar[bool] = False
     changes_images: ClassVar[bool] = False
     at_export: ClassVar[bool] = False
+    at_split: ClassVar[bool] = False
 
     @classmethod
     def check_scenario(cls, params: BaseModel, scenario: Scenario) -> None:
@@ -142,6 +144,14 @@ class Defense(Configurable):
     def shown(self, x: torch.Tensor) -> torch.Tensor:
         """The images a client trains on for scans `x` (`changes_images` defenses override this)."""
         return x
+
+    def transform_first(self, first: nn.Module, *, rng: np.random.Generator) -> nn.Module:
+        """Split-inference hook (`at_split`): the hospital-side layers a hospital runs (its private copy)."""
+        return first
+
+    def transform_features(self, features: torch.Tensor, *, rng: np.random.Generator) -> torch.Tensor:
+        """Split-inference hook (`at_split`): the features a hospital sends at the cut."""
+        return features
 
     def transform_export(self, tensors: dict[str, torch.Tensor], *, ctx: ExportRound) -> dict[str, torch.Tensor]:
         """Export hook (`at_export` gates): what leaves the lake of what a recipe asked to export.

@@ -38,6 +38,9 @@ class Federated(Setting):
             if defense_class(spec.name, i).at_export:
                 raise ValueError(f"defenses.{i}: {spec.name} is an export gate of a data lake (setting: data_lake); "
                                  "a federation exports nothing")
+            if defense_class(spec.name, i).at_split:
+                raise ValueError(f"defenses.{i}: {spec.name} defends split inference (setting: split_inference); "
+                                 "a federation has no cut")
 
     @classmethod
     def outline(cls, scenario: Scenario) -> str:

@@ -6,7 +6,8 @@ returns the prediction. An untrusted server holds every weight and sees the feat
 ACSAC 2019).
 
 Each hospital (`federation.clients`, one data partition each) queries with the first
-`split_inference.scans` of its training scans; the network's utility is its test score on the
+`split_inference.scans` of its training scans, through its defenses (`defenses:` with `at_split`:
+noise on its private copy of the first layers, noise on the features); the network's utility is its test score on the
 held-out test set, trained on `split_inference.train_scans` scans of the population (the provider's
 own data; where a dataset has none, the server's held-out scans).
 """
@@ -59,8 +60,12 @@ class SplitInference(Setting):
         if config.split > len(model.channels):
             raise ValueError(f"split_inference.split: {config.split} is beyond the network's "
                              f"{len(model.channels)} convolution blocks (task.model.channels)")
-        if scenario.defenses:
-            raise ValueError("defenses.0: split inference takes no client defenses yet")
+        from fedsim.defenses.base import defense_class
+
+        for i, spec in enumerate(scenario.defenses):
+            if not defense_class(spec.name, i).at_split:
+                raise ValueError(f"defenses.{i}: {spec.name} is not a split-inference defense (split_model_noise, "
+                                 "split_feature_noise)")
 
     @classmethod
     def outline(cls, scenario: Scenario) -> str:
@@ -72,6 +77,7 @@ class SplitInference(Setting):
         import numpy as np
         import torch
 
+        from fedsim.defenses.base import DEFENSES
         from fedsim.run_folder import observation_name
         from fedsim.seeding import derive_seed
         from fedsim.training import predict, train_local
@@ -88,12 +94,28 @@ class SplitInference(Setting):
         log(f"provider: trained on {len(x)} scans of its own for {cfg.epochs} epochs; test "
             f"{task.primary_metric} {final[task.primary_metric]:.3f}")
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        sent = []
+        defenses = [DEFENSES.get(d.name)(**d.params) for d in sc.defenses]
+        sent, defended = [], []
         for client, part in enumerate(experiment.split.clients):
             rows = list(part.train)[: cfg.scans]
             scans, targets = experiment.tensors(rows)
-            with torch.no_grad():
-                features = model.first(cfg.split)(scans)
+            rng = np.random.default_rng(derive_seed(sc.seed, "hospital defenses", client))
+            first = model.first(cfg.split)
+            for d in defenses:
+                first = d.transform_first(first, rng=rng)
+
+            def send(x: torch.Tensor, first=first, rng=rng) -> torch.Tensor:
+                with torch.no_grad():
+                    v = first(x)
+                for d in defenses:
+                    v = d.transform_features(v, rng=rng)
+                return v
+
+            features = send(scans)
+            if defenses:  # what the hospital's defenses cost the deployed network, on the test scans
+                with torch.no_grad():
+                    pred = model.rest(send(experiment.x_test), after=len(model.first(cfg.split)))
+                defended.append(task.metrics(pred, experiment.y_test))
             name = observation_name(1, client)
             run.write_observation(name, update={"features": features}, global_state=state, meta={
                 "kind": ACTIVATIONS, "round": 1, "client": client, "num_examples": len(rows), "split": cfg.split,
@@ -103,11 +125,17 @@ class SplitInference(Setting):
                          "values_per_scan": int(features[0].numel()), "voxels_per_scan": int(scans[0].numel())})
             log(f"[hospital {client}] sent the features of {len(rows)} scans after block {cfg.split}: "
                 f"{features[0].numel()} values per scan of {scans[0].numel()} voxels")
-        return SettingOutcome(final=final, initial=initial, rounds_completed=1, final_state=state,
-                              summary={"split": cfg.split, "sent": sent})
+        summary: dict[str, Any] = {"split": cfg.split, "sent": sent}
+        if defended:  # the network as the hospitals use it: through their defended layers (mean over them)
+            summary["undefended"] = final
+            final = {k: sum(m[k] for m in defended) / len(defended) for k in defended[0]}
+            log(f"through the hospitals' defenses: test {task.primary_metric} {final[task.primary_metric]:.3f}")
+        return SettingOutcome(final=final, initial=initial, rounds_completed=1, final_state=state, summary=summary)
 
     @classmethod
     def result_rows(cls, summary: dict[str, Any]) -> tuple[str, str]:
+        if "undefended" in summary:
+            return "the untrained network", "the deployed network, through the hospitals' defenses (mean)"
         return "the untrained network", "the deployed network (trained by the provider)"
 
     @classmethod

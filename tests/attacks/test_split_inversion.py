@@ -46,6 +46,7 @@ def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_on
         rows = result.summary["attacks"]
         assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["kind"] == "activations" for r in rows)
         found[split] = rows
+        found_mae = result.summary["final"]["mae"]  # the same deployed network at every cut
         sent = result.summary["sent"]
         assert [s["scans"] for s in sent] == [4, 4] and sent[0]["features"][0] == [8, 16, 32][split - 1]
     early, deep = found[1], found[3]
@@ -54,6 +55,14 @@ def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_on
     report = RunFolder(Path(result.run_dir)).report_file.read_text()
     assert "- Split inference: 2 hospitals each run the first 3 convolution block(s)" in report
     assert "| split_inversion | 1 | 0 | activations |" in report
+    # model perturbation: each hospital's private noise on its first layers; the server inverts through
+    # its clean copy, and the deployed network is scored through the noisy ones
+    noisy = run_scenario(validate_scenario(split_scenario(1, defenses=[
+        {"name": "split_model_noise", "params": {"sigma": 0.1}}])), out_dir=tmp_path / "noise", log=lambda _: None)
+    rows = noisy.summary["attacks"]
+    assert max(r["ssim"] for r in rows) < min(r["ssim"] for r in early) - 0.1
+    assert noisy.summary["undefended"]["mae"] == found_mae and noisy.summary["final"]["mae"] != found_mae
+    assert "through the hospitals' defenses (mean)" in RunFolder(Path(noisy.run_dir)).report_file.read_text()
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -61,11 +70,18 @@ def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_on
     ({"task": {"name": "segmentation", "model": {"name": "unet", "channels": [4, 8]}}},
      "task.model.name: split inference cuts brain_age_cnn between convolution blocks; 'unet' has no cut points"),
     ({"attacks": [{"name": "dlg"}]}, "attacks.0: dlg consumes gradient or weights observations"),
-    ({"defenses": [{"name": "model_noise", "params": {"sigma": 0.01}}]}, "defenses.0: split inference takes no "
-     "client defenses yet"),
+    ({"defenses": [{"name": "model_noise", "params": {"sigma": 0.01}}]}, "defenses.0: model_noise is not a "
+     "split-inference defense (split_model_noise, split_feature_noise)"),
+    ({"defenses": [{"name": "split_model_noise", "params": {"sigma": 0}}]}, "defenses.0: params.sigma: Input "
+     "should be greater than 0"),
 ])
 def test_bad_split_input_is_one_line_naming_the_key(change, message):
     raw = split_scenario(1)
     raw.update(change)
-    with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(").replace("'", "'")):
+    with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         validate_scenario(raw)
+
+
+def test_a_split_defense_in_a_federation_is_refused():
+    with pytest.raises(ScenarioError, match="defenses.0: split_feature_noise defends split inference"):
+        validate_scenario(tiny_scenario(defenses=[{"name": "split_feature_noise", "params": {"sigma": 0.1}}]))
