@@ -146,7 +146,8 @@ class Defense(Configurable):
         return x
 
     def transform_first(self, first: nn.Module, *, rng: np.random.Generator) -> nn.Module:
-        """Split-inference hook (`at_split`): the hospital-side layers a hospital runs (its private copy)."""
+        """Split-inference hook (`at_split`): the hospital-side layers a hospital runs (its own copy, which
+        the hook may change in place)."""
         return first
 
     def transform_features(self, features: torch.Tensor, *, rng: np.random.Generator) -> torch.Tensor:

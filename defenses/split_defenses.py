@@ -36,16 +36,13 @@ class SplitModelNoise(_AtSplit):
     Params = SigmaParams
 
     def transform_first(self, first: nn.Module, *, rng: np.random.Generator) -> nn.Module:
-        import copy
-
         import torch
 
-        noisy = copy.deepcopy(first)
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        with torch.no_grad():
-            for p in noisy.parameters():
+        with torch.no_grad():  # the hospital's own copy (the setting hands each hospital one)
+            for p in first.parameters():
                 p.add_(self.params.sigma * torch.randn(p.shape, generator=gen))
-        return noisy
+        return first
 
 
 @DEFENSES.register("split_feature_noise")

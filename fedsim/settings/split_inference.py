@@ -74,6 +74,8 @@ class SplitInference(Setting):
                 f"block {config.split} to a server")
 
     def run(self, experiment: Experiment, run: RunFolder, *, log: Callable[[str], None]) -> SettingOutcome:
+        import copy
+
         import numpy as np
         import torch
 
@@ -100,7 +102,7 @@ class SplitInference(Setting):
             rows = list(part.train)[: cfg.scans]
             scans, targets = experiment.tensors(rows)
             rng = np.random.default_rng(derive_seed(sc.seed, "hospital defenses", client))
-            first = model.first(cfg.split)
+            first = copy.deepcopy(model.first(cfg.split))  # the hospital's own copy: its defenses may change it
             for d in defenses:
                 first = d.transform_first(first, rng=rng)
 
