@@ -6,15 +6,12 @@ scan f1 keeps, and the more the total-variation prior has to fill in."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
 from fedsim.settings.base import ACTIVATIONS
-
-if TYPE_CHECKING:
-    pass
 
 
 class SplitInversionParams(BaseModel):
@@ -33,6 +30,7 @@ class SplitInversion(ReconstructionAttack):
 
     Params = SplitInversionParams
     consumes: ClassVar[frozenset[str]] = frozenset({ACTIVATIONS})
+    # not per-client updates: the features are what one hospital sends itself, no server capture needed
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, auxiliary=True)
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
@@ -53,7 +51,6 @@ class SplitInversion(ReconstructionAttack):
         x = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([x], lr=self.params.lr)
         scale = target.pow(2).mean()
-        losses = []
         for _ in range(self.params.iterations):
             optimizer.zero_grad(set_to_none=True)
             loss = (first(x) - target).pow(2).mean() / scale
@@ -61,6 +58,5 @@ class SplitInversion(ReconstructionAttack):
                 loss = loss + self.params.tv * total_variation(x)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
-        return Reconstruction(images=x.detach(), extra={"objective": losses[-1], "split": observation.split,
+        return Reconstruction(images=x.detach(), extra={"objective": float(loss.detach()), "split": observation.split,
                                                         "iterations": self.params.iterations})

@@ -47,7 +47,7 @@ class SplitModelNoise(_AtSplit):
 
 @DEFENSES.register("split_feature_noise")
 class SplitFeatureNoise(_AtSplit):
-    """Gaussian noise on the features sent at the cut, of std `sigma` times their root mean square."""
+    """Gaussian noise on the features sent at the cut, of std `sigma` times each scan's root mean square."""
 
     Params = SigmaParams
 
@@ -55,5 +55,6 @@ class SplitFeatureNoise(_AtSplit):
         import torch
 
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        scale = self.params.sigma * features.pow(2).mean().sqrt()
+        rms = features.pow(2).flatten(1).mean(1).sqrt().reshape(-1, *[1] * (features.dim() - 1))
+        scale = self.params.sigma * rms
         return features + scale * torch.randn(features.shape, generator=gen)

@@ -65,6 +65,9 @@ class DataLake(Setting):
         except ValueError as exc:
             raise ValueError(f"data_lake.recipe.{exc}") from None
         for i, spec in enumerate(scenario.defenses):
+            if defense_class(spec.name, i).at_split:
+                raise ValueError(f"defenses.{i}: {spec.name} defends split inference (setting: split_inference); "
+                                 "a data lake exports networks, it sends no features")
             if not defense_class(spec.name, i).at_export:
                 raise ValueError(f"defenses.{i}: {spec.name} is a client defense; a data lake runs the owner's "
                                  "training code, so only export gates apply (export_whitelist, export_bit_test, "

@@ -60,12 +60,24 @@ class SplitInference(Setting):
         if config.split > len(model.channels):
             raise ValueError(f"split_inference.split: {config.split} is beyond the network's "
                              f"{len(model.channels)} convolution blocks (task.model.channels)")
+        from fedsim.data.datasets import DATASETS, Dataset
         from fedsim.defenses.base import defense_class
 
+        if DATASETS.get(scenario.data.dataset).population is Dataset.population:
+            raise ValueError(f"split_inference.train_scans: dataset '{scenario.data.dataset}' has no population "
+                             "sample for the provider to train on (its fallback, the server's held-out scans, is the "
+                             "test set)")
         for i, spec in enumerate(scenario.defenses):
             if not defense_class(spec.name, i).at_split:
                 raise ValueError(f"defenses.{i}: {spec.name} is not a split-inference defense (split_model_noise, "
                                  "split_feature_noise)")
+
+    def check(self, experiment: Experiment) -> None:
+        from fedsim.scenario import ScenarioError
+
+        for client, part in enumerate(experiment.split.clients):
+            if not part.train:
+                raise ScenarioError(f"data.partition: hospital {client} holds no scans to send")
 
     @classmethod
     def outline(cls, scenario: Scenario) -> str:
@@ -116,7 +128,8 @@ class SplitInference(Setting):
             features = send(scans)
             if defenses:  # what the hospital's defenses cost the deployed network, on the test scans
                 with torch.no_grad():
-                    pred = model.rest(send(experiment.x_test), after=len(model.first(cfg.split)))
+                    pred = torch.cat([model.rest(send(chunk), after=len(first))
+                                      for chunk in experiment.x_test.split(16)])
                 defended.append(task.metrics(pred, experiment.y_test))
             name = observation_name(1, client)
             run.write_observation(name, update={"features": features}, global_state=state, meta={

@@ -111,6 +111,8 @@ def test_noise_and_precision_gates_change_parameters_not_integer_codes():
     ({"defenses": [{"name": "export_bit_test", "params": {"bits": 8, "chunk": 1024}}]},
      "defenses.0: params.chunk: 1024 weights give fewer than 5 per value of 8 bits; use at least 1280"),
     ({"defenses": [{"name": "export_whitelst"}]}, "defenses.0: unknown defense 'export_whitelst'"),
+    ({"defenses": [{"name": "split_model_noise", "params": {"sigma": 0.1}}]},
+     "defenses.0: split_model_noise defends split inference"),
 ])
 def test_bad_lake_input_is_one_line_naming_the_key(change, message):
     raw = tiny_scenario(setting="data_lake",

@@ -3,6 +3,7 @@ sends: the cut, the setting end to end on 2D slices, and the refusals."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,9 @@ def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_on
     assert max(r["ssim"] for r in rows) < min(r["ssim"] for r in early) - 0.1
     assert noisy.summary["undefended"]["mae"] == found_mae and noisy.summary["final"]["mae"] != found_mae
     assert "through the hospitals' defenses (mean)" in RunFolder(Path(noisy.run_dir)).report_file.read_text()
+    blurred = run_scenario(validate_scenario(split_scenario(1, defenses=[
+        {"name": "split_feature_noise", "params": {"sigma": 1.0}}])), out_dir=tmp_path / "features", log=lambda _: None)
+    assert max(r["ssim"] for r in blurred.summary["attacks"]) < min(r["ssim"] for r in early) - 0.1
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -78,8 +82,19 @@ def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_on
 def test_bad_split_input_is_one_line_naming_the_key(change, message):
     raw = split_scenario(1)
     raw.update(change)
-    with pytest.raises(ScenarioError, match=message.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ScenarioError, match=re.escape(message)) as found:
         validate_scenario(raw)
+    assert "\n" not in str(found.value)
+
+
+def test_a_dataset_without_a_population_sample_is_refused():
+    """The provider trains on scans of its own; a dataset without them would train it on the test set."""
+    from fedsim.settings.split_inference import SplitInference
+
+    scenario = validate_scenario(split_scenario(1))
+    on_disk = scenario.model_copy(update={"data": scenario.data.model_copy(update={"dataset": "ixi"})})
+    with pytest.raises(ValueError, match="split_inference.train_scans: dataset 'ixi' has no population sample"):
+        SplitInference.check_scenario(SplitInference.parse_config(on_disk), on_disk)
 
 
 def test_a_split_defense_in_a_federation_is_refused():
