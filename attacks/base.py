@@ -84,6 +84,7 @@ class Observation:
     recipe: dict[str, Any] | None = None  # data_lake: the training code the owner submitted (name, params)
     owner_state: dict[str, torch.Tensor] | None = None  # data_lake: what the owner prepared outside and kept
     split: int | None = None  # split_inference: the convolution blocks the hospital ran before sending
+    provider_scans: int | None = None  # split_inference: the first this many population scans trained the network
 
     def model(self) -> nn.Module:
         """The global model the client started from (needs the architecture)."""

@@ -63,6 +63,7 @@ def build_observation(attack: ReconstructionAttack, obs: RecordedObservation, tr
         recipe=meta.get("recipe"),  # the owner's own code: it knows it
         owner_state=obs.owner_state() if meta.get("recipe") else None,  # and what it prepared outside the lakes
         split=meta.get("split"),  # split inference: where the network was cut (the server runs the rest)
+        provider_scans=meta.get("provider_scans"),  # ... and what the provider (the server) trained it on
     )
 
 

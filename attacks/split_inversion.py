@@ -1,17 +1,23 @@
-"""Split-inference model inversion, white box (He, Zhang and Lee, ACSAC 2019): the untrusted server
+"""Split-inference model inversion (He, Zhang and Lee, ACSAC 2019). White box: the untrusted server
 holds the hospital-side layers f1 and the features v = f1(x) a hospital sent, and searches the scan
 by regularised maximum likelihood, x* = argmin ||f1(x) - v||^2 / ||v||^2 + tv * TV(x), with Adam
 from the population-mean scan (the prior it holds anyway). The deeper the cut, the less of the
-scan f1 keeps, and the more the total-variation prior has to fill in."""
+scan f1 keeps, and the more the total-variation prior has to fill in. Black box
+(`split_inverse_network`): an inverse network trained on query scans and their features."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+import hashlib
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.attacks.base import ATTACKS, Observation, Reconstruction, ReconstructionAttack, ThreatModel
 from fedsim.settings.base import ACTIVATIONS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class SplitInversionParams(BaseModel):
@@ -60,3 +66,91 @@ class SplitInversion(ReconstructionAttack):
             optimizer.step()
         return Reconstruction(images=x.detach(), extra={"objective": float(loss.detach()), "split": observation.split,
                                                         "iterations": self.params.iterations})
+
+
+_FITTED: dict[str, tuple[nn.Module, int]] = {}  # the last inverse network, by first layers and settings
+
+
+class InverseNetworkParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queries: Literal["training", "population", "noise"] = Field(
+        "population", description="what the server feeds the first layers to learn their inverse: the provider's "
+        "own training scans, other scans of the same population, or Gaussian noise")
+    n: int = Field(400, ge=8, le=100_000, description="query scans")
+    epochs: int = Field(30, ge=1, le=10_000)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    width: int = Field(32, ge=4, le=512, description="channels of the decoder's convolutions")
+    seed: int = 0
+
+
+@ATTACKS.register("split_inverse_network")
+class SplitInverseNetwork(ReconstructionAttack):
+    """Black box (He et al.): learn g with g(f1(q)) ~ q on query scans q, then apply g to the features
+    a hospital sent. It needs the first layers only as an oracle (query in, features out)."""
+
+    Params = InverseNetworkParams
+    consumes: ClassVar[frozenset[str]] = frozenset({ACTIVATIONS})
+    threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, auxiliary=True)
+
+    def reconstruct(self, observation: Observation) -> Reconstruction:
+        import torch
+
+        if observation.split is None or observation.population is None:
+            raise ValueError("the observation does not say where the network was cut, or holds no population")
+        first = observation.model().first(observation.split).eval()
+        key = hashlib.sha256(b"".join(v.numpy().tobytes() for v in first.state_dict().values())
+                             + f"{observation.split} {self.params.model_dump_json()}".encode()).hexdigest()
+        if key not in _FITTED:  # every hospital's features go through the same first layers: fit once
+            _FITTED.clear()
+            _FITTED[key] = self._fit(first, observation)
+        decoder, used = _FITTED[key]
+        with torch.no_grad():
+            images = decoder(observation.update["features"])
+        return Reconstruction(images=images, extra={"split": observation.split, "queries": self.params.queries,
+                                                    "query_scans": used})
+
+    def _fit(self, first: nn.Module, observation: Observation) -> tuple[nn.Module, int]:
+        import torch
+
+        p = self.params
+        queries = self._queries(observation)
+        with torch.no_grad():
+            features = torch.cat([first(q) for q in queries.split(64)])
+        torch.manual_seed(p.seed)
+        decoder = inverse_decoder(features.shape[1], queries.shape[1], observation.split, queries.dim() - 2, p.width)
+        optimizer = torch.optim.Adam(decoder.parameters(), lr=p.lr)
+        gen = torch.Generator().manual_seed(p.seed)
+        for _ in range(p.epochs):
+            for rows in torch.randperm(len(queries), generator=gen).split(p.batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                torch.nn.functional.mse_loss(decoder(features[rows]), queries[rows]).backward()
+                optimizer.step()
+        return decoder.eval(), len(queries)
+
+    def _queries(self, obs: Observation) -> torch.Tensor:
+        import torch
+
+        p, trained = self.params, obs.provider_scans or 0
+        if p.queries == "training":
+            return obs.population(min(p.n, trained) if trained else p.n)[0]
+        if p.queries == "population":  # beyond the provider's training scans: the same population, unseen
+            return obs.population(trained + p.n)[0][trained:]
+        reference = obs.population(min(p.n, 64))[0]
+        gen = torch.Generator().manual_seed(p.seed)
+        return torch.randn((p.n, *reference.shape[1:]), generator=gen)  # the scans are z-scored
+
+
+def inverse_decoder(in_channels: int, out_channels: int, split: int, spatial_dims: int, width: int) -> nn.Module:
+    """Features at the cut -> scan: one transposed convolution (x2) per pooling before the cut
+    (split - 1 of them), between 3x3 convolutions, as He et al.'s inverse networks."""
+    from torch import nn
+
+    conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    up = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+    layers: list[nn.Module] = [conv(in_channels, width, 3, padding=1), nn.ReLU()]
+    for _ in range(split - 1):
+        layers += [up(width, width, 2, stride=2), nn.ReLU(), conv(width, width, 3, padding=1), nn.ReLU()]
+    layers.append(conv(width, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)

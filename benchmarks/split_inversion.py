@@ -7,6 +7,8 @@ population-mean slice, the share below He et al.'s "unrecognisable" SSIM 0.3, re
 
     python benchmarks/split_inversion.py                        # splits 1-4, ~5 min on 2 CPU cores
     python benchmarks/split_inversion.py --splits 1 2 3 --sigmas 0 0.02 0.05   # model perturbation x depth
+    python benchmarks/split_inversion.py --splits 1 2 3 --attacks 'white box' 'inverse, training set' \
+        'inverse, same population' 'inverse, noise'                          # attack x query set x depth
     python benchmarks/split_inversion.py --splits 2 3 --tv 0.01 --iterations 1000
 """
 
@@ -25,19 +27,31 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIO = REPO / "scenarios/split_inference_inversion.yaml"
 
 
-def run_split(split: int, sigma: float, params: dict, out: Path) -> dict:
-    attack = [{"name": "split_inversion", "params": params}]
+ATTACKS = {  # name -> the attack spec (white box, and the inverse network with He et al.'s three query sets)
+    "white box": lambda params: {"name": "split_inversion", "params": params},
+    "inverse, training set": lambda _: {"name": "split_inverse_network", "params": {"queries": "training"}},
+    "inverse, same population": lambda _: {"name": "split_inverse_network", "params": {"queries": "population"}},
+    "inverse, noise": lambda _: {"name": "split_inverse_network", "params": {"queries": "noise"}},
+}
+
+
+def run_split(split: int, sigma: float, attacks: list[str], params: dict, out: Path) -> list[dict]:
+    specs = [{**ATTACKS[a](params), "label": f"a{i}"} for i, a in enumerate(attacks)]
     defenses = [{"name": "split_model_noise", "params": {"sigma": sigma}}] if sigma else []
-    scenario = load_scenario(SCENARIO, [f"split_inference.split={split}", f"attacks={json.dumps(attack)}",
+    scenario = load_scenario(SCENARIO, [f"split_inference.split={split}", f"attacks={json.dumps(specs)}",
                                         f"defenses={json.dumps(defenses)}", f"output.dir={out}"])
     summary = run_scenario(scenario, log=lambda _: None).summary
-    rows = [r for r in summary["attacks"] if r.get("status") == "ok"]
-    mean = (lambda key: statistics.mean(r[key] for r in rows) if rows and key in rows[0] else float("nan"))  # noqa: E731
-    return {"split": split, "sigma": sigma, "values": summary["sent"][0]["values_per_scan"],
-            "voxels": summary["sent"][0]["voxels_per_scan"], "psnr": mean("psnr"), "gain": mean("psnr_gain"),
-            "ssim": mean("ssim"), "ms_ssim": mean("ms_ssim"), "reid": mean("reid_top1"),
-            "unrecognisable": mean("unrecognisable"),
-            "mae": summary["final"]["mae"], "scored": len(rows)}
+    found = []
+    for i, attack in enumerate(attacks):
+        rows = [r for r in summary["attacks"] if r.get("status") == "ok" and r["attack"] == f"a{i}"]
+        mean = (lambda key, rows=rows: statistics.mean(r[key] for r in rows)  # noqa: E731
+                if rows and key in rows[0] else float("nan"))
+        found.append({"split": split, "sigma": sigma, "attack": attack,
+                      "values": summary["sent"][0]["values_per_scan"], "voxels": summary["sent"][0]["voxels_per_scan"],
+                      "psnr": mean("psnr"), "gain": mean("psnr_gain"), "ssim": mean("ssim"),
+                      "ms_ssim": mean("ms_ssim"), "reid": mean("reid_top1"), "unrecognisable": mean("unrecognisable"),
+                      "mae": summary["final"]["mae"], "scored": len(rows)})
+    return found
 
 
 def main() -> None:
@@ -48,20 +62,22 @@ def main() -> None:
     ap.add_argument("--tv", type=float, default=0.0)
     ap.add_argument("--sigmas", nargs="*", type=float, default=[0.0],
                     help="model perturbation: split_model_noise's sigma on the hospital-side weights (0: none)")
+    ap.add_argument("--attacks", nargs="*", default=["white box"], choices=sorted(ATTACKS))
     args = ap.parse_args()
     params = {"iterations": args.iterations, "lr": args.lr, "tv": args.tv}
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for sigma in args.sigmas:
             for split in args.splits:
-                rows.append(run_split(split, sigma, params, Path(tmp)))
-                print(f"  {rows[-1]}", flush=True)
-    print(f"\nwhite box, {params}\n")
-    print("| model noise σ | split after block | values sent / pixels | test MAE (years) | PSNR dB | gain dB | SSIM | "
-          "MS-SSIM | SSIM < 0.3 | re-id top-1 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+                rows += run_split(split, sigma, args.attacks, params, Path(tmp))
+                print("".join(f"  {r}\n" for r in rows[-len(args.attacks):]), end="", flush=True)
+    print(f"\nwhite box: {params}; inverse networks: 400 queries, 30 epochs\n")
+    print("| model noise σ | split after block | attack | values sent / pixels | test MAE (years) | PSNR dB | "
+          "gain dB | SSIM | MS-SSIM | SSIM < 0.3 | re-id top-1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sigma']:g} | {r['split']} | {r['values']} / {r['voxels']} | {r['mae']:.2f} | {r['psnr']:.1f} | "
+        print(f"| {r['sigma']:g} | {r['split']} | {r['attack']} | {r['values']} / {r['voxels']} | {r['mae']:.2f} | "
+              f"{r['psnr']:.1f} | "
               f"{r['gain']:+.1f} | "
               f"{r['ssim']:.3f} | {r['ms_ssim']:.4f} | {r['unrecognisable']:.0%} | {r['reid']:.0%} |")
 

@@ -134,7 +134,7 @@ class SplitInference(Setting):
             name = observation_name(1, client)
             run.write_observation(name, update={"features": features}, global_state=state, meta={
                 "kind": ACTIVATIONS, "round": 1, "client": client, "num_examples": len(rows), "split": cfg.split,
-                "batch_size": len(rows)})
+                "batch_size": len(rows), "provider_scans": cfg.train_scans})
             run.write_truth(name, inputs=scans, targets=targets, rows=rows)
             sent.append({"client": client, "scans": len(rows), "features": list(features.shape[1:]),
                          "values_per_scan": int(features[0].numel()), "voxels_per_scan": int(scans[0].numel())})

@@ -69,6 +69,21 @@ def test_the_server_rebuilds_the_slices_from_an_early_cut_and_not_from_a_deep_on
     assert max(r["ssim"] for r in blurred.summary["attacks"]) < min(r["ssim"] for r in early) - 0.1
 
 
+@pytest.mark.e2e
+def test_an_inverse_network_learned_on_population_queries_beats_one_learned_on_noise(tmp_path: Path):
+    """He et al.'s black box: the server learns features -> scan on queries of its own, once for all
+    hospitals; queries from the scans' own population teach it more than random noise."""
+    found = {}
+    for queries in ("population", "noise"):
+        raw = split_scenario(2)
+        raw["attacks"] = [{"name": "split_inverse_network", "params": {"queries": queries, "n": 40, "epochs": 40}}]
+        result = run_scenario(validate_scenario(raw), out_dir=tmp_path / queries, log=lambda _: None)
+        rows = result.summary["attacks"]
+        assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["query_scans"] == 40 for r in rows)
+        found[queries] = min(r["ssim"] for r in rows), max(r["ssim"] for r in rows)
+    assert found["population"][0] > 0.6 and found["population"][0] > found["noise"][1] + 0.1, found
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"split_inference": {"split": 4}}, "split_inference.split: 4 is beyond the network's 3 convolution blocks"),
     ({"task": {"name": "segmentation", "model": {"name": "unet", "channels": [4, 8]}}},
