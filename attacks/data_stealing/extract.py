@@ -47,31 +47,26 @@ class DataStealing(ReconstructionAttack):
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         from fedsim.attacks.data_stealing import payload
-        from fedsim.attacks.data_stealing.codec import make_codec
-        from fedsim.attacks.data_stealing.recipe import CODES, DECODER, LENGTHS, CompressAndHide, extract
+        from fedsim.attacks.data_stealing.recipe import CODES, DECODER, LENGTHS, CompressAndHide, extract_sized
 
         recipe = observation.recipe or {}
         if recipe.get("name") != "compress_and_hide":
             raise ValueError(f"recipe '{recipe.get('name')}' hid no scans in its export")
         params = CompressAndHide.parse(recipe.get("params", {}))
         shape = tuple(observation.input_shape or ())
-        images = extract(observation.update, params, shape, model=observation.model(),
-                         lake_scans=observation.num_examples, owner_state=observation.owner_state)
+        images, hidden = extract_sized(observation.update, params, shape, model=observation.model(),
+                                       lake_scans=observation.num_examples, owner_state=observation.owner_state)
         extra: dict[str, float | int | str] = {"stolen": len(images), "hide": params.hide}
-        if params.hide in ("mantissa", "lattice"):
-            codec = make_codec(params.codec, spatial_dims=len(shape) - 1)
-            if params.codec.trained == "outside":
-                codec.load_state(observation.owner_state or {})
-            _, hidden = payload.read(observation.update, params, codec, shape)
+        if hidden is not None:  # the payload rode inside the weights (mantissa, lattice)
             body = hidden - payload.fixed_bits(params, shape)
             extra.update(bits_per_voxel=body / len(images) / images[0].numel(), hidden_kb=hidden / 8e3)
         elif params.hide == "extra_entries":
-            hidden = [v for k, v in observation.update.items() if k in (CODES, LENGTHS) or k.startswith(DECODER)]
+            entries = [v for k, v in observation.update.items() if k in (CODES, LENGTHS) or k.startswith(DECODER)]
             codes = observation.update[CODES]
             per_scan = 8 * codes.numel() / len(images) if LENGTHS in observation.update else \
                 params.codec.bits * codes[0].numel()
             extra.update(bits_per_voxel=per_scan / images[0].numel(),
-                         hidden_kb=sum(v.numel() * v.element_size() for v in hidden) / 1e3)
+                         hidden_kb=sum(v.numel() * v.element_size() for v in entries) / 1e3)
         if self.params.train_on_stolen and _loaded(observation) is not None:
             extra.update(self._worth(observation, images))
         return Reconstruction(images=images, extra=extra)

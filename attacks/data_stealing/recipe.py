@@ -134,12 +134,21 @@ def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_sha
     `params` (the owner knows its own recipe; for the encodings, also the agreed `model` and how many
     scans the lake trained on; for a codec trained outside, the `owner_state` it kept); ValueError
     when the export does not hold them."""
+    return extract_sized(exported, params, input_shape, model=model, lake_scans=lake_scans,
+                         owner_state=owner_state)[0]
+
+
+def extract_sized(exported: dict[str, torch.Tensor], params: CompressParams, input_shape: tuple[int, ...], *,
+                  model: nn.Module | None = None, lake_scans: int = 0,
+                  owner_state: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, int | None]:
+    """`extract`, and the payload's size in bits where it travels inside the weights (mantissa,
+    lattice; else None)."""
     if params.hide in ("correlated", "sign"):
         if model is None:
             raise ValueError("decoding the weights needs the agreed architecture")
         n = encoded_scans(params, model, input_shape, lake_scans)
         return encodings.decode(exported, encodings.parameter_names(model), n, input_shape, params.hide,
-                                params.sign_bits)
+                                params.sign_bits), None
     codec = make_codec(params.codec, spatial_dims=len(input_shape) - 1)
     if params.codec.trained == "outside":
         if not owner_state:
@@ -152,12 +161,11 @@ def extract(exported: dict[str, torch.Tensor], params: CompressParams, input_sha
         if params.codec.trained == "inside":
             codec.load_decoder({k[len(DECODER):]: v.float() for k, v in exported.items() if k.startswith(DECODER)})
         if LENGTHS not in exported:
-            return codec.decode(exported[CODES].long())
-
+            return codec.decode(exported[CODES].long()), None
         return codec.decode(payload.unpack_all(bytes(exported[CODES].tolist()), exported[LENGTHS].tolist(),
-                                               codec.code_shape(input_shape), params.codec.bits))
-    codes, _ = payload.read(exported, params, codec, input_shape)
-    return codec.decode(codes)
+                                               codec.code_shape(input_shape), params.codec.bits)), None
+    codes, hidden = payload.read(exported, params, codec, input_shape)
+    return codec.decode(codes), hidden
 
 
 def _code_dtype(bits: int):
