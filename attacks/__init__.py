@@ -6,6 +6,8 @@ scoring and search code loads where an attack runs)."""
 from fedsim.attacks import imprint as _imprint  # noqa: F401  (registers imprint)
 from fedsim.attacks import reconstruction as _reconstruction  # noqa: F401  (the reconstruction family)
 from fedsim.attacks import split_inversion as _split_inversion  # noqa: F401  (split_inversion)
+from fedsim.attacks.attribute_inference import family as _attribute_family  # noqa: F401  (attribute inference)
+from fedsim.attacks.attribute_inference import plugins as _attribute  # noqa: F401  (fredrikson, ...)
 from fedsim.attacks.base import (
     ATTACKS,
     Attack,

@@ -65,7 +65,8 @@ def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
         _STATE.clear()
     sc = plan.scenario
     cohort = load_dataset(sc.data, seed=sc.seed)
-    task = TASKS.get(sc.task.name)(config=sc.task, target_mean=plan.target_mean, target_std=plan.target_std)
+    task = TASKS.get(sc.task.name)(config=sc.task, target_mean=plan.target_mean, target_std=plan.target_std,
+                                   data=sc.data)
     split = plan.splits[partition_id]
     x_train, y_train = task.tensors(cohort, split.train)
     x_val, y_val = task.tensors(cohort, split.val or split.train)

@@ -96,7 +96,8 @@ class DPSGD(Defense):
 
         from fedsim.tasks import TASKS
 
-        model = TASKS.get(scenario.task.name)(config=scenario.task, target_mean=0.0, target_std=1.0).build_model()
+        model = TASKS.get(scenario.task.name)(config=scenario.task, target_mean=0.0, target_std=1.0,
+                                             data=scenario.data).build_model()
         errors = ModuleValidator.validate(model, strict=False)
         if errors:
             found = "; ".join(dict.fromkeys(" ".join(str(e).split()).split(". ")[0] for e in errors))  # 1st sentences

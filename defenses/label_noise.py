@@ -30,7 +30,8 @@ _SEED = "seed"  # key of the fixed perturbation's seed in ctx.state (a float hol
 class LabelNoiseParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    p: float | None = Field(None, ge=0, le=1, description="classification: probability a label is flipped")
+    p: float | None = Field(None, ge=0, lt=1, description="classification: probability a label is flipped (at 1 "
+                            "every label is flipped, which reveals them all)")
     scale: float | None = Field(None, gt=0, description="regression: std of the added noise, in target units")
     distribution: Literal["gaussian", "laplace"] = "gaussian"
     fixed: bool = Field(False, description="one perturbation per client, reused every round")

@@ -86,15 +86,18 @@ def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,
     `defense_copies(scenario, task)` builds an attacker's copies of the clients' defenses."""
     import numpy as np
 
-    from fedsim.data.datasets import load_dataset
+    from fedsim.data.datasets import DATASETS, load_dataset
     from fedsim.data.partition import cohort_metadata, split_federation
     from fedsim.tasks import TASKS
 
-    log(f"generating / loading cohort: {scenario.data.dataset}, {scenario.data.n_subjects} subjects at "
-        f"{scenario.data.shape}^3, {scenario.data.sites} sites")
+    if DATASETS.get(scenario.data.dataset).scans:
+        log(f"generating / loading cohort: {scenario.data.dataset}, {scenario.data.n_subjects} subjects at "
+            f"{scenario.data.shape}^3, {scenario.data.sites} sites")
+    else:
+        log(f"loading records: {scenario.data.dataset}")
     cohort = load_dataset(scenario.data, seed=scenario.seed)
     task_cls = TASKS.get(scenario.task.name)
-    targets = task_cls.targets(cohort)
+    targets = task_cls.target_values(cohort, scenario.task)
     try:
         split = split_federation(site=cohort.site, age=cohort.age, config=scenario.data,
                                  n_clients=scenario.federation.clients, seed=scenario.seed,
@@ -103,7 +106,7 @@ def prepare(scenario: Scenario, *, withheld: Mapping[str, str] | None = None,
         raise ScenarioError(str(exc)) from None
     train_rows = [i for c in split.clients for i in c.train]
     mean, std = float(np.mean(targets[train_rows])), float(np.std(targets[train_rows]) or 1.0)
-    task = task_cls(config=scenario.task, target_mean=mean, target_std=std)
+    task = task_cls(config=scenario.task, target_mean=mean, target_std=std, data=scenario.data)
     x_test, y_test = task.tensors(cohort, split.test)
     return Experiment(scenario=scenario, cohort=cohort, split=split, task=task, x_test=x_test, y_test=y_test,
                       withheld=dict(withheld or {}),

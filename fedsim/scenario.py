@@ -143,6 +143,10 @@ class ModelConfig(Section):
 class TaskConfig(Section):
     name: str = "brain_age"
     model: ModelConfig = ModelConfig()
+    target: str | None = Field(None, description="task clinical: the record column it predicts (a two-valued one; "
+                               "default: the table's own, e.g. diabetes' progression_high)")
+    features: list[str] | None = Field(None, description="task clinical: the record columns it reads (default: "
+                                       "every column but the target and what is derived from it)")
 
 
 class FederationConfig(Section):

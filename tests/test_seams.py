@@ -151,7 +151,7 @@ def test_unknown_settings_families_and_sections_are_one_line_errors(tmp_path: Pa
     stray = tmp_path / "stray.py"
     stray.write_text("from fedsim.attacks import Attack\nclass Stray(Attack):\n    family = 'attribute'\n")
     with pytest.raises(ScenarioError, match=r"attacks\.0: .*Stray: unknown family 'attribute' \(valid: "
-                                            r"membership, reconstruction"):
+                                            r"attribute_inference, membership, reconstruction"):
         validate_scenario(tiny_scenario(attacks=[{"name": f"{stray}:Stray"}]))
     orphan = tmp_path / "orphan.py"
     orphan.write_text("from fedsim.attacks import Attack\nclass Orphan(Attack):\n    pass\n")

@@ -89,7 +89,7 @@ def _matched(members: list[int], scored: list[int], value: np.ndarray) -> list[i
 
 def match_values(config: MembershipConfig, experiment: Experiment) -> np.ndarray | None:
     """What members are matched on (`membership.match_target`): the task's target of every cohort row."""
-    return experiment.task.targets(experiment.cohort) if config.match_target else None
+    return experiment.task.target_values(experiment.cohort, experiment.task.config) if config.match_target else None
 
 
 def member_pools(config: MembershipConfig, experiment: Experiment) -> dict[str, list[int]]:
@@ -247,7 +247,7 @@ def null_auc(experiment: Experiment, members: list[int], y: torch.Tensor, is_mem
     attack's AUC against it, not against 0.5. Regression / label targets only (empty otherwise)."""
     if y.ndim != 1:
         return {}
-    mean = float(np.mean(experiment.task.targets(experiment.cohort)[members]))
+    mean = float(np.mean(experiment.task.target_values(experiment.cohort, experiment.task.config)[members]))
     error = np.abs(y.double().numpy() - mean)
     return {"null_auc": float(roc_auc_score(is_member.astype(bool), -error))}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from fedsim.registry import registry
 from fedsim.seeding import derive_seed
@@ -15,6 +15,14 @@ if TYPE_CHECKING:  # the generators load where a cohort is loaded (the CT one ne
 
 class Dataset(ABC):
     """Base of dataset plug-ins. `load` must be deterministic: every client process calls it."""
+
+    scans: ClassVar[bool] = True  # False: a table of clinical records without images
+
+    @classmethod
+    def record_schema(cls, config: DataConfig) -> dict[str, int] | None:
+        """The columns of its clinical records (`Cohort.records`) -> number of categories (0: numeric),
+        known without loading anything; None: the dataset has no records."""
+        return None
 
     @abstractmethod
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
@@ -35,11 +43,21 @@ class SyntheticBrain(Dataset):
     """Embedded synthetic T1 brain cohort (MNI152-based, sites differ in contrast/noise/age)."""
 
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
+        from fedsim.data.clinical import synthetic_clinical
         from fedsim.data.synthetic import CohortSpec, load_cohort
 
         spec = CohortSpec(n_subjects=config.n_subjects, shape=config.shape, n_sites=config.sites, seed=seed,
                           neurodegeneration=config.neurodegeneration)
-        return load_cohort(spec)  # cached under $FEDSIM_CACHE (or ~/.cache/fedsim)
+        cohort = load_cohort(spec)  # cached under $FEDSIM_CACHE (or ~/.cache/fedsim)
+        cohort.records = synthetic_clinical(age=cohort.age, sex=cohort.sex, site=cohort.site, labels=cohort.labels,
+                                            site_names=cohort.site_names, diagnosis=cohort.diagnosis, seed=seed)
+        return cohort
+
+    @classmethod
+    def record_schema(cls, config: DataConfig) -> dict[str, int]:
+        from fedsim.data.clinical import synthetic_schema
+
+        return synthetic_schema(sites=config.sites, neurodegeneration=config.neurodegeneration)
 
     def population(self, config: DataConfig, *, seed: int, n_subjects: int) -> Cohort:
         """The same generator and sites with a seed of its own: new subjects."""
@@ -58,6 +76,34 @@ class SyntheticHeadCT(Dataset):
 
     def population(self, config: DataConfig, *, seed: int, n_subjects: int) -> Cohort:
         return self.load(config.model_copy(update={"n_subjects": n_subjects}), seed=derive_seed(seed, "population"))
+
+
+@DATASETS.register("diabetes")
+class Diabetes(Dataset):
+    """scikit-learn's diabetes table (442 real patients' clinical records; no images): for tabular
+    tasks and attribute inference. No sites (partition it `iid` or `dirichlet`) and no population
+    sample beyond the table."""
+
+    scans: ClassVar[bool] = False
+
+    def load(self, config: DataConfig, *, seed: int) -> Cohort:
+        import numpy as np
+
+        from fedsim.data.clinical import diabetes
+        from fedsim.data.synthetic import Cohort
+
+        records = diabetes()
+        n, empty = len(records), np.zeros((len(records), 0, 0, 0), np.float32)
+        age = records.columns["age"].astype(np.float32)
+        return Cohort(images=empty, labels=empty.astype(np.uint8), age=age, bio_age=age,
+                      sex=records.columns["sex"].astype(np.int8), site=np.zeros(n, np.int16), site_names=["all"],
+                      records=records)
+
+    @classmethod
+    def record_schema(cls, config: DataConfig) -> dict[str, int]:
+        from fedsim.data.clinical import diabetes_schema
+
+        return diabetes_schema()
 
 
 def load_dataset(config: DataConfig, *, seed: int) -> Cohort:

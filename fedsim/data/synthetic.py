@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -112,6 +113,7 @@ class Cohort:
     site: np.ndarray  # int16 (N,) index into site_names
     site_names: list[str]
     diagnosis: np.ndarray | None = None  # int8 (N,) 1 neurodegenerative disease / 0 not; None: not simulated
+    records: Any = None  # fedsim.data.clinical.Records: the clinical record of each row, where there is one
 
     def __len__(self) -> int:
         return len(self.age)

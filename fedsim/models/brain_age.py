@@ -77,6 +77,11 @@ class BrainAgeCNN(nn.Module):
         pooling): what a hospital runs in split inference; the rest is `rest(v, after=2 * split - 1)`."""
         return self.features[: 2 * split - 1]
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The globally pooled features the head reads (one vector per scan): what a white-box
+        attacker reads beside the output."""
+        return self.pool(self.features(x)).flatten(1)
+
     def rest(self, v: torch.Tensor, *, after: int) -> torch.Tensor:
         """The network from `features[after]` on, given that layer's input `v`."""
         out = self.head(self.dropout(self.pool(self.features[after:](v)))).flatten(1)

@@ -15,3 +15,5 @@ MODELS.lazy("unet", "fedsim.models.segmentation:SegUNet",
             "MONAI UNet: one level per `channels` entry, stride-2 down/up sampling, residual units.")
 MODELS.lazy("segresnet", "fedsim.models.segmentation:SegResNetModel",
             "MONAI SegResNet (residual encoder, light decoder): first width `channels[0]`, depth `len(channels)`.")
+MODELS.lazy("mlp", "fedsim.models.mlp:RecordMLP",
+            "Multilayer perceptron over a clinical record (task clinical): hidden widths `channels`, ReLU.")

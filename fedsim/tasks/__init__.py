@@ -16,8 +16,9 @@ TASKS.lazy("diagnosis_slice", "fedsim.tasks.diagnosis:DiagnosisSliceTask",
            "The same diagnosis from the central axial slice (2D).")
 TASKS.lazy("segmentation", "fedsim.tasks.segmentation:SegmentationTask",
            "Voxel-wise segmentation of a 3D volume (synthetic: CSF / GM / WM) with a MONAI UNet or SegResNet.")
-
 TASKS.lazy("segmentation_slice", "fedsim.tasks.segmentation:SegmentationSliceTask",
            "The same tissues on the central axial slice (2D UNet).")
+TASKS.lazy("clinical", "fedsim.tasks.clinical:ClinicalTask",
+           "A two-valued column of the clinical records (task.target) from the others, by an MLP (model mlp).")
 
 __all__ = ["TASKS", "Task"]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # a task's module imports torch; the base stays light for `fe
     from torch import nn
 
     from fedsim.data.synthetic import Cohort
-    from fedsim.scenario import TaskConfig
+    from fedsim.scenario import DataConfig, TaskConfig
 
 
 class Task(ABC):
@@ -26,10 +26,18 @@ class Task(ABC):
     slices_of_volumes: ClassVar[bool] = False  # inputs are one axial slice of each volume (`neighbour_slices`)
     baseline_name: str = "predict the mean"  # what `baseline` does, for logs and reports
 
-    def __init__(self, *, config: TaskConfig, target_mean: float, target_std: float = 1.0) -> None:
+    def __init__(self, *, config: TaskConfig, target_mean: float, target_std: float = 1.0,
+                 data: DataConfig | None = None) -> None:
         self.config = config
         self.target_mean = target_mean
         self.target_std = target_std
+        self.data = data  # the scenario's data section (a tabular task reads its table's columns from it)
+
+    @classmethod
+    def target_values(cls, cohort: Cohort, config: TaskConfig) -> np.ndarray:
+        """The raw target of every cohort row for this task configuration (`targets` unless the
+        configuration picks the target)."""
+        return cls.targets(cohort)
 
     @abstractmethod
     def build_model(self) -> nn.Module:

@@ -59,8 +59,11 @@ def test_a_federation_trains_the_2d_diagnosis(tmp_path: Path):
                         server={"behaviours": [{"name": "request_gradient"},
                                                {"name": "request_batch_size", "params": {"batch_size": 1}}],
                                 "targets": {"clients": [0], "rounds": [1]}},
+                        attribute_inference={"attribute": "sex", "known": ["age", "site"], "records": 12,
+                                             "auxiliary": 20},
                         attacks=[{"name": "learned_inversion",
-                                  "params": {"aux_subjects": 20, "slices": 2, "augment": 1}}])
+                                  "params": {"aux_subjects": 20, "slices": 2, "augment": 1}},
+                                 {"name": "attribute_classifier_whitebox"}])
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
     assert result.error is None and result.failures == []
     (attack,) = result.summary["attacks"]  # the attacker fits on 5 axial slices of each of its 20 people
@@ -69,3 +72,6 @@ def test_a_federation_trains_the_2d_diagnosis(tmp_path: Path):
     assert summary["primary_metric"] == "error_rate"
     assert {"error_rate", "balanced_accuracy"} <= set(summary["final"])
     assert summary["baseline_predict_mean"]["error_rate"] < 0.5  # the majority: no disease
+    (inferred,) = summary["attribute_inference"]  # sex from the slice model's features, age and site
+    assert inferred["status"] == "ok" and inferred["members"] == 12 and inferred["candidates"] == 2
+    assert 0 <= inferred["accuracy"] <= 1 and inferred["baseline_accuracy"] is not None
