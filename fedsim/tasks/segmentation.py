@@ -19,7 +19,7 @@ from torch import nn
 
 from fedsim.data.synthetic import Cohort
 from fedsim.models.registry import MODELS
-from fedsim.scenario import TaskConfig
+from fedsim.scenario import DataConfig, TaskConfig
 from fedsim.tasks.base import Task
 from fedsim.tasks.brain_age import zscore_volumes
 
@@ -51,8 +51,9 @@ class SegmentationTask(Task):
     # client call before building a model, so all agree on the output channels
     class_names: tuple[str, ...] = SYNTHETIC_CLASSES
 
-    def __init__(self, *, config: TaskConfig, target_mean: float = 0.0, target_std: float = 1.0) -> None:
-        super().__init__(config=config, target_mean=target_mean, target_std=target_std)
+    def __init__(self, *, config: TaskConfig, target_mean: float = 0.0, target_std: float = 1.0,
+                 data: DataConfig | None = None) -> None:
+        super().__init__(config=config, target_mean=target_mean, target_std=target_std, data=data)
         self._loss = DiceCELoss(to_onehot_y=True, softmax=True)
 
     @property

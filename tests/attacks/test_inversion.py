@@ -127,7 +127,8 @@ def test_weight_update_simulation_is_exact_for_the_true_data() -> None:
     simulate = _update_simulator(model, mse_loss, global_state, local_steps=4, lr=0.1, batch_size=2)
     names = [n for n, _ in model.named_parameters()]
     delta = [updated[n] - global_state[n] for n in names]
-    assert match_objective(simulate(x, y, False), delta, "l2").item() < 1e-10
+    # float32 round-off: its size depends on the CPU's summation order
+    assert match_objective(simulate(x, y, False), delta, "l2").item() < 1e-9
 
 
 def test_pca_parameterisation_starts_at_the_mean_and_spans_the_data() -> None:

@@ -295,7 +295,8 @@ def test_replayed_weight_updates_are_what_torch_optim_sends(slices, optimizer, l
             opt.step()
         sent = torch.cat([(dict(model.named_parameters())[n].detach() - start[n]).flatten() for n in names])
         assert sent.abs().max() < 1.0  # a sane step, not a divergence
-        torch.testing.assert_close(replayed[c, live], sent[live], rtol=1e-3, atol=1e-6 * float(sent.abs().max()))
+        # float32 round-off (it varies by CPU) divided by Adam's small second moments
+        torch.testing.assert_close(replayed[c, live], sent[live], rtol=1e-3, atol=3e-6 * float(sent.abs().max()))
     model.load_state_dict(start)
 
 

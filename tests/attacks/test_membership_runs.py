@@ -110,7 +110,7 @@ def test_null_auc_shows_what_the_eval_set_composition_alone_gives():
     """Members far from the mean age, non-members near it: a model that knows nothing scores them
     the wrong way round (AUC 0), which is what an attack's AUC must be read against."""
     ages = np.array([50.0, 50.0, 20.0, 80.0, 49.0, 51.0])
-    prep = SimpleNamespace(cohort=None, task=SimpleNamespace(targets=lambda _: ages))
+    prep = SimpleNamespace(cohort=None, task=SimpleNamespace(config=None, target_values=lambda _c, _cfg: ages))
     y = torch.tensor([20.0, 80.0, 49.0, 51.0])
     assert null_auc(prep, [0, 1, 2, 3], y, np.array([True, True, False, False])) == {"null_auc": 0.0}
     assert null_auc(prep, [0, 1], torch.zeros(4, 2), np.array([True, True, False, False])) == {}
