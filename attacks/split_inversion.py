@@ -3,7 +3,8 @@ holds the hospital-side layers f1 and the features v = f1(x) a hospital sent, an
 by regularised maximum likelihood, x* = argmin ||f1(x) - v||^2 / ||v||^2 + tv * TV(x), with Adam
 from the population-mean scan (the prior it holds anyway). The deeper the cut, the less of the
 scan f1 keeps, and the more the total-variation prior has to fill in. Black box
-(`split_inverse_network`): an inverse network trained on query scans and their features."""
+(`split_inverse_network`): an inverse network trained on query scans and their features. Query-free
+(`split_shadow_inversion`): the search on a shadow of f1 trained through the server's layers."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ class SplitInversion(ReconstructionAttack):
         if observation.split is None:
             raise ValueError("the observation does not say where the network was cut")
         target = observation.update["features"].detach()
-        first = observation.model().first(observation.split)
+        first, extra = self.first_layers(observation)
         first.eval()
         for p in first.parameters():
             p.requires_grad_(False)
@@ -65,7 +66,65 @@ class SplitInversion(ReconstructionAttack):
             loss.backward()
             optimizer.step()
         return Reconstruction(images=x.detach(), extra={"objective": float(loss.detach()), "split": observation.split,
-                                                        "iterations": self.params.iterations})
+                                                        "iterations": self.params.iterations, **extra})
+
+    def first_layers(self, observation: Observation) -> tuple[nn.Module, dict]:
+        """The layers whose features the search matches: the hospital-side layers the server holds."""
+        return observation.model().first(observation.split), {}
+
+
+class ShadowParams(SplitInversionParams):
+    shadow_scans: int = Field(200, ge=8, le=100_000, description="labelled population scans the shadow trains on")
+    shadow_epochs: int = Field(10, ge=1, le=10_000)
+    shadow_lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
+_SHADOWS: dict[str, nn.Module] = {}  # the last shadow, by server-side weights and settings
+
+
+@ATTACKS.register("split_shadow_inversion")
+class SplitShadowInversion(SplitInversion):
+    """Query-free (He et al.): a server without the hospital-side weights (say, a hospital that keeps or
+    perturbs its own first layers) trains a shadow of them from a fresh initialisation through its
+    frozen server-side layers on labelled scans of the population, then runs the white-box search on
+    the shadow. It uses the architecture, the server-side weights and the population's labels, never
+    the hospital-side weights."""
+
+    Params = ShadowParams
+
+    def first_layers(self, observation: Observation) -> tuple[nn.Module, dict]:
+        import copy
+
+        import torch
+
+        if observation.population is None or observation.loss_fn is None:
+            raise ValueError("the shadow needs labelled population scans and the task's loss")
+        p, model, split = self.params, observation.model(), observation.split
+        cut = len(model.first(split))
+        rest = {k: v for k, v in observation.global_state.items() if not k.startswith("features.")
+                or int(k.split(".")[1]) >= cut}
+        key = hashlib.sha256(b"".join(v.numpy().tobytes() for v in rest.values())
+                             + f"{split} {p.model_dump_json()}".encode()).hexdigest()
+        if key not in _SHADOWS:
+            _SHADOWS.clear()
+            trained = observation.provider_scans or 0
+            scans, targets = observation.population(trained + p.shadow_scans)
+            scans, targets = scans[trained:], targets[trained:]  # beyond the provider's own: unseen people
+            torch.manual_seed(p.seed)
+            shadow = copy.deepcopy(observation.model_factory().first(split))  # a fresh init, not the hospital's
+            model.eval()
+            for w in model.parameters():
+                w.requires_grad_(False)
+            optimizer = torch.optim.Adam(shadow.parameters(), lr=p.shadow_lr)
+            gen = torch.Generator().manual_seed(p.seed)
+            for _ in range(p.shadow_epochs):
+                for rows in torch.randperm(len(scans), generator=gen).split(16):
+                    optimizer.zero_grad(set_to_none=True)
+                    observation.loss_fn(model.rest(shadow(scans[rows]), after=cut), targets[rows]).backward()
+                    optimizer.step()
+            _SHADOWS[key] = shadow.eval()
+        return _SHADOWS[key], {"shadow_scans": p.shadow_scans}
 
 
 _FITTED: dict[str, tuple[nn.Module, int]] = {}  # the last inverse network, by first layers and settings

@@ -131,6 +131,16 @@ class ModelConfig(Section):
     channels: list[int] = Field(default_factory=lambda: [8, 16, 32, 64], min_length=1, max_length=8)
     norm: Literal["instance", "group", "none"] = Field("instance", description="none: for lenet")
     dropout: float = Field(0.0, ge=0, lt=1)
+    convs: int = Field(1, ge=1, le=4, description="brain_age_cnn: convolutions per block before each pooling "
+                       "(2: the VGG-style CNN of He et al.'s split-inference attacks)")
+
+    @field_validator("convs")
+    @classmethod
+    def _convs_for_brain_age_cnn(cls, v: int, info: ValidationInfo) -> int:
+        name = info.data.get("name")
+        if v != 1 and name != "brain_age_cnn":
+            raise ValueError(f"only brain_age_cnn stacks convolutions per block, not '{name}'")
+        return v
 
     @field_validator("channels")
     @classmethod

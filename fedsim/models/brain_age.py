@@ -1,6 +1,6 @@
 """The brain-age CNN of the literature, made configurable.
 
-Blocks of [Conv 3x3x3 -> Instance/GroupNorm -> ReLU -> MaxPool] with channel widths from the YAML,
+Blocks of [Conv 3x3x3 -> Instance/GroupNorm -> ReLU (x `convs`) -> MaxPool] with channel widths from the YAML,
 then global average pooling and a 1x1x1 conv head whose bias starts at the mean training age, so
 round 0 predicts close to the mean. (Zero head weights would stall FedAvg: every client starts from
 the same symmetric point and their head updates cancel in the average; measured on the quickstart.)
@@ -38,24 +38,20 @@ class BrainAgeCNN(nn.Module):
         out_bias: float = 0.0,
         out_scale: float = 1.0,
         out_channels: int = 1,
+        convs: int = 1,
     ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         prev = in_channels
         for width in channels:
-            blocks.append(
-                Convolution(
-                    spatial_dims=spatial_dims,
-                    in_channels=prev,
-                    out_channels=width,
-                    kernel_size=3,
-                    norm=_norm(norm, width),
-                    act=("relu", {"inplace": False}),
-                    adn_ordering="NA",
-                )
-            )
+            stack = []
+            for _ in range(convs):  # convs > 1: a VGG-style block (He et al.'s CNN has 2), one module in `features`
+                stack.append(Convolution(spatial_dims=spatial_dims, in_channels=prev, out_channels=width,
+                                         kernel_size=3, norm=_norm(norm, width), act=("relu", {"inplace": False}),
+                                         adn_ordering="NA"))
+                prev = width
+            blocks.append(stack[0] if convs == 1 else nn.Sequential(*stack))
             blocks.append(Pool["max", spatial_dims](kernel_size=2))
-            prev = width
         self.features = nn.Sequential(*blocks)
         self.pool = Pool["adaptiveavg", spatial_dims](1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

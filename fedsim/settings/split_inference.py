@@ -70,7 +70,7 @@ class SplitInference(Setting):
         for i, spec in enumerate(scenario.defenses):
             if not defense_class(spec.name, i).at_split:
                 raise ValueError(f"defenses.{i}: {spec.name} is not a split-inference defense (split_model_noise, "
-                                 "split_feature_noise)")
+                                 "split_feature_noise, split_feature_dropout)")
 
     def check(self, experiment: Experiment) -> None:
         from fedsim.scenario import ScenarioError

@@ -31,9 +31,13 @@ class BrainAgeTask(Task):
     def build_model(self) -> nn.Module:
         cfg = self.config.model
         model_cls = self._model_cls()
-        kwargs = {"norm": cfg.norm} if cfg.norm != "none" else {}  # lenet takes no norm
         return model_cls(channels=cfg.channels, dropout=cfg.dropout, out_bias=self.target_mean,
-                         out_scale=self.target_std, spatial_dims=self.spatial_dims, **kwargs)
+                         out_scale=self.target_std, spatial_dims=self.spatial_dims, **self._model_kwargs())
+
+    def _model_kwargs(self) -> dict:
+        """What only some networks take: lenet has no norm and a single convolution per layer."""
+        cfg = self.config.model
+        return ({"norm": cfg.norm} if cfg.norm != "none" else {}) | ({"convs": cfg.convs} if cfg.convs != 1 else {})
 
     def images(self, cohort: Cohort, indices: list[int]) -> np.ndarray:
         """The network's input images before normalisation: whole volumes here."""

@@ -25,10 +25,10 @@ class DiagnosisTask(BrainAgeTask):
 
     def build_model(self) -> nn.Module:
         cfg = self.config.model
-        kwargs = {"norm": cfg.norm} if cfg.norm != "none" else {}
         prevalence = min(max(self.target_mean, 1e-3), 1 - 1e-3)  # the head starts at the prevalence's logit
         return self._model_cls()(channels=cfg.channels, dropout=cfg.dropout, spatial_dims=self.spatial_dims,
-                                 out_bias=math.log(prevalence / (1 - prevalence)), out_scale=1.0, **kwargs)
+                                 out_bias=math.log(prevalence / (1 - prevalence)), out_scale=1.0,
+                                 **self._model_kwargs())
 
     def tensors(self, cohort: Cohort, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x, _ = super().tensors(cohort, indices)

@@ -20,9 +20,8 @@ class SexClassificationTask(BrainAgeTask):
 
     def build_model(self) -> nn.Module:
         cfg = self.config.model
-        kwargs = {"norm": cfg.norm} if cfg.norm != "none" else {}
         return self._model_cls()(channels=cfg.channels, dropout=cfg.dropout, spatial_dims=self.spatial_dims,
-                                 out_channels=self.n_classes, **kwargs)
+                                 out_channels=self.n_classes, **self._model_kwargs())
 
     def tensors(self, cohort: Cohort, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         x, _ = super().tensors(cohort, indices)

@@ -28,6 +28,34 @@ def test_the_two_halves_of_a_cut_network_compose_to_the_whole():
     assert model.first(1)(x).shape == (3, 4, 32, 32)  # after the first block's activation, before its pooling
 
 
+def test_he_et_als_cnn_has_two_convolutions_per_block_and_cuts_after_the_2nd_4th_6th():
+    torch.manual_seed(0)
+    model = BrainAgeCNN(channels=[4, 8, 16], spatial_dims=2, convs=2)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 7  # six 3x3 convolutions and the 1x1 head
+    x = torch.randn(2, 1, 32, 32)
+    for split, side in ((1, 32), (2, 16), (3, 8)):
+        first = model.first(split)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in first.modules()) == 2 * split
+        assert first(x).shape == (2, [4, 8, 16][split - 1], side, side)
+        assert torch.allclose(model.rest(first(x), after=len(first)), model(x), atol=1e-6)
+    assert "features.0.conv.weight" in BrainAgeCNN(channels=[4], spatial_dims=2).state_dict()  # convs 1: as before
+    with pytest.raises(ScenarioError, match="task.model.convs: .*only brain_age_cnn stacks convolutions"):
+        validate_scenario(tiny_scenario(task={"model": {"name": "lenet", "channels": [4, 4, 4], "norm": "none",
+                                                        "convs": 2}}))
+
+
+def test_dropout_at_the_cut_zeroes_a_share_p_and_keeps_the_mean():
+    import numpy as np
+
+    from fedsim.defenses.split_defenses import SplitFeatureDropout
+
+    v = torch.rand(4, 8, 16, 16) + 1.0
+    out = SplitFeatureDropout(p=0.3).transform_features(v, rng=np.random.default_rng(0))
+    assert abs(float((out == 0).double().mean()) - 0.3) < 0.02
+    assert abs(float(out.mean()) / float(v.mean()) - 1) < 0.02
+
+
 def split_scenario(split: int, **sections) -> dict:
     return tiny_scenario(
         setting="split_inference", data={"n_subjects": 40, "shape": 32},
@@ -77,11 +105,19 @@ def test_an_inverse_network_learned_on_population_queries_beats_one_learned_on_n
     for queries in ("population", "noise"):
         raw = split_scenario(2)
         raw["attacks"] = [{"name": "split_inverse_network", "params": {"queries": queries, "n": 40, "epochs": 40}}]
+        if queries == "population":  # and the query-free shadow of the first layers, on the same features
+            raw["attacks"].append({"name": "split_shadow_inversion", "params": {"iterations": 150, "shadow_scans": 40,
+                                                                                 "shadow_epochs": 5}})
         result = run_scenario(validate_scenario(raw), out_dir=tmp_path / queries, log=lambda _: None)
-        rows = result.summary["attacks"]
+        rows = [r for r in result.summary["attacks"] if r["attack"] == "split_inverse_network"]
         assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["query_scans"] == 40 for r in rows)
         found[queries] = min(r["ssim"] for r in rows), max(r["ssim"] for r in rows)
+        shadow = [r for r in result.summary["attacks"] if r["attack"] == "split_shadow_inversion"]
+        if shadow:
+            assert [r["status"] for r in shadow] == ["ok", "ok"] and all(r["shadow_scans"] == 40 for r in shadow)
+            found["shadow"] = max(r["ssim"] for r in shadow), max(r["psnr_gain"] for r in shadow)
     assert found["population"][0] > 0.6 and found["population"][0] > found["noise"][1] + 0.1, found
+    assert found["shadow"][0] < found["population"][0], found  # without the hospital's weights: less
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -90,7 +126,7 @@ def test_an_inverse_network_learned_on_population_queries_beats_one_learned_on_n
      "task.model.name: split inference cuts brain_age_cnn between convolution blocks; 'unet' has no cut points"),
     ({"attacks": [{"name": "dlg"}]}, "attacks.0: dlg consumes gradient or weights observations"),
     ({"defenses": [{"name": "model_noise", "params": {"sigma": 0.01}}]}, "defenses.0: model_noise is not a "
-     "split-inference defense (split_model_noise, split_feature_noise)"),
+     "split-inference defense (split_model_noise, split_feature_noise, split_feature_dropout)"),
     ({"defenses": [{"name": "split_model_noise", "params": {"sigma": 0}}]}, "defenses.0: params.sigma: Input "
      "should be greater than 0"),
 ])
