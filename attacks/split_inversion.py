@@ -104,8 +104,8 @@ class SplitShadowInversion(SplitInversion):
         cut = len(model.first(split))
         rest = {k: v for k, v in observation.global_state.items() if not k.startswith("features.")
                 or int(k.split(".")[1]) >= cut}
-        key = hashlib.sha256(b"".join(v.numpy().tobytes() for v in rest.values())
-                             + f"{split} {p.model_dump_json()}".encode()).hexdigest()
+        settings = f"{split} {observation.provider_scans} {p.shadow_scans} {p.shadow_epochs} {p.shadow_lr} {p.seed}"
+        key = hashlib.sha256(b"".join(v.numpy().tobytes() for v in rest.values()) + settings.encode()).hexdigest()
         if key not in _SHADOWS:
             _SHADOWS.clear()
             trained = observation.provider_scans or 0

@@ -38,6 +38,7 @@ class Section(BaseModel):
 
 
 DISK_DATASETS = ("ixi", "ixi_tiny", "msd", "bids", "nifti_csv")  # read from data.path (fedsim/data/loaders.py)
+TABLE_DATASETS = ("diabetes",)  # clinical records without scans or sites (fedsim/data/datasets.py)
 
 
 class PartitionConfig(Section):
@@ -262,6 +263,11 @@ class Scenario(Section):
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
         by_site = self.data.partition.by == "site" and not self.data.from_disk  # real data: checked on its sites
+        if by_site and self.data.dataset in TABLE_DATASETS:  # one site holding everything: central training only
+            if self.federation.clients > 1:
+                raise ValueError(f"data.partition.by: dataset '{self.data.dataset}' has no sites to split by; "
+                                 "partition it iid or dirichlet")
+            by_site = False
         if by_site and self.federation.clients != self.data.sites:
             raise ValueError(
                 f"federation.clients: must equal data.sites ({self.data.sites}) "
@@ -322,3 +328,4 @@ def scenario_to_yaml(scenario: Scenario) -> str:
     raw = scenario.model_dump(mode="json")
     sections = raw.pop("sections")
     return yaml.safe_dump({**raw, **sections}, sort_keys=False)
+

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from fedsim.experiment import Experiment
 
 SWEEP_METRICS = ("accuracy", "auc", "leakage", "baseline_accuracy")
+LABEL_ATTRIBUTE = {"brain_age": "age", "brain_age_slice": "age", "sex_classification": "sex", "diagnosis": "diagnosis",
+                   "diagnosis_slice": "diagnosis"}  # the record column an imaging task's label is
 
 
 @FAMILIES.register("attribute_inference")
@@ -62,13 +64,14 @@ class AttributeInferenceFamily(AttackFamily):
                 raise ValueError(f"attribute_inference.known: '{column}' is not in {data.dataset}'s records")
             if column == name or column in DERIVED.get(name, ()):
                 raise ValueError(f"attribute_inference.known: '{column}' is (or restates) the sensitive attribute")
-        features = None
+        features, target = None, LABEL_ATTRIBUTE.get(task.name)
         if task.name == "clinical":
             target = task.target or default_target(schema)
             features = task.features if task.features is not None else default_features(schema, target)
-            if name == target:
-                raise ValueError(f"attribute_inference.attribute: '{name}' is the task's target: the model's "
-                                 "prediction is already its guess")
+        if target is not None and (name == target or target in DERIVED.get(name, ())):
+            raise ValueError(f"attribute_inference.attribute: '{name}' is (or is restated by) the task's label "
+                             f"'{target}', which the attacker knows of every person it attacks")
+        if features is not None:
             hidden = [f for f in features if f != name and f not in known]
             if hidden:
                 raise ValueError(f"attribute_inference.known: the attacker must know the model's other inputs to "
@@ -94,19 +97,17 @@ class AttributeInferenceFamily(AttackFamily):
         from fedsim.attacks.base import ATTACKS
 
         cfg, rows = self.config, []
-        state = run.load_model()
-        if state is None:
-            rows = [{"attack": s.key, "attribute": cfg.attribute, "status": "error",
-                     "error": "the run left no final model"} for s in specs]
-            run.write_results(self.name, rows)
-            return rows
-        model = experiment.task.build_model()
-        model.load_state_dict(state)
         try:
+            state = run.load_model()
+            if state is None:
+                raise ValueError("the run left no final model")
+            model = experiment.task.build_model()
+            model.load_state_dict(state)
             groups = attack_groups(experiment, cfg)
             baseline = no_model_baseline(experiment, cfg, groups)
-        except (ValueError, KeyError) as exc:  # e.g. records without the attribute: no attack can run
-            rows = [{"attack": s.key, "attribute": cfg.attribute, "status": "error", "error": str(exc)} for s in specs]
+        except Exception as exc:  # no attack can run; the rest of the run's results stand
+            rows = [{"attack": s.key, "attribute": cfg.attribute, "status": "error",
+                     "error": f"{type(exc).__name__}: {exc}"} for s in specs]
             run.write_results(self.name, rows)
             return rows
         log(f"[attribute_inference] '{cfg.attribute}' of {len(groups['members'][1])} members"

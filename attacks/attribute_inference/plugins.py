@@ -51,16 +51,22 @@ class Fredrikson(AttributeAttack):
     def infer(self, query: AttributeQuery) -> np.ndarray:
         if query.likelihood is None:
             raise ValueError("fredrikson scores a classifier's probability of the known label; this model regresses")
-        t = query.targets
-        scores = []
+        t, log_scores = query.targets, []
         for c in range(len(query.candidates)):
             out = t.outputs(c)
             if self.params.label_only:
                 guess = (out[:, 0] > 0).astype(np.float64) if out.shape[1] == 1 else out.argmax(1)
-                scores.append((guess == t.labels).astype(np.float64) + 1e-9)
+                found = (guess == t.labels).astype(np.float64)
             else:
-                scores.append(query.likelihood(out, t.labels))
-        s = np.stack(scores, axis=1) * (query.prior if self.params.prior else 1.0)
+                found = query.likelihood(out, t.labels)
+            log_scores.append(np.log(np.maximum(found, 1e-300)))
+        log_s = np.stack(log_scores, axis=1)
+        prior = np.maximum(query.prior, 1e-12)
+        if self.params.prior:
+            log_s = log_s + np.log(prior)
+        else:  # ties (a label-only model agreeing under every candidate) still go to the likelier value
+            log_s = log_s + 1e-9 * np.log(prior)
+        s = np.exp(log_s - log_s.max(axis=1, keepdims=True))
         return s / s.sum(axis=1, keepdims=True)
 
 

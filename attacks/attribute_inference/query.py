@@ -79,7 +79,10 @@ def attribute_of(records: Records, name: str, aux_rows: list[int], bins: int) ->
     own = values[aux_rows]
     edges = np.unique(np.quantile(own, np.linspace(0, 1, bins + 1)[1:-1]))
     index = np.searchsorted(edges, own, side="right")
-    fill = np.array([np.median(own[index == b]) if (index == b).any() else np.nan for b in range(len(edges) + 1)])
+    while len(edges) and (empty := np.flatnonzero(np.bincount(index, minlength=len(edges) + 1) == 0)).size:
+        edges = np.delete(edges, min(empty[0], len(edges) - 1))  # few records, many bins: merge the empty one
+        index = np.searchsorted(edges, own, side="right")
+    fill = np.array([np.median(own[index == b]) for b in range(len(edges) + 1)])
     bounds = [-np.inf, *edges, np.inf]
     names = [f"{name} in [{bounds[b]:.4g}, {bounds[b + 1]:.4g})" for b in range(len(edges) + 1)]
     return Attribute(name, names, fill, edges)

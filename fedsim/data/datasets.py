@@ -84,7 +84,7 @@ class Diabetes(Dataset):
     tasks and attribute inference. No sites (partition it `iid` or `dirichlet`) and no population
     sample beyond the table."""
 
-    scans: ClassVar[bool] = False
+    scans: ClassVar[bool] = False  # listed in fedsim.scenario.TABLE_DATASETS
 
     def load(self, config: DataConfig, *, seed: int) -> Cohort:
         import numpy as np

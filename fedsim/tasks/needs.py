@@ -27,8 +27,9 @@ def check_task_data(scenario: Scenario) -> None:
                          f"task '{task}' learns from scans (use task clinical)")
     if scenario.task.model.name == "mlp":
         raise ValueError(f"task.model.name: mlp reads clinical records (task clinical), not task '{task}''s scans")
-    if scenario.task.target is not None or scenario.task.features is not None:
-        raise ValueError(f"task.target: only task clinical picks its target and features; '{task}' has its own")
+    for key in ("target", "features"):
+        if getattr(scenario.task, key) is not None:
+            raise ValueError(f"task.{key}: only task clinical picks its target and features; '{task}' has its own")
     if task not in DIAGNOSIS_TASKS:
         return
     if data.dataset != "synthetic_brain":

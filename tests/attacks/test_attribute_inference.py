@@ -32,6 +32,13 @@ def test_the_diabetes_table_is_scikit_learns_in_its_own_units():
     assert x.shape == (3, 4) and set(np.unique(x[:, 1:3])) <= {0.0, 1.0}  # sex one-hot
 
 
+def test_the_tables_without_scans_are_the_ones_the_scenario_knows():
+    from fedsim.data.datasets import DATASETS
+    from fedsim.scenario import TABLE_DATASETS
+
+    assert {n for n in DATASETS.registered() if not DATASETS.get(n).scans} == set(TABLE_DATASETS)
+
+
 def test_the_synthetic_records_have_the_literatures_correlations():
     rng = np.random.default_rng(0)
     n = 2000
@@ -68,7 +75,7 @@ def test_fredrikson_takes_the_value_under_which_the_known_label_is_likeliest_tim
     assert label_only.argmax(1).tolist() == [0, 1, 0]
 
 
-def test_the_learned_attack_reads_what_the_outputs_give_away_and_the_baseline_cannot():
+def test_the_learned_attack_reads_what_the_outputs_give_away():
     rng = np.random.default_rng(1)
     truth_aux, truth = rng.integers(0, 2, 300), rng.integers(0, 2, 200)
 
@@ -80,6 +87,58 @@ def test_the_learned_attack_reads_what_the_outputs_give_away_and_the_baseline_ca
     query = AttributeQuery(attribute="a", candidates=["0", "1"], prior=np.array([0.5, 0.5]), in_input=False,
                            likelihood=None, targets=group(truth, False), auxiliary=group(truth_aux, True))
     assert (AttributeClassifier().infer(query).argmax(1) == truth).mean() > 0.95
+
+
+def test_an_attacker_with_few_records_merges_the_empty_bins():
+    attribute = attribute_of(diabetes(), "bmi", list(range(8)), bins=20)
+    assert 2 <= len(attribute.names) <= 8 and np.isfinite(attribute.fill).all()
+    assert np.bincount(attribute.index(diabetes().columns["bmi"][:8])).min() >= 1
+
+
+def test_a_model_that_learned_an_interaction_leaks_what_the_other_attributes_cannot_tell():
+    """y = a XOR (b > 0): knowing b and y, a is hidden to any linear guess from them, but a model of y
+    that reads a gives it away exactly through Fredrikson's enumeration; the targets' true a never
+    reaches the attacker (no truth, no output on the recorded input)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from fedsim.attacks.attribute_inference.family import score
+    from fedsim.attacks.attribute_inference.plugins import ClassifierParams, fit_scores
+    from fedsim.attacks.attribute_inference.query import people
+    from fedsim.data.clinical import Records
+    from fedsim.models.mlp import RecordMLP
+
+    rng = np.random.default_rng(0)
+    n = 600
+    a, b = rng.integers(0, 2, n).astype(float), rng.standard_normal(n)
+    y = np.logical_xor(a > 0.5, b > 0).astype(float)
+    records = Records(columns={"a": a, "b": b, "y": y}, categories={"a": ["0", "1"], "y": ["no", "yes"]},
+                      scale={"b": (0.0, 1.0)})
+    cohort = SimpleNamespace(records=records)
+    task = SimpleNamespace(features=["a", "b"], config=None, target_values=lambda _c, _cfg: y)
+    torch.manual_seed(0)
+    model = RecordMLP(in_features=3, channels=[32, 32])
+    x, target = torch.from_numpy(records.encode(["a", "b"], list(range(n)))), torch.from_numpy(y).float()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(400):
+        optimizer.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(model(x), target).backward()
+        optimizer.step()
+    attribute = attribute_of(records, "a", list(range(300)), bins=3)
+    kwargs = {"known": ["b", "y"], "attribute": attribute, "white_box": True}
+    targets = people(model, task, cohort, list(range(300, n)), truth=False, **kwargs)
+    own = people(model, task, cohort, list(range(300)), truth=True, **kwargs)
+    assert targets.truth is None and own.truth is not None
+    with pytest.raises(PermissionError, match="does not know"):
+        targets.outputs(None)
+    query = AttributeQuery(attribute="a", candidates=attribute.names, prior=np.array([0.5, 0.5]), in_input=True,
+                           likelihood=binary_logit_likelihood, targets=targets, auxiliary=own)
+    truth = a[300:].astype(int)
+    attack = score(Fredrikson().infer(query), truth, 2)["accuracy"]
+    baseline = score(fit_scores(np.c_[b[:300], y[:300]], own.truth, np.c_[b[300:], y[300:]], 2, ClassifierParams(), 0),
+                     truth, 2)["accuracy"]
+    assert attack > 0.9 and baseline < 0.65, (attack, baseline)
 
 
 def test_a_numeric_attribute_is_guessed_as_a_quantile_bin_of_the_attackers_records():
@@ -97,19 +156,31 @@ def test_a_numeric_attribute_is_guessed_as_a_quantile_bin_of_the_attackers_recor
      r"attribute_inference.known: 'sex' is \(or restates\) the sensitive attribute"),
     ({"attribute_inference": {"attribute": "sex", "known": ["bmi"]}},
      r"attribute_inference.known: the attacker must know the model's other inputs"),
-    ({"attribute_inference": {"attribute": "progression_high"}}, r"is the task's target"),
+    ({"attribute_inference": {"attribute": "progression_high"}}, r"is \(or is restated by\) the task's label"),
     ({"defenses": [{"name": "label_noise", "params": {"p": 1.0}}]}, r"defenses.0: .*p"),
     ({"task": {"name": "clinical", "model": {"name": "mlp"}, "target": "bmi"}},
      r"task.target: 'bmi' is not a two-valued column"),
     ({"task": {"name": "brain_age"}}, r"task.name: dataset 'diabetes' is a table of clinical records without scans"),
+    ({"attribute_inference": {"attribute": "progression"}, "attacks": [{"name": "attribute_classifier"}]},
+     r"'progression' is \(or is restated by\) the task's label 'progression_high'"),
+    ({"data": {"dataset": "diabetes", "partition": {"by": "site"}}}, r"data.partition.by: dataset 'diabetes' has no "
+     "sites"),
 ])
 def test_bad_attribute_inference_input_is_one_line_naming_the_key(changes, match):
     raw = tiny_scenario(**TABULAR, attacks=[{"name": "fredrikson"}], attribute_inference={"attribute": "sex"})
     for key, value in changes.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "task" else value
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key not in ("task", "data") else value
     with pytest.raises(ScenarioError, match=match) as err:
         validate_scenario(raw)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("task", "attribute"), [("brain_age", "age"), ("sex_classification", "sex")])
+def test_an_imaging_models_own_label_is_not_a_sensitive_attribute(task, attribute):
+    raw = tiny_scenario(task={"name": task}, attacks=[{"name": "attribute_classifier"}], server={"capture": False},
+                        attribute_inference={"attribute": attribute, "known": ["site"]})
+    with pytest.raises(ScenarioError, match=f"'{attribute}' is \\(or is restated by\\) the task's label"):
+        validate_scenario(raw)
 
 
 def test_fredrikson_is_refused_on_a_model_that_does_not_read_the_attribute():

@@ -115,9 +115,10 @@ def test_an_inverse_network_learned_on_population_queries_beats_one_learned_on_n
         shadow = [r for r in result.summary["attacks"] if r["attack"] == "split_shadow_inversion"]
         if shadow:
             assert [r["status"] for r in shadow] == ["ok", "ok"] and all(r["shadow_scans"] == 40 for r in shadow)
-            found["shadow"] = max(r["ssim"] for r in shadow), max(r["psnr_gain"] for r in shadow)
+            found["shadow"] = max(r["ssim"] for r in shadow), min(r["ssim"] for r in shadow)
     assert found["population"][0] > 0.6 and found["population"][0] > found["noise"][1] + 0.1, found
     assert found["shadow"][0] < found["population"][0], found  # without the hospital's weights: less
+    # (what a shadow recovers at each depth, trained on more scans: benchmarks/split_inversion.py --attacks shadow)
 
 
 @pytest.mark.parametrize(("change", "message"), [
