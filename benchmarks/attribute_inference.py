@@ -11,6 +11,7 @@ accuracy) of the model it attacked; medians over the seeds.
 
     python benchmarks/attribute_inference.py                 # ~25 min on 2 CPU cores (48 runs)
     python benchmarks/attribute_inference.py --tables diabetes --seeds 0 --ps 0 0.5
+    python benchmarks/attribute_inference.py --csv runs/.../diabetes/.../sweep.csv runs/.../synthetic/.../sweep.csv
 """
 
 from __future__ import annotations
@@ -45,6 +46,42 @@ def fmt(v: float | None, signed: bool = False) -> str:
     return "–" if v is None else (f"{v:+.3f}" if signed else f"{v:.3f}")
 
 
+def cells(table: str, rows: list[dict], clients_list: list[int], ps: list[float]) -> list[dict]:
+    """Medians over seeds per (target, p) of one table's sweep rows (each with `clients` and `p`)."""
+    out = []
+    for clients in clients_list:
+        for p in ps:
+            cell = [r for r in rows if int(r["clients"]) == clients and abs(float(r["p"]) - p) < 1e-9]
+            ok = [r for r in cell if str(r.get("status")).startswith("completed")]
+            error = median(ok, "test_error_rate")
+            line = {"table": table, "target": "central" if clients == 1 else f"federated ({clients} sites)",
+                    "p": p, "utility": None if error is None else 1 - error, "runs": f"{len(ok)}/{len(cell)}",
+                    "baseline": median(ok, f"{ATTACKS[0]}.baseline_accuracy")}
+            for attack in ATTACKS:
+                for key, suffix in ((attack, "accuracy"), (f"{attack}.auc", "auc"), (f"{attack}.leakage", "leakage")):
+                    line[key] = median(ok, f"{attack}.{suffix}")
+            out.append(line)
+    return out
+
+
+def from_csv(path: Path) -> list[dict]:
+    """Rows of an earlier sweep's sweep.csv, numbers parsed, p read from the defenses column."""
+    import csv
+    import re
+
+    rows = []
+    for raw in csv.DictReader(path.open()):
+        row: dict[str, Any] = {}
+        for k, v in raw.items():
+            try:
+                row[k] = float(v) if v not in ("", None) else None
+            except ValueError:
+                row[k] = v
+        found = re.search(r"p=([0-9.]+)", str(raw.get("defenses", "")))
+        rows.append({**row, "clients": row["federation.clients"], "p": float(found.group(1)) if found else 0.0})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
@@ -52,27 +89,23 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--clients", nargs="+", type=int, default=[1, 3], help="1 = central training")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_attribute_inference")
+    ap.add_argument("--csv", nargs="+", type=Path, help="re-tabulate earlier runs: one sweep.csv per --tables entry")
     args = ap.parse_args()
 
     table_rows = []
-    for table in args.tables:
-        grid = {"federation.clients": args.clients, "defenses": [defenses(p) for p in args.ps], "seed": args.seeds}
-        points = expand(SCENARIO, grid=grid, overrides=TABLES[table])
-        _, rows = run_sweep(points, out_dir=args.out / table, log=lambda m: None if m.startswith("  ") else print(m))
-        for clients in args.clients:
-            for p in args.ps:
-                cell = [r for r, pt in zip(rows, points, strict=True)
-                        if pt.values["federation.clients"] == clients and pt.values["defenses"] == defenses(p)]
-                ok = [r for r in cell if r.get("status") == "ok"]
-                error = median(ok, "test_error_rate")
-                line = {"table": table, "target": "central" if clients == 1 else f"federated ({clients} sites)",
-                        "p": p, "utility": None if error is None else 1 - error, "runs": f"{len(ok)}/{len(cell)}"}
-                line["baseline"] = median(ok, f"{ATTACKS[0]}.baseline_accuracy")
-                for attack in ATTACKS:
-                    line[attack] = median(ok, f"{attack}.accuracy")
-                    line[f"{attack}.auc"] = median(ok, f"{attack}.auc")
-                    line[f"{attack}.leakage"] = median(ok, f"{attack}.leakage")
-                table_rows.append(line)
+    for i, table in enumerate(args.tables):
+        if args.csv:
+            rows = from_csv(args.csv[i])
+        else:
+            grid = {"federation.clients": args.clients, "defenses": [defenses(p) for p in args.ps],
+                    "seed": args.seeds}
+            points = expand(SCENARIO, grid=grid, overrides=TABLES[table])
+            _, found = run_sweep(points, out_dir=args.out / table,
+                                 log=lambda m: None if m.startswith("  ") else print(m))
+            rows = [{**r, "clients": pt.values["federation.clients"],
+                     "p": pt.values["defenses"][0]["params"]["p"] if pt.values["defenses"] else 0.0}
+                    for r, pt in zip(found, points, strict=True)]
+        table_rows += cells(table, rows, args.clients, args.ps)
 
     print(f"\nattribute inference of sex on the members; medians over seeds {args.seeds}; utility = test accuracy; "
           "accuracy (AUC) [leakage = accuracy - no-model baseline]\n")
