@@ -30,7 +30,7 @@ TABLES = {
     "synthetic": ["data.dataset=synthetic_brain", "data.n_subjects=400", "data.shape=16", "data.sites=3",
                   "data.neurodegeneration=true", "task.target=diagnosis"],
 }
-ATTACKS = ("fredrikson", "attribute_classifier", "attribute_classifier_whitebox")
+ATTACKS = ("fredrikson", "fredrikson_conditional", "attribute_classifier", "attribute_classifier_whitebox")
 
 
 def defenses(p: float) -> list[dict[str, Any]]:

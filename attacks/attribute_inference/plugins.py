@@ -33,7 +33,10 @@ class AttributeAttack(Attack, ABC):
 class FredriksonParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prior: bool = Field(True, description="weigh each candidate by its frequency in the attacker's records")
+    prior: Literal["marginal", "conditional", "none"] = Field(
+        "marginal", description="weigh each candidate by its frequency in the attacker's records (Fredrikson et "
+        "al.), by its probability given the person's other known columns (a classifier on the attacker's records: "
+        "the Bayesian posterior with the model's likelihood), or not at all")
     label_only: bool = Field(False, description="use only whether the model predicts the known label (a model "
                              "that releases labels, not confidences)")
 
@@ -62,8 +65,13 @@ class Fredrikson(AttributeAttack):
             log_scores.append(np.log(np.maximum(found, 1e-300)))
         log_s = np.stack(log_scores, axis=1)
         prior = np.maximum(query.prior, 1e-12)
-        if self.params.prior:
+        if self.params.prior == "marginal":
             log_s = log_s + np.log(prior)
+        elif self.params.prior == "conditional":
+            aux = query.auxiliary
+            given = fit_scores(aux.covariates, aux.truth, t.covariates, len(query.candidates), ClassifierParams(),
+                               query.seed)
+            log_s = log_s + np.log(np.maximum(given, 1e-6))
         else:  # ties (a label-only model agreeing under every candidate) still go to the likelier value
             log_s = log_s + 1e-9 * np.log(prior)
         s = np.exp(log_s - log_s.max(axis=1, keepdims=True))

@@ -36,6 +36,7 @@ class People:
     outputs: Outputs  # the model's outputs (logits, or the regression value) for these people
     embeddings: Outputs | None = None  # white box: the model's last features before its head
     truth: np.ndarray | None = None
+    covariates: np.ndarray | None = None  # the known columns but the task label and what restates it (N, K')
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -133,7 +134,10 @@ def people(model: nn.Module, task: Task, cohort: Cohort, rows: list[int], *, kno
             return torch.cat([model.embed(x[i:i + 32]) for i in range(0, len(x), 32)]).double().numpy()
 
     values = records.columns[attribute.name][rows]
+    label = getattr(task, "target", None)  # a tabular task's label column
+    covariates = [k for k in known if k != label and k not in DERIVED.get(label or "", ())]
     return People(known=records.encode(known, rows).astype(np.float64),
+                  covariates=records.encode(covariates, rows).astype(np.float64),
                   labels=task.target_values(cohort, task.config)[rows].astype(np.float64),
                   outputs=_cached(outputs), embeddings=_cached(embeddings) if white_box else None,
                   truth=attribute.index(values) if truth else None)

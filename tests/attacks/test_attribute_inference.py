@@ -4,6 +4,7 @@ federation on the real diabetes table end to end."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_fredrikson_takes_the_value_under_which_the_known_label_is_likeliest_tim
     assert scores.argmax(1).tolist() == [0, 1, 0] and np.allclose(scores.sum(1), 1)
     skewed = AttributeQuery(**{**query.__dict__, "prior": np.array([0.2, 0.8])})
     assert Fredrikson().infer(skewed).argmax(1).tolist() == [0, 1, 1]  # the prior decides the near tie
-    label_only = Fredrikson(label_only=True, prior=False).infer(query)
+    label_only = Fredrikson(label_only=True, prior="none").infer(query)
     assert label_only.argmax(1).tolist() == [0, 1, 0]
 
 
@@ -116,7 +117,7 @@ def test_a_model_that_learned_an_interaction_leaks_what_the_other_attributes_can
     records = Records(columns={"a": a, "b": b, "y": y}, categories={"a": ["0", "1"], "y": ["no", "yes"]},
                       scale={"b": (0.0, 1.0)})
     cohort = SimpleNamespace(records=records)
-    task = SimpleNamespace(features=["a", "b"], config=None, target_values=lambda _c, _cfg: y)
+    task = SimpleNamespace(features=["a", "b"], target="y", config=None, target_values=lambda _c, _cfg: y)
     torch.manual_seed(0)
     model = RecordMLP(in_features=3, channels=[32, 32])
     x, target = torch.from_numpy(records.encode(["a", "b"], list(range(n)))), torch.from_numpy(y).float()
@@ -139,6 +140,27 @@ def test_a_model_that_learned_an_interaction_leaks_what_the_other_attributes_can
     baseline = score(fit_scores(np.c_[b[:300], y[:300]], own.truth, np.c_[b[300:], y[300:]], 2, ClassifierParams(), 0),
                      truth, 2)["accuracy"]
     assert attack > 0.9 and baseline < 0.65, (attack, baseline)
+    assert targets.covariates.shape == (300, 1)  # b: the known columns but the label
+    assert score(Fredrikson(prior="conditional").infer(query), truth, 2)["accuracy"] > 0.9
+
+
+def test_the_conditional_prior_keeps_what_the_other_attributes_tell_when_the_model_adds_nothing():
+    rng = np.random.default_rng(2)
+
+    def group(n: int) -> tuple[People, np.ndarray]:
+        t = rng.integers(0, 2, n)
+        covariates = (2.0 * t - 1 + 0.5 * rng.standard_normal(n))[:, None]  # the other columns tell the attribute
+        flat = np.zeros((n, 1))  # a model whose output does not depend on it
+        return People(known=covariates, covariates=covariates, labels=np.ones(n), outputs=lambda c: flat,
+                      truth=t), t
+
+    own, _ = group(300)
+    targets, truth = group(200)
+    query = AttributeQuery(attribute="a", candidates=["0", "1"], prior=np.array([0.6, 0.4]), in_input=True,
+                           likelihood=binary_logit_likelihood, targets=replace(targets, truth=None), auxiliary=own)
+    marginal = (Fredrikson().infer(query).argmax(1) == truth).mean()
+    conditional = (Fredrikson(prior="conditional").infer(query).argmax(1) == truth).mean()
+    assert marginal == (truth == 0).mean() and conditional > 0.9  # the marginal prior alone: always the majority
 
 
 def test_a_numeric_attribute_is_guessed_as_a_quantile_bin_of_the_attackers_records():
