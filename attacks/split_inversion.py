@@ -65,8 +65,13 @@ class SplitInversion(ReconstructionAttack):
                 loss = loss + self.params.tv * total_variation(x)
             loss.backward()
             optimizer.step()
-        return Reconstruction(images=x.detach(), extra={"objective": float(loss.detach()), "split": observation.split,
-                                                        "iterations": self.params.iterations, **extra})
+        images = self.finish(x.detach(), observation)
+        return Reconstruction(images=images, extra={"objective": float(loss.detach()), "split": observation.split,
+                                                    "iterations": self.params.iterations, **extra})
+
+    def finish(self, images: torch.Tensor, observation: Observation) -> torch.Tensor:
+        """The search's result, as the attacker hands it in."""
+        return images
 
     def first_layers(self, observation: Observation) -> tuple[nn.Module, dict]:
         """The layers whose features the search matches: the hospital-side layers the server holds."""
@@ -125,6 +130,18 @@ class SplitShadowInversion(SplitInversion):
                     optimizer.step()
             _SHADOWS[key] = shadow.eval()
         return _SHADOWS[key], {"shadow_scans": p.shadow_scans}
+
+    def finish(self, images: torch.Tensor, observation: Observation) -> torch.Tensor:
+        """A shadow fixes the scan's structure but not its intensity scale (any rescaling of the first
+        layers is matched by the layers after them): give each rebuilt scan the population's mean and
+        spread of intensities, which the attacker's own scans show."""
+        if observation.auxiliary is None:
+            return images
+        dims = tuple(range(1, images.dim()))
+        aux = observation.auxiliary
+        mean, std = aux.mean(dim=dims).mean(), aux.std(dim=dims).mean()
+        return (images - images.mean(dim=dims, keepdim=True)) / images.std(dim=dims, keepdim=True).clamp_min(1e-8) \
+            * std + mean
 
 
 _FITTED: dict[str, tuple[nn.Module, int]] = {}  # the last inverse network, by first layers and settings
