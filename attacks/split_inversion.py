@@ -9,7 +9,7 @@ scan f1 keeps, and the more the total-variation prior has to fill in. Black box
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -169,6 +169,14 @@ class SplitInverseNetwork(ReconstructionAttack):
     Params = InverseNetworkParams
     consumes: ClassVar[frozenset[str]] = frozenset({ACTIVATIONS})
     threat: ClassVar[ThreatModel] = ThreatModel(per_client_updates=False, auxiliary=True)
+
+    @classmethod
+    def check_experiment(cls, params: InverseNetworkParams, experiment: Any) -> None:
+        """The provider holds only the scans it trained on: more training-set queries than that are not its to make."""
+        held = (experiment.scenario.sections.get("split_inference") or {}).get("train_scans")
+        if params.queries == "training" and held is not None and params.n > held:
+            raise ValueError(f"params.n: queries 'training' asks for {params.n} of the provider's training scans, but "
+                             f"it holds {held} (split_inference.train_scans)")
 
     def reconstruct(self, observation: Observation) -> Reconstruction:
         import torch

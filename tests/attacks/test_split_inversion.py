@@ -139,6 +139,16 @@ def test_bad_split_input_is_one_line_naming_the_key(change, message):
     assert "\n" not in str(found.value)
 
 
+def test_training_queries_beyond_the_providers_own_scans_are_refused_before_training(tmp_path: Path):
+    raw = split_scenario(1)
+    raw["attacks"] = [{"name": "split_inverse_network", "params": {"queries": "training", "n": 41}}]
+    with pytest.raises(ScenarioError, match=re.escape("attacks.0: split_inverse_network: params.n: queries 'training' "
+                                                      "asks for 41 of the provider's training scans, but it holds 40 "
+                                                      "(split_inference.train_scans)")):
+        run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None)
+    assert not list(tmp_path.iterdir())  # refused before a run folder, let alone training
+
+
 def test_a_dataset_without_a_population_sample_is_refused():
     """The provider trains on scans of its own; a dataset without them would train it on the test set."""
     from fedsim.settings.split_inference import SplitInference
