@@ -82,6 +82,21 @@ def test_the_packages_are_where_the_layout_says():
     assert len(found) > 60
 
 
+def test_every_package_folder_is_listed_for_installation():
+    """A sub-package missing from pyproject's `packages` imports here but not once installed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"fedsim": "fedsim", "clients": "fedsim.clients", "server": "fedsim.server", "attacks": "fedsim.attacks",
+               "defenses": "fedsim.defenses"}
+    found = set()
+    for folder, package in folders.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((package, *parts)))
+    assert found == listed, sorted(found ^ listed)
+
+
 def test_no_forbidden_import():
     problems = []
     for name, targets in graph().items():
