@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from fedsim.experiment import Experiment
 
 SWEEP_METRICS = ("accuracy", "auc", "leakage", "baseline_accuracy")
-LABEL_ATTRIBUTE = {"brain_age": "age", "brain_age_slice": "age", "sex_classification": "sex", "diagnosis": "diagnosis",
-                   "diagnosis_slice": "diagnosis"}  # the record column an imaging task's label is
 
 
 @FAMILIES.register("attribute_inference")
@@ -48,6 +46,7 @@ class AttributeInferenceFamily(AttackFamily):
         from fedsim.attacks.attribute_inference.query import default_known
         from fedsim.data.clinical import DERIVED, default_features, default_target
         from fedsim.data.datasets import DATASETS
+        from fedsim.tasks.needs import LABEL_COLUMNS
 
         data, task = scenario.data, scenario.task
         schema = DATASETS.get(data.dataset).record_schema(data)
@@ -64,7 +63,7 @@ class AttributeInferenceFamily(AttackFamily):
                 raise ValueError(f"attribute_inference.known: '{column}' is not in {data.dataset}'s records")
             if column == name or column in DERIVED.get(name, ()):
                 raise ValueError(f"attribute_inference.known: '{column}' is (or restates) the sensitive attribute")
-        features, target = None, LABEL_ATTRIBUTE.get(task.name)
+        features, target = None, LABEL_COLUMNS.get(task.name)
         if task.name == "clinical":
             target = task.target or default_target(schema)
             features = task.features if task.features is not None else default_features(schema, target)
@@ -228,14 +227,13 @@ def build_query(experiment: Experiment, model: Any, cfg: AttributeConfig, groups
     aux = groups["truth"]["auxiliary"]
     prior = np.bincount(aux, minlength=len(attribute.names)) / len(aux)
     features = getattr(task, "features", None)
-    binary = getattr(task, "n_classes", None) == 2 and task.primary_metric == "error_rate" and features is not None
     target_cohort, target_rows = groups[group]
     aux_cohort, aux_rows = groups["auxiliary"]
     kwargs = {"known": known, "attribute": attribute, "white_box": white_box}
     return AttributeQuery(
         attribute=cfg.attribute, candidates=attribute.names, prior=prior,
         in_input=features is not None and cfg.attribute in features,
-        likelihood=binary_logit_likelihood if binary else None,
+        likelihood=binary_logit_likelihood if features is not None else None,  # task clinical: one logit
         targets=people(model, task, target_cohort, target_rows, truth=False, **kwargs),
         auxiliary=people(model, task, aux_cohort, aux_rows, truth=True, **kwargs),
         seed=experiment.scenario.seed)

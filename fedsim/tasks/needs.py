@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 NEEDS_LABEL = ("task '{task}' needs a diagnosis label: set data.neurodegeneration: true "
                "(dataset synthetic_brain) to simulate one")
 DIAGNOSIS_TASKS = ("diagnosis", "diagnosis_slice")
+LABEL_COLUMNS = {"brain_age": "age", "brain_age_slice": "age", "sex_classification": "sex", "diagnosis": "diagnosis",
+                 "diagnosis_slice": "diagnosis"}  # the record column an imaging task's label is (task clinical: its
+# task.target); attribute inference refuses it as the sensitive attribute, which the attacker knows
 
 
 def check_task_data(scenario: Scenario) -> None:
