@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +21,7 @@ from fedsim.data.partition import ClientSplit
 from fedsim.defenses import DEFENSES, Defense
 from fedsim.defenses.base import ClientRound
 from fedsim.models.imprint import build_received
-from fedsim.protocol import ARCH_KEY, BATCH_KEY, CAPTURE_KEY, UPDATE_KEY
-from fedsim.run_folder import RunFolder, observation_name
+from fedsim.protocol import ARCH_KEY, BATCH_KEY, CAPTURE_KEY, TRUTH_KEY, UPDATE_KEY
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import TASKS, Task
@@ -35,8 +33,8 @@ from fedsim.training_plan import LocalBudget, local_budget
 class ClientPlan:
     """What every client needs to know, small enough to ship with each message."""
 
-    run_dir: str  # identifies the run (an actor reused across runs never serves stale data), and is
-    # where an observed client keeps its true batch (private/, for scoring only)
+    run_id: str  # identifies the run, so that an actor reused across runs never serves stale data; clients
+    # never write to the driver's run folder (on a cluster it is on another machine)
     scenario: Scenario
     splits: tuple[ClientSplit, ...]
     target_mean: float
@@ -58,10 +56,10 @@ _STATE: dict[tuple[str, int], _ClientData] = {}
 
 def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
     """This client's tensors, built once per actor process and run."""
-    cached = _STATE.get((plan.run_dir, partition_id))
+    cached = _STATE.get((plan.run_id, partition_id))
     if cached is not None:
         return cached
-    if any(run != plan.run_dir for run, _ in _STATE):
+    if any(run != plan.run_id for run, _ in _STATE):
         _STATE.clear()
     sc = plan.scenario
     cohort = load_dataset(sc.data, seed=sc.seed)
@@ -70,7 +68,7 @@ def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
     split = plan.splits[partition_id]
     x_train, y_train = task.tensors(cohort, split.train)
     x_val, y_val = task.tensors(cohort, split.val or split.train)
-    data = _STATE[(plan.run_dir, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val,
+    data = _STATE[(plan.run_id, partition_id)] = _ClientData(task, x_train, y_train, x_val, y_val,
                                                               list(split.train))
     return data
 
@@ -173,11 +171,11 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
             update = defense.transform_update(update, kind=kind, reference=reference, ctx=ctx)
             defense_metrics.update(defense.round_metrics(ctx=ctx))
         _keep_defense_state(context, defenses)
-        arrays = ArrayRecord(update)
-        if bool(config.get(CAPTURE_KEY, False)):
-            RunFolder(Path(plan.run_dir)).write_truth(
-                observation_name(server_round, pid), inputs=data.x_train[result.used],
-                targets=data.y_train[result.used], rows=[data.rows[i] for i in result.used])
+        reply = RecordDict({"arrays": ArrayRecord(update)})
+        if bool(config.get(CAPTURE_KEY, False)):  # for scoring only: the server's observation layer strips it
+            reply[TRUTH_KEY] = ArrayRecord({"inputs": data.x_train[result.used].contiguous(),
+                                            "targets": data.y_train[result.used].contiguous(),
+                                            "rows": torch.tensor([data.rows[i] for i in result.used])})
         metrics = {
             "num-examples": result.examples,
             "partition-id": pid,
@@ -188,7 +186,8 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
             "seconds": time.perf_counter() - start,
             **defense_metrics,
         }
-        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
+        reply["metrics"] = MetricRecord(metrics)
+        return Message(reply, reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

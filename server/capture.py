@@ -82,9 +82,10 @@ class Capture:
                                    meta={"round": server_round, "kind": AGGREGATE, "lr": self.client_lr},
                                    global_state=self._sent[server_round].to_torch_state_dict())
 
-    def observe(self, server_round: int, client: int, reply: Message) -> None:
-        """Save a targeted reply whole, map a tampered one back to the agreed architecture, and turn a
-        gradient into the weights of one SGD step, so that the honest strategy can aggregate it."""
+    def observe(self, server_round: int, client: int, reply: Message, *, truth: ArrayRecord | None = None) -> None:
+        """Save a targeted reply whole (and `truth`, the batch behind it, in the private area for
+        scoring), map a tampered one back to the agreed architecture, and turn a gradient into the
+        weights of one SGD step, so that the honest strategy can aggregate it."""
         if not self.targeted(server_round, client):
             return
         sent = self._sent[server_round].to_torch_state_dict()
@@ -104,6 +105,10 @@ class Capture:
                 meta["architecture"] = arch
             self.run.write_observation(observation_name(server_round, client), update=update, meta=meta,
                                        global_state=tampered.to_torch_state_dict() if tampered else sent)
+            if truth is not None:
+                batch = truth.to_torch_state_dict()
+                self.run.write_truth(observation_name(server_round, client), inputs=batch["inputs"],
+                                     targets=batch["targets"], rows=batch["rows"].tolist())
         if tampered is not None:
             for _, behaviour in reversed(self.behaviours):
                 if behaviour.applies_to(client):

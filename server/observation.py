@@ -3,7 +3,9 @@
 It learns which node holds which partition (node ids change every run), presents nodes to the
 strategy in partition order (so seeded client sampling is reproducible), orders replies by
 partition before aggregation (so float sums are reproducible), and records every client's metrics
-and failures into the run folder. Attack observation hooks in here (see DESIGN.md).
+and failures into the run folder. Attack observation hooks in here (see DESIGN.md). An observed
+client's true batch arrives in its reply (clients share no file system with the driver); it is
+taken out here, before the strategy or any attacker sees the reply, and kept for scoring only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.protocol import TRUTH_KEY
 from fedsim.run_folder import RunFolder
 from fedsim.server.capture import Capture
 
@@ -129,8 +132,9 @@ class ObservedStrategy(Strategy):
                 self.failures.append(failure)
                 self.run.append_metrics(kind="client_error", **failure, traceback=msg.error.reason)
                 continue
+            truth = msg.content.pop(TRUTH_KEY, None)  # the client's true batch: for scoring, never for the strategy
             if phase == "train" and self.capture is not None:
-                self.capture.observe(server_round, client, msg)
+                self.capture.observe(server_round, client, msg, truth=truth)
             metrics = dict(msg.content["metrics"])
             metrics.pop("partition-id", None)
             self.run.append_metrics(round=server_round, kind=phase, client=client, **metrics)

@@ -72,7 +72,7 @@ class Federated(Setting):
 
         server_plan = ServerPlan(scenario=sc, task=task, x_test=experiment.x_test, y_test=experiment.y_test, run=run,
                                  updates_hidden=bool(self.withheld()), on_round=on_round)
-        client_plan = ClientPlan(run_dir=str(run.path.resolve()), scenario=sc, splits=tuple(experiment.split.clients),
+        client_plan = ClientPlan(run_id=str(run.path.resolve()), scenario=sc, splits=tuple(experiment.split.clients),
                                  target_mean=task.target_mean, target_std=task.target_std)
         error = None
         try:

@@ -58,7 +58,7 @@ def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tm
     assert meta["behaviours"] == ["request_gradient", "request_batch_size"]
     assert not (run / "observations/round001_client001").exists()  # client 1 was not targeted
     assert not (run / "observations/round002_client000").exists()  # nor was round 2
-    assert (run / "private/round001_client000.safetensors").is_file()
+    assert (run / "private/round001_client000.safetensors").is_file()  # sent in the reply, kept by the driver
 
     rows = {r["attack"]: r for r in result.summary["attacks"]}
     dlg = rows["dlg"]
