@@ -8,6 +8,7 @@ process and kept in `_STATE`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 
@@ -74,8 +75,21 @@ def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
 
 
 def _device(plan: ClientPlan) -> torch.device:
+    """The GPU Ray assigned this actor (Ray sets CUDA_VISIBLE_DEVICES to it), else the CPU."""
     use_gpu = plan.scenario.resources.num_gpus > 0 and torch.cuda.is_available()
     return torch.device("cuda" if use_gpu else "cpu")
+
+
+def _placement(plan: ClientPlan) -> dict[str, float]:
+    """Where this client ran: the Ray GPU it was given (-1: none), whether CUDA was there, the
+    actor's process and the wall-clock start, so that placement and concurrency can be read back."""
+    import ray
+
+    gpu = -1.0
+    if ray.is_initialized():
+        ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        gpu = float(ids[0]) if ids else -1.0
+    return {"ray_gpu": gpu, "cuda": float(_device(plan).type == "cuda"), "worker_pid": float(os.getpid())}
 
 
 def _model(plan: ClientPlan, data: _ClientData, msg: Message) -> torch.nn.Module:
@@ -134,7 +148,7 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        start = time.perf_counter()
+        start, started_at = time.perf_counter(), time.time()
         torch.set_num_threads(threads)
         pid = int(context.node_config["partition-id"])
         config = msg.content["config"]
@@ -184,6 +198,8 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
             "batch_size": min(batch_size, len(data.y_train)),
             "gradient_update": int(gradient_requested),
             "seconds": time.perf_counter() - start,
+            "started_at": started_at,
+            **_placement(plan),
             **defense_metrics,
         }
         reply["metrics"] = MetricRecord(metrics)

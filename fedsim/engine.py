@@ -1,21 +1,33 @@
 """The one module that touches Flower's simulation entry point and Ray.
 
 It starts a private local Ray instance by default (never silently joining a cluster that happens to
-be running), joins `resources.ray_address` when asked, keeps Ray's and Flower's chatter out of the
-terminal, and turns any failure into :class:`EngineError` once Ray is shut down.
+be running), joins `resources.ray_address` when asked (or the cluster of the Ray job it runs in),
+keeps Ray's and Flower's chatter out of the terminal, and turns any failure into
+:class:`EngineError` once Ray is shut down. Ray is started here rather than by Flower so that the
+cluster can be checked first: a client no node could ever hold, or a cluster with no room free now,
+fails at once with the resource named, and Flower's actor pool is sized from what is free (Flower
+sizes it from the cluster's total, which leaves actors pending forever on a busy cluster).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import socket
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from fedsim.scenario import ResourcesConfig
+
+IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the job's entry point
+REACH_TIMEOUT_S = 5.0
 
 
 class EngineError(RuntimeError):
@@ -28,11 +40,13 @@ def backend_config(resources: ResourcesConfig, *, total_cpus: int | None = None,
 
     On a private local Ray, GPU fractions are only requested when this machine has a GPU: a
     request Ray can never grant would leave the clients unscheduled."""
-    init_args: dict = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
+    init_args: dict = {"logging_level": logging.ERROR, "log_to_driver": False}
     num_gpus = resources.num_gpus
-    if resources.ray_address:
-        init_args["address"] = resources.ray_address
+    address = cluster_address(resources)
+    if address:
+        init_args["address"] = address  # Ray refuses num_cpus / num_gpus when connecting
     else:
+        init_args["include_dashboard"] = False
         init_args["address"] = "local"  # a private instance, even if a cluster is running here
         init_args["num_cpus"] = total_cpus or os.cpu_count() or 1
         if num_gpus > 0:
@@ -46,6 +60,84 @@ def backend_config(resources: ResourcesConfig, *, total_cpus: int | None = None,
         "client_resources": {"num_cpus": resources.num_cpus, "num_gpus": num_gpus},
         "init_args": init_args,
     }
+
+
+def cluster_address(resources: ResourcesConfig) -> str | None:
+    """The cluster to join: `resources.ray_address`, else the one of the Ray job this runs in, else none."""
+    if resources.ray_address:
+        return resources.ray_address
+    if IN_RAY_JOB in os.environ and os.environ.get("RAY_ADDRESS"):
+        return "auto"
+    return None
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail fast with the address named when nothing answers there (Ray itself retries for a minute)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise EngineError(f"resources.ray_address: cannot reach the Ray cluster at {address} ({reason})") from exc
+
+
+def pool_size(client: dict[str, float], nodes: list[dict], free: dict[str, float], num_clients: int) -> int:
+    """How many client actors to start: what one node can hold, summed over nodes (Flower's rule),
+    capped by the resources free now and by the number of clients; raise when that is none."""
+    cpus, gpus = client["num_cpus"], client.get("num_gpus", 0.0)
+    fits = 0
+    for node in nodes:
+        have = node.get("Resources") or {}
+        n = int(have.get("CPU", 0) / cpus)
+        if gpus > 0:
+            n = min(n, int(have.get("GPU", 0) / gpus))
+        fits += n
+    if fits == 0:
+        most_cpus = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
+        most_gpus = max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0)
+        missing = (f"resources.num_gpus: {gpus:g} GPU per client, but the largest node has {most_gpus:g}"
+                   if gpus > 0 and most_gpus < gpus else
+                   f"resources.num_cpus: {cpus:g} CPU per client, but the largest node has {most_cpus:g}")
+        raise EngineError(f"{missing}: no node can hold a client")
+    free_now = math.floor(free.get("CPU", 0) / cpus + 1e-9)
+    if gpus > 0:
+        free_now = min(free_now, math.floor(free.get("GPU", 0) / gpus + 1e-9))
+    if free_now == 0:
+        raise EngineError(f"the Ray cluster has no room for a client now ({cpus:g} CPU, {gpus:g} GPU each; free: "
+                          f"{free.get('CPU', 0):g} CPU, {free.get('GPU', 0):g} GPU): other work holds it")
+    return max(1, min(fits, free_now, num_clients))
+
+
+@contextlib.contextmanager
+def _actor_pool_of(size: int) -> Iterator[None]:
+    """Make Flower build an actor pool of `size` (a wrapper over its sizing function, restored after)."""
+    from flwr.simulation.ray_transport import ray_actor
+
+    original = ray_actor.pool_size_from_resources
+    ray_actor.pool_size_from_resources = lambda _resources: size
+    try:
+        yield
+    finally:
+        ray_actor.pool_size_from_resources = original
+
+
+def start_ray(config: dict, num_clients: int) -> int:
+    """Start (or join) Ray as Flower would, check the cluster can hold the clients; return the pool size."""
+    import ray
+
+    address = config["init_args"].get("address")
+    if address != "local":
+        check_reachable(address)
+    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    os.environ["PYTHONPATH"] = pythonpath  # Ray workers import fedsim and plug-in files as the driver does
+    try:
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **config["init_args"])
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise EngineError(f"resources.ray_address: cannot join the Ray cluster at {address}: {exc}") from exc
+    return pool_size(config["client_resources"], ray.nodes(), ray.available_resources(), num_clients)
 
 
 def quiet_logs(log_file: Path | None = None) -> None:
@@ -82,16 +174,21 @@ def run_federation(
     from flwr.simulation import run_simulation
 
     quiet_logs(log_file)
-    if not resources.ray_address:
+    if not cluster_address(resources):
         os.environ.pop("RAY_ADDRESS", None)
+    config = backend_config(resources)
     try:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_clients,
-            backend_name="ray",
-            backend_config=backend_config(resources),
-        )
+        actors = start_ray(config, num_clients)
+        with _actor_pool_of(actors):
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_name="ray",
+                backend_config=config,
+            )
+    except EngineError:
+        raise
     except Exception as exc:  # Flower wraps client-engine crashes; the server's own error is re-raised
         cause = exc.__cause__ or exc
         raise EngineError(f"{type(cause).__name__}: {cause}") from exc

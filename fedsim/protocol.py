@@ -6,3 +6,4 @@ BATCH_KEY = "fedsim.batch-size"  # batch size the server asks for
 CAPTURE_KEY = "fedsim.capture"  # this round and client are observed: keep the true batch for scoring
 ARCH_KEY = "fedsim.architecture"  # JSON descriptor of a model the server changed (absent: the agreed model)
 TRUTH_KEY = "fedsim.truth"  # reply record: the observed client's true batch, stripped by the observation layer
+PLACEMENT_KEYS = ("started_at", "ray_gpu", "cuda", "worker_pid")  # train metrics: where and when a client ran

@@ -14,6 +14,7 @@ from typing import Any
 from fedsim.families import FAMILIES, AttackFamily, resolve_family
 from fedsim.markdown import cell
 from fedsim.plugins import load_builtins
+from fedsim.protocol import PLACEMENT_KEYS
 from fedsim.run_folder import RunFolder
 from fedsim.settings.base import SETTINGS, Setting
 
@@ -130,7 +131,7 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
 
 
 TRAIN_KEYS = {"round", "kind", "client", "num-examples", "train_loss", "local_steps", "batch_size",
-              "gradient_update", "seconds"}
+              "gradient_update", "seconds", *PLACEMENT_KEYS}
 
 
 def defense_metric_names(records: list[dict[str, Any]]) -> list[str]:

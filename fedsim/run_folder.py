@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from fedsim.scenario import Scenario
 
-TIMING_KEYS = frozenset({"seconds", "elapsed_s", "wall_s"})
+TIMING_KEYS = frozenset({"seconds", "elapsed_s", "wall_s", "started_at", "worker_pid"})  # differ between equal runs
 MODEL = "model"  # the final model of a run: model.safetensors
 
 

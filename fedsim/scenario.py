@@ -179,8 +179,20 @@ class FederationConfig(Section):
 class ResourcesConfig(Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per client; sets how many run at once")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client (0 = CPU)")
-    ray_address: str | None = Field(None, description="join this Ray cluster; default: private local Ray")
+    ray_address: str | None = Field(None, description="join this Ray cluster (auto, host:6379, ray://host:10001); "
+                                                      "default: a private local Ray")
     timeout_s: float = Field(3600.0, gt=0, description="longest wait for the clients of one round")
+    start_timeout_s: float = Field(60.0, gt=0, description="longest wait for every client to come up")
+
+    @field_validator("ray_address", mode="after")
+    @classmethod
+    def _cluster_address(cls, value: str | None) -> str | None:
+        if value is None or value == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", value):
+            return value
+        if value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is a dashboard (job) address: give the cluster's GCS address (host:6379), "
+                             "ray://host:10001 or auto; to submit a job use `fedsim submit --address`")
+        raise ValueError(f"{value!r} is not a Ray cluster address: use auto, host:port or ray://host:port")
 
 
 class OutputConfig(Section):

@@ -50,7 +50,7 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         seed_everything(derive_seed(sc.seed, "server"))
-        partition_of = discover_partitions(grid, sc.federation.clients, sc.resources.timeout_s)
+        partition_of = discover_partitions(grid, sc.federation.clients, sc.resources.start_timeout_s)
         capture = Capture(sc, plan.run, hidden=plan.updates_hidden, auxiliary=plan.x_test)
         strategy = ObservedStrategy(build_strategy(sc.federation), run=plan.run, partition_of=partition_of,
                                     capture=capture)

@@ -19,11 +19,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.protocol import TRUTH_KEY
+from fedsim.protocol import PLACEMENT_KEYS, TRUTH_KEY
 from fedsim.run_folder import RunFolder
 from fedsim.server.capture import Capture
 
-PER_CLIENT_KEYS = ("partition-id", "seconds", "gradient_update", "batch_size")
+PER_CLIENT_KEYS = ("partition-id", "seconds", "gradient_update", "batch_size", *PLACEMENT_KEYS)
 
 
 class FederationError(RuntimeError):

@@ -56,11 +56,11 @@ class Federated(Setting):
         import torch
 
         from fedsim.clients.app import ClientPlan, make_client_app
-        from fedsim.engine import EngineError, run_federation
+        from fedsim.engine import EngineError, cluster_address, run_federation
         from fedsim.server.app import ServerPlan, make_server_app
 
         sc, task = self.scenario, experiment.task
-        if sc.resources.num_gpus > 0 and not sc.resources.ray_address and not torch.cuda.is_available():
+        if sc.resources.num_gpus > 0 and not cluster_address(sc.resources) and not torch.cuda.is_available():
             log("resources.num_gpus: no GPU on this machine; clients train on CPU")
         baseline = task.baseline(task.target_mean, experiment.y_test)
         rounds, key = sc.federation.rounds, task.primary_metric
@@ -80,6 +80,9 @@ class Federated(Setting):
                            num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log)
         except EngineError as exc:
             error = str(exc)
+        trained = [r for r in run.metrics() if r.get("kind") == "train"]
+        if any(r.get("ray_gpu", -1) >= 0 and not r.get("cuda") for r in trained):
+            log("resources.num_gpus: Ray gave the clients GPUs but CUDA is absent where they ran; they trained on CPU")
         strategy = server_plan.outcome.get("strategy")
         failures = list(strategy.failures) if strategy is not None else []
         arrays = server_plan.outcome.get("arrays")
@@ -91,7 +94,7 @@ class Federated(Setting):
             rounds_completed=last or 0, failures=failures, error=error,
             final_state=arrays.to_torch_state_dict() if arrays is not None else None,
             summary={"rounds": rounds, "client_failures": len(failures),
-                     "device": "cuda" if sc.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"})
+                     "device": "cuda" if any(r.get("cuda") for r in trained) else "cpu"})
 
     @classmethod
     def report_setup(cls, run: RunFolder, summary: dict[str, Any]) -> list[str]:
