@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint package-check bench clean
+.PHONY: install demo test test-all test-cluster lint package-check bench clean
 
 install: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,cluster]"
 	touch $@
 
 demo: install
@@ -22,6 +22,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-cluster: install
+	$(PY) -m pytest -q -m cluster -s
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"

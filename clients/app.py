@@ -212,7 +212,7 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         data = _client_data(plan, pid)
         model = _model(plan, data, msg)
         scores = data.task.metrics(predict(model, data.x_val), data.y_val)
-        metrics = {"num-examples": len(data.y_val), "partition-id": pid}
+        metrics = {"num-examples": len(data.y_val), "partition-id": pid, **_placement(plan)}
         metrics.update({f"val_{k}": v for k, v in scores.items()})
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

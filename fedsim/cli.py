@@ -1,4 +1,4 @@
-"""`fedsim` command line: run, sweep, validate, list, attack, report.
+"""`fedsim` command line: run, submit, sweep, validate, list, attack, report.
 
 Bad input prints one line naming the key or file and exits 2 (no traceback); a failed run exits 1
 after its run folder is written.
@@ -22,6 +22,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="root folder for runs (default: output.dir)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario value, e.g. federation.rounds=5 (repeatable)")
+    job = sub.add_parser("submit", help="run a scenario as a Ray job on a cluster (needs fedsim[cluster])")
+    job.add_argument("scenario", type=Path)
+    job.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
+    job.add_argument("--working-dir", type=Path, default=Path("."),
+                     help="uploaded to the cluster; must hold the scenario (default: .)")
+    job.add_argument("--out", type=Path, default=None,
+                     help="root folder for runs on the node that runs the job (default: output.dir, made absolute)")
+    job.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    job.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    job.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
     swp = sub.add_parser("sweep", help="run a grid of scenario variants; write a table and a privacy-utility plot")
     swp.add_argument("scenario", type=Path)
     swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
@@ -70,6 +80,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         first = failures[0]
         return _fail(f"{len(failures)} client update(s) failed; first: round {first['round']} "
                      f"client {first['client']}: {first['error']} (see {report})", 1)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from fedsim.cluster_jobs import submit
+    from fedsim.loading import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)  # bad input fails here, before anything is sent
+    out_dir = (args.out or scenario.output.dir).expanduser().absolute()
+    from fedsim.engine import EngineError
+
+    try:
+        outcome = submit(args.scenario, address=args.address, working_dir=args.working_dir, overrides=args.overrides,
+                         out_dir=out_dir, wait=not args.no_wait, timeout_s=args.timeout)
+    except EngineError as exc:  # the cluster cannot be reached
+        return _fail(str(exc).replace("resources.ray_address", "--address"), 1)
+    if args.no_wait:
+        print(f"job {outcome.job_id}: {outcome.status} (follow it with `ray job logs --follow {outcome.job_id}`)")
+        return 0
+    if outcome.run_dir:
+        print(f"run folder: {outcome.run_dir}")
+    if outcome.status != "SUCCEEDED":
+        return _fail(f"Ray job {outcome.job_id} {outcome.status} (`ray job logs {outcome.job_id}` has its output)", 1)
     return 0
 
 
@@ -147,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     from fedsim.scenario import ScenarioError
 
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list, "attack": cmd_attack,
+    handler = {"run": cmd_run, "submit": cmd_submit, "sweep": cmd_sweep, "validate": cmd_validate, "list": cmd_list,
+               "attack": cmd_attack,
                "report": cmd_report}[args.command]
     try:
         code = handler(args)

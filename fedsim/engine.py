@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -124,8 +124,9 @@ def _actor_pool_of(size: int) -> Iterator[None]:
         ray_actor.pool_size_from_resources = original
 
 
-def start_ray(config: dict, num_clients: int) -> int:
-    """Start (or join) Ray as Flower would, check the cluster can hold the clients; return the pool size."""
+def start_ray(config: dict, num_clients: int) -> dict:
+    """Start (or join) Ray as Flower would and check the cluster can hold the clients; return what
+    was joined: {'cluster': the address or 'local', 'nodes', 'cpus', 'gpus', 'actors' (the pool size)}."""
     import ray
 
     address = config["init_args"].get("address")
@@ -137,7 +138,10 @@ def start_ray(config: dict, num_clients: int) -> int:
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **config["init_args"])
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EngineError(f"resources.ray_address: cannot join the Ray cluster at {address}: {exc}") from exc
-    return pool_size(config["client_resources"], ray.nodes(), ray.available_resources(), num_clients)
+    nodes = [n for n in ray.nodes() if n.get("Alive", True) and n.get("Resources")]
+    total = ray.cluster_resources()
+    return {"cluster": address, "nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0),
+            "actors": pool_size(config["client_resources"], nodes, ray.available_resources(), num_clients)}
 
 
 def quiet_logs(log_file: Path | None = None) -> None:
@@ -167,9 +171,11 @@ def quiet_logs(log_file: Path | None = None) -> None:
 
 def run_federation(
     *, server_app: ServerApp, client_app: ClientApp, num_clients: int, resources: ResourcesConfig,
-    log_file: Path | None = None,
+    log_file: Path | None = None, on_start: Callable[[dict], None] = lambda _: None,
 ) -> None:
-    """Run the apps on Flower's simulation engine with the Ray backend; raise EngineError on failure."""
+    """Run the apps on Flower's simulation engine with the Ray backend; raise EngineError on failure.
+
+    `on_start` gets what was joined (see start_ray) before the first client starts."""
     import ray
     from flwr.simulation import run_simulation
 
@@ -178,8 +184,9 @@ def run_federation(
         os.environ.pop("RAY_ADDRESS", None)
     config = backend_config(resources)
     try:
-        actors = start_ray(config, num_clients)
-        with _actor_pool_of(actors):
+        joined = start_ray(config, num_clients)
+        on_start(joined)
+        with _actor_pool_of(joined["actors"]):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -14,8 +14,8 @@ from tests.conftest import REPO
 PACKAGES = ("fedsim", "fedsim.clients", "fedsim.server", "fedsim.attacks", "fedsim.defenses")
 ROLES = ("fedsim.clients", "fedsim.server", "fedsim.attacks", "fedsim.defenses")
 ROLE_MAY_USE = {"fedsim.clients": {"fedsim.defenses"}}  # a client applies defenses; nothing else crosses
-TOP = {"fedsim.__main__", "fedsim.cli", "fedsim.runner", "fedsim.engine", "fedsim.sweep", "fedsim.sweep_figure",
-       "fedsim.report", "fedsim.figures", "fedsim.loading", "fedsim.checks", "fedsim.plugins",
+TOP = {"fedsim.__main__", "fedsim.cli", "fedsim.runner", "fedsim.engine", "fedsim.cluster_jobs", "fedsim.sweep",
+       "fedsim.sweep_figure", "fedsim.report", "fedsim.figures", "fedsim.loading", "fedsim.checks", "fedsim.plugins",
        "fedsim.settings.federated", "fedsim.settings.data_lake", "fedsim.settings.split_inference",
        "fedsim.defense_copies"}
 BARE = ("clients", "server", "attacks", "defenses")  # the folders' names, which are not import names

@@ -74,10 +74,18 @@ class Federated(Setting):
                                  updates_hidden=bool(self.withheld()), on_round=on_round)
         client_plan = ClientPlan(run_id=str(run.path.resolve()), scenario=sc, splits=tuple(experiment.split.clients),
                                  target_mean=task.target_mean, target_std=task.target_std)
-        error = None
+        error, engine = None, {}
+
+        def on_start(joined: dict) -> None:
+            engine.update(joined)
+            if joined["cluster"] != "local":
+                log(f"joined the Ray cluster at {joined['cluster']}: {joined['nodes']} node(s), {joined['cpus']:g} "
+                    f"CPU, {joined['gpus']:g} GPU; {joined['actors']} client actor(s)")
+
         try:
             run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
-                           num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log)
+                           num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log,
+                           on_start=on_start)
         except EngineError as exc:
             error = str(exc)
         trained = [r for r in run.metrics() if r.get("kind") == "train"]
@@ -93,7 +101,7 @@ class Federated(Setting):
             initial={k.removeprefix("test_"): v for k, v in server.get(0, {}).items()},
             rounds_completed=last or 0, failures=failures, error=error,
             final_state=arrays.to_torch_state_dict() if arrays is not None else None,
-            summary={"rounds": rounds, "client_failures": len(failures),
+            summary={"rounds": rounds, "client_failures": len(failures), "engine": engine,
                      "device": "cuda" if any(r.get("cuda") for r in trained) else "cpu"})
 
     @classmethod

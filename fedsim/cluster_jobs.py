@@ -1,0 +1,91 @@
+"""Submit a scenario to a Ray cluster as a Ray job (`fedsim submit`).
+
+The job runs `python -m fedsim run` on the cluster: a Python entry point that runs Flower's
+simulation in-process and joins the job's cluster (fedsim.engine), in a copy of the working
+directory that Ray uploads (files ignored by .gitignore stay behind). The run folder is written on
+the node that runs the job's driver, to an absolute path: where a local run would put it unless
+`--out` says otherwise (on a multi-node cluster, a folder shared with the head node, or read it
+there: docs/cluster.md). Needs Ray's job client, `pip install 'fedsim[cluster]'`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsim.scenario import ScenarioError
+
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+RUN_FOLDER_LINE = re.compile(r"^run folder: (.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job_id: str
+    status: str  # one of TERMINAL, or PENDING / RUNNING when not waited for
+    run_dir: str | None  # as printed by the job's `fedsim run`
+    logs: str
+
+
+def job_client(address: str):  # noqa: ANN201 - ray's JobSubmissionClient, imported only here
+    """Ray's job client for a dashboard address (http://head:8265); bad input raises ScenarioError."""
+    if not re.fullmatch(r"https?://[A-Za-z0-9_.-]+:\d{1,5}/?", address):
+        raise ScenarioError(f"--address: {address!r} is not a Ray dashboard address (http://head:8265)")
+    if importlib.util.find_spec("aiohttp") is None:  # ray[default]: the job client's HTTP layer
+        raise ScenarioError("fedsim submit needs Ray's job client: pip install 'fedsim[cluster]'")
+    from ray.job_submission import JobSubmissionClient
+
+    from fedsim.engine import check_reachable
+
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):  # the job client logs every file it packs
+        logging.getLogger(name).setLevel(logging.ERROR)
+    check_reachable(address.removeprefix("http://").removeprefix("https://").rstrip("/"))
+    return JobSubmissionClient(address)
+
+
+def entrypoint(scenario: Path, working_dir: Path, overrides: list[str], out_dir: Path) -> str:
+    """The shell command the job runs: the scenario by its path inside the uploaded working directory."""
+    try:
+        relative = scenario.resolve().relative_to(working_dir.resolve())
+    except ValueError as exc:
+        raise ScenarioError(f"scenario {scenario} is outside the working directory {working_dir} that the job "
+                            "uploads (give --working-dir)") from exc
+    args = ["python", "-m", "fedsim", "run", relative.as_posix(), "--out", str(out_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    return shlex.join(args)
+
+
+def submit(scenario: Path, *, address: str, working_dir: Path, overrides: list[str], out_dir: Path,
+           wait: bool = True, timeout_s: float | None = None, log: Callable[[str], None] = print) -> JobOutcome:
+    """Submit the scenario; with `wait`, relay the job's log lines until it ends."""
+    client = job_client(address)
+    command = entrypoint(scenario, working_dir, overrides, out_dir)
+    job_id = client.submit_job(entrypoint=command, runtime_env={"working_dir": str(working_dir.resolve())})
+    log(f"submitted Ray job {job_id}: {command}")
+    if not wait:
+        return JobOutcome(job_id, str(client.get_job_status(job_id)), None, "")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
+        logs = client.get_job_logs(job_id)
+        complete = len(logs) if status in TERMINAL else logs.rfind("\n") + 1  # whole lines only, until the end
+        for line in logs[shown:complete].splitlines():
+            log(f"  {line}")
+        shown = max(shown, complete)
+        if status in TERMINAL:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            client.stop_job(job_id)
+            status = "STOPPED"
+            break
+        time.sleep(1.0)
+    found = RUN_FOLDER_LINE.findall(logs)
+    return JobOutcome(job_id, status, found[-1].strip() if found else None, logs)
