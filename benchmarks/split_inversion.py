@@ -13,8 +13,9 @@ population-mean slice, the share below He et al.'s "unrecognisable" SSIM 0.3, re
     python benchmarks/split_inversion.py --splits 1 2 3 --convs 2 --set 'task.model.channels=[16,32,64]' \
         --attacks 'white box' shadow                          # He et al.'s 6-conv CNN, cut after conv 2 / 4 / 6
     python benchmarks/split_inversion.py --splits 1 2 --defense split_feature_dropout --sigmas 0 0.3 0.6
-    python benchmarks/split_inversion.py --splits 1 2 --set task.name=brain_age --set data.shape=32 \
-        --set 'task.model.channels=[8,16,32,64]' --set split_inference.train_scans=200   # 3D volumes
+    python benchmarks/split_inversion.py --splits 1 2 3 --attacks 'white box' 'inverse, same population' \
+        --set task.name=brain_age --set data.shape=32 --set 'task.model.channels=[8,16,32,64]' \
+        --set split_inference.train_scans=200 --set split_inference.epochs=5 --set split_inference.scans=4  # 3D
 """
 
 from __future__ import annotations
