@@ -53,6 +53,7 @@ class _ClientData:
 
 
 _STATE: dict[tuple[str, int], _ClientData] = {}
+_COHORT: dict[str, object] = {}  # run id -> the cohort, loaded once per actor (an actor serves many clients)
 
 
 def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
@@ -60,10 +61,13 @@ def _client_data(plan: ClientPlan, partition_id: int) -> _ClientData:
     cached = _STATE.get((plan.run_id, partition_id))
     if cached is not None:
         return cached
-    if any(run != plan.run_id for run, _ in _STATE):
+    if any(run != plan.run_id for run, _ in _STATE) or any(run != plan.run_id for run in _COHORT):
         _STATE.clear()
+        _COHORT.clear()
     sc = plan.scenario
-    cohort = load_dataset(sc.data, seed=sc.seed)
+    if plan.run_id not in _COHORT:
+        _COHORT[plan.run_id] = load_dataset(sc.data, seed=sc.seed)
+    cohort = _COHORT[plan.run_id]
     task = TASKS.get(sc.task.name)(config=sc.task, target_mean=plan.target_mean, target_std=plan.target_std,
                                    data=sc.data)
     split = plan.splits[partition_id]
