@@ -85,8 +85,9 @@ def _device(plan: ClientPlan) -> torch.device:
 
 
 def _placement(plan: ClientPlan) -> dict[str, float]:
-    """Where this client ran: the Ray GPU it was given (-1: none), whether CUDA was there, the
-    actor's process and the wall-clock start, so that placement and concurrency can be read back."""
+    """Where this client ran: the Ray GPU it was given (-1: none), whether CUDA was there and the
+    actor's process, so that placement can be read back from metrics.jsonl (train records add the
+    wall-clock start, for concurrency)."""
     import ray
 
     gpu = -1.0

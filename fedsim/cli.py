@@ -27,9 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://head:8265")
     job.add_argument("--working-dir", type=Path, default=Path("."),
                      help="uploaded to the cluster; must hold the scenario (default: .)")
-    job.add_argument("--out", type=Path, default=None,
-                     help="root folder for runs on the node that runs the job (default: output.dir, made absolute)")
-    job.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    job.add_argument("--out", type=Path, required=True,
+                     help="root folder for runs, an absolute path on the node that runs the job (the head, by default)")
+    job.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario value, e.g. federation.rounds=5 (repeatable)")
     job.add_argument("--no-wait", action="store_true", help="print the job id and return")
     job.add_argument("--timeout", type=float, default=None, help="stop the job after this many seconds")
     swp = sub.add_parser("sweep", help="run a grid of scenario variants; write a table and a privacy-utility plot")
@@ -85,17 +86,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from fedsim.cluster_jobs import submit
-    from fedsim.loading import load_scenario
-
-    scenario = load_scenario(args.scenario, args.overrides)  # bad input fails here, before anything is sent
-    out_dir = (args.out or scenario.output.dir).expanduser().absolute()
     from fedsim.engine import EngineError
+    from fedsim.loading import load_scenario
+    from fedsim.scenario import ScenarioError
 
+    load_scenario(args.scenario, args.overrides)  # bad input fails here, before anything is sent
+    if not args.out.is_absolute():
+        raise ScenarioError(f"--out: {args.out} must be an absolute path (the job writes it on the cluster's node)")
     try:
         outcome = submit(args.scenario, address=args.address, working_dir=args.working_dir, overrides=args.overrides,
-                         out_dir=out_dir, wait=not args.no_wait, timeout_s=args.timeout)
+                         out_dir=args.out, wait=not args.no_wait, timeout_s=args.timeout)
     except EngineError as exc:  # the cluster cannot be reached
         return _fail(str(exc).replace("resources.ray_address", "--address"), 1)
+    except (ScenarioError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # the job server refused or failed: one line, not Ray's traceback
+        return _fail(f"--address {args.address}: the Ray job server failed: {type(exc).__name__}: {exc}", 1)
     if args.no_wait:
         print(f"job {outcome.job_id}: {outcome.status} (follow it with `ray job logs --follow {outcome.job_id}`)")
         return 0

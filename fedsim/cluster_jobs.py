@@ -2,10 +2,11 @@
 
 The job runs `python -m fedsim run` on the cluster: a Python entry point that runs Flower's
 simulation in-process and joins the job's cluster (fedsim.engine), in a copy of the working
-directory that Ray uploads (files ignored by .gitignore stay behind). The run folder is written on
-the node that runs the job's driver, to an absolute path: where a local run would put it unless
-`--out` says otherwise (on a multi-node cluster, a folder shared with the head node, or read it
-there: docs/cluster.md). Needs Ray's job client, `pip install 'fedsim[cluster]'`.
+directory that Ray uploads (files ignored by .gitignore stay behind, and so does fedsim's own
+source when the working directory is a fedsim checkout: Ray puts the copy first on the path, and
+half a package from the upload over the one installed on the node would mix versions). The run
+folder is written on the node that runs the job's driver, under `out_dir` (docs/cluster.md).
+Needs Ray's job client, `pip install 'fedsim[cluster]'`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from fedsim.scenario import ScenarioError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+SOURCE_DIRS = ["/fedsim", "/clients", "/server", "/attacks", "/defenses"]  # a checkout's package folders
 RUN_FOLDER_LINE = re.compile(r"^run folder: (.+)$", re.MULTILINE)
 
 
@@ -67,10 +69,21 @@ def submit(scenario: Path, *, address: str, working_dir: Path, overrides: list[s
     """Submit the scenario; with `wait`, relay the job's log lines until it ends."""
     client = job_client(address)
     command = entrypoint(scenario, working_dir, overrides, out_dir)
-    job_id = client.submit_job(entrypoint=command, runtime_env={"working_dir": str(working_dir.resolve())})
+    root = working_dir.resolve()
+    excludes = [d for d in SOURCE_DIRS if (root / d.lstrip("/") / "__init__.py").is_file()]
+    job_id = client.submit_job(entrypoint=command, runtime_env={"working_dir": str(root), "excludes": excludes})
     log(f"submitted Ray job {job_id}: {command}")
     if not wait:
-        return JobOutcome(job_id, str(client.get_job_status(job_id)), None, "")
+        return JobOutcome(job_id, str(client.get_job_status(job_id)).rsplit(".", 1)[-1], None, "")
+    try:
+        return _follow(client, job_id, timeout_s, log)
+    except KeyboardInterrupt:
+        log(f"stopped following; the job goes on: `ray job stop {job_id}` stops it")
+        raise
+
+
+def _follow(client, job_id: str, timeout_s: float | None, log: Callable[[str], None]) -> JobOutcome:  # noqa: ANN001
+    """Relay the job's log lines until it ends (or `timeout_s` passes: then stop it)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     shown = 0
     while True:

@@ -15,8 +15,10 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from fedsim.scenario import ResourcesConfig
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the job's entry point
 REACH_TIMEOUT_S = 5.0
+RELEASE_GRACE_S = 10.0  # how long to wait for resources a just-finished run still holds
 
 
 class EngineError(RuntimeError):
@@ -73,15 +76,16 @@ def cluster_address(resources: ResourcesConfig) -> str | None:
 
 def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
     """Fail fast with the address named when nothing answers there (Ray itself retries for a minute)."""
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if not re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", target):
+        return  # auto without RAY_ADDRESS: Ray looks for a cluster started on this machine
+    host, _, port = target.removeprefix("ray://").rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise EngineError(f"resources.ray_address: cannot reach the Ray cluster at {address} ({reason})") from exc
+    except (OSError, OverflowError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise EngineError(f"resources.ray_address: cannot reach the Ray cluster at {target} ({reason})") from exc
 
 
 def pool_size(client: dict[str, float], nodes: list[dict], free: dict[str, float], num_clients: int) -> int:
@@ -98,9 +102,12 @@ def pool_size(client: dict[str, float], nodes: list[dict], free: dict[str, float
     if fits == 0:
         most_cpus = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
         most_gpus = max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0)
-        missing = (f"resources.num_gpus: {gpus:g} GPU per client, but the largest node has {most_gpus:g}"
-                   if gpus > 0 and most_gpus < gpus else
-                   f"resources.num_cpus: {cpus:g} CPU per client, but the largest node has {most_cpus:g}")
+        if gpus > 0 and most_gpus < gpus:
+            missing = f"resources.num_gpus: {gpus:g} GPU per client, but the largest node has {most_gpus:g}"
+        elif most_cpus < cpus:
+            missing = f"resources.num_cpus: {cpus:g} CPU per client, but the largest node has {most_cpus:g}"
+        else:
+            missing = f"resources: no node has both {cpus:g} CPU and {gpus:g} GPU for one client"
         raise EngineError(f"{missing}: no node can hold a client")
     free_now = math.floor(free.get("CPU", 0) / cpus + 1e-9)
     if gpus > 0:
@@ -132,16 +139,39 @@ def start_ray(config: dict, num_clients: int) -> dict:
     address = config["init_args"].get("address")
     if address != "local":
         check_reachable(address)
-    pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+    paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))  # once each, in order
     os.environ["PYTHONPATH"] = pythonpath  # Ray workers import fedsim and plug-in files as the driver does
     try:
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **config["init_args"])
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise EngineError(f"resources.ray_address: cannot join the Ray cluster at {address}: {exc}") from exc
+        where = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
+        key = "resources" if address == "local" else "resources.ray_address"
+        raise EngineError(f"{key}: cannot {where}: {exc}") from exc
     nodes = [n for n in ray.nodes() if n.get("Alive", True) and n.get("Resources")]
     total = ray.cluster_resources()
+    client = config["client_resources"]
+    fits = pool_size(client, nodes, total, num_clients)  # raises at once when no node could ever hold a client
+    deadline = time.monotonic() + RELEASE_GRACE_S
+    while True:  # a previous run's actors are released a moment after it ends
+        try:
+            actors = pool_size(client, nodes, ray.available_resources(), num_clients)
+        except EngineError:
+            if time.monotonic() > deadline or not _busy(total):
+                raise
+        else:
+            if actors >= fits or time.monotonic() > deadline:
+                break
+        time.sleep(0.5)
     return {"cluster": address, "nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0),
-            "actors": pool_size(config["client_resources"], nodes, ray.available_resources(), num_clients)}
+            "actors": actors}
+
+
+def _busy(total: dict[str, float]) -> bool:
+    import ray
+
+    free = ray.available_resources()
+    return any(free.get(k, 0.0) < v for k, v in total.items() if k in ("CPU", "GPU"))
 
 
 def quiet_logs(log_file: Path | None = None) -> None:

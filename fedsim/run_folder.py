@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
     from fedsim.scenario import Scenario
 
-TIMING_KEYS = frozenset({"seconds", "elapsed_s", "wall_s", "started_at", "worker_pid"})  # differ between equal runs
+VOLATILE_KEYS = frozenset({"seconds", "elapsed_s", "wall_s", "started_at", "worker_pid"})  # timings and process ids:
+# they differ between two runs of one scenario
 MODEL = "model"  # the final model of a run: model.safetensors
 
 

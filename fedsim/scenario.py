@@ -182,17 +182,23 @@ class ResourcesConfig(Section):
     ray_address: str | None = Field(None, description="join this Ray cluster (auto, host:6379, ray://host:10001); "
                                                       "default: a private local Ray")
     timeout_s: float = Field(3600.0, gt=0, description="longest wait for the clients of one round")
-    start_timeout_s: float = Field(60.0, gt=0, description="longest wait for every client to come up")
+    start_timeout_s: float | None = Field(None, gt=0, description="longest wait for every client to come up "
+                                          "(default: 60 s + 0.1 s per client)")
 
     @field_validator("ray_address", mode="after")
     @classmethod
     def _cluster_address(cls, value: str | None) -> str | None:
-        if value is None or value == "auto" or re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", value):
+        if value is None or value == "auto":
+            return value
+        if match := re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:(\d{1,5})", value):
+            if not 0 < int(match.group(2)) <= 65535:
+                raise ValueError(f"{value!r}: port {match.group(2)} is not in 1-65535")
             return value
         if value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is a dashboard (job) address: give the cluster's GCS address (host:6379), "
                              "ray://host:10001 or auto; to submit a job use `fedsim submit --address`")
-        raise ValueError(f"{value!r} is not a Ray cluster address: use auto, host:port or ray://host:port")
+        raise ValueError(f"{value!r} is not a Ray cluster address: use auto, host:port or ray://host:port "
+                         "(a host name or IPv4 address)")
 
 
 class OutputConfig(Section):

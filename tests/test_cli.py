@@ -58,23 +58,27 @@ def _closed_port() -> int:
 
 
 def test_cluster_addresses_bad_or_unreachable_fail_in_one_line(tmp_path: Path):
+    import importlib.util
     import time
 
     quickstart = str(REPO / "scenarios/quickstart.yaml")
-    for args, says in ((("submit", quickstart, "--address", "head:8265"), "--address: 'head:8265' is not a Ray "
-                                                                          "dashboard address"),
+    for args, says in ((("submit", quickstart, "--address", "head:8265", "--out", "/tmp/runs"),
+                        "--address: 'head:8265' is not a Ray dashboard address"),
                        (("run", quickstart, "--set", "resources.ray_address=http://head:8265"),
                         "resources.ray_address: 'http://head:8265' is a dashboard (job) address")):
         proc = fedsim(*args)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
+    proc = fedsim("submit", quickstart, "--address", "http://head:8265", "--out", "runs")
+    assert proc.returncode == 2 and "--out: runs must be an absolute path" in proc.stderr, proc.stderr
     port = _closed_port()
     start = time.monotonic()
-    proc = fedsim("submit", quickstart, "--address", f"http://127.0.0.1:{port}")
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"--address: cannot reach the Ray cluster at 127.0.0.1:{port}" in proc.stderr
+    if importlib.util.find_spec("aiohttp"):  # Ray's job client (the cluster extra)
+        proc = fedsim("submit", quickstart, "--address", f"http://127.0.0.1:{port}", "--out", str(tmp_path))
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"--address: cannot reach the Ray cluster at 127.0.0.1:{port}" in proc.stderr
     tiny = tmp_path / "tiny.yaml"
     tiny.write_text(yaml.safe_dump(tiny_scenario(resources={"ray_address": f"127.0.0.1:{port}"})))
     proc = fedsim("run", str(tiny), "--out", str(tmp_path / "runs"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"resources.ray_address: cannot reach the Ray cluster at 127.0.0.1:{port}" in proc.stderr
-    assert time.monotonic() - start < 60  # both, imports and the tiny cohort included
+    assert time.monotonic() - start < 90  # both, imports and the tiny cohort included (Ray alone retries ~60 s)

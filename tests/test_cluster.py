@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedsim.loading import validate_scenario
-from fedsim.run_folder import TIMING_KEYS, RunFolder
+from fedsim.run_folder import VOLATILE_KEYS, RunFolder
 from fedsim.runner import run_scenario
 from tests.conftest import REPO, tiny_scenario
 
@@ -63,6 +65,7 @@ def cluster():
             os.killpg(head.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _wait_for_jobs_api(dashboard: str, head: subprocess.Popen, timeout: float = 120) -> None:
@@ -79,12 +82,31 @@ def _wait_for_jobs_api(dashboard: str, head: subprocess.Popen, timeout: float = 
     raise TimeoutError("the loopback cluster's job server did not come up")
 
 
+def _idle(gcs: str, timeout: float = 60) -> None:
+    """Wait until the cluster holds nothing (a finished run's actors are released a moment later)."""
+    import ray
+
+    ray.init(address=gcs, logging_level="ERROR", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+            assert time.monotonic() < deadline, "the cluster stayed busy"
+            time.sleep(0.5)
+    finally:
+        ray.shutdown()
+
+
 def test_a_scenario_submitted_as_a_ray_job_writes_the_run_folder(cluster, tmp_path: Path):
+    """From a folder that holds only the scenario, as a user's project would: the job runs the
+    fedsim installed on the cluster (here the same environment)."""
     _, dashboard = cluster
+    project = tmp_path / "project"
+    (project / "scenarios").mkdir(parents=True)
+    shutil.copy(REPO / "scenarios/quickstart.yaml", project / "scenarios")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "fedsim", "submit", "scenarios/quickstart.yaml", "--address",
                            dashboard, "--set", "federation.rounds=2", "--out", str(tmp_path / "runs")],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=project)
     took = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "submitted Ray job raysubmit_" in proc.stdout and "[round 2/2]" in proc.stdout
@@ -102,7 +124,7 @@ def test_a_job_that_fails_exits_1_naming_the_job(cluster, tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "fedsim", "submit", "scenarios/quickstart.yaml", "--address",
                            dashboard, "--set", "federation.rounds=1", "--set", "resources.num_cpus=64",
                            "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resources.num_cpus: 64 CPU per client, but the largest node has 2" in proc.stdout
     assert proc.stderr.strip().startswith("fedsim: error: Ray job raysubmit_") and "FAILED" in proc.stderr
 
@@ -124,6 +146,7 @@ def _placement(run_dir: Path) -> tuple[dict[float, set[float]], int]:
 @pytest.mark.parametrize("fraction, clients", [(0.5, 4), (0.25, 8)])
 def test_fractional_gpus_put_one_over_the_fraction_clients_on_each_gpu(cluster, tmp_path: Path, fraction, clients):
     gcs, _ = cluster
+    _idle(gcs)
     raw = tiny_scenario(data={"n_subjects": 12 * clients, "sites": clients},
                         federation={"clients": clients, "rounds": 2, "local_steps": 10},
                         resources={"ray_address": gcs, "num_gpus": fraction, "num_cpus": fraction})
@@ -131,25 +154,28 @@ def test_fractional_gpus_put_one_over_the_fraction_clients_on_each_gpu(cluster, 
     result = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=logs.append)
     assert result.error is None and result.summary["status"] == "completed", result.error
     actors, at_once = _placement(result.run_dir)
-    assert sorted(actors) == [0.0, 1.0]  # Ray's two logical GPUs
     per_gpu = round(1 / fraction)
     assert result.summary["engine"]["actors"] == 2 * per_gpu == clients  # the pool: what two GPUs hold
+    assert set(actors) <= {0.0, 1.0}  # every client was on one of Ray's two logical GPUs
     assert all(len(pids) <= per_gpu for pids in actors.values()), actors  # never more on a GPU than fit
-    assert max(len(pids) for pids in actors.values()) == per_gpu, actors  # and they do share it
-    # (an actor that finishes first may take a second client, so a GPU can show fewer actors than fit)
-    assert any("CUDA is absent" in line for line in logs)  # said once, clients trained on CPU
+    assert sum(len(pids) for pids in actors.values()) > 2, actors  # so some GPU was shared
+    # (which actors get work is up to timing: Flower hands the next client to the actor that has just
+    # finished, so a GPU can show fewer actors than fit)
+    if not torch.cuda.is_available():
+        assert sum("CUDA is absent" in line for line in logs) == 1  # said once; the clients trained on CPU
     print(f"num_gpus {fraction}: GPU -> actors {dict((g, len(p)) for g, p in actors.items())}, "
           f"{at_once} clients at once")
 
 
 def test_a_run_on_the_cluster_gives_a_local_runs_metrics(cluster, tmp_path: Path):
     gcs, _ = cluster
+    _idle(gcs)
     local = run_scenario(validate_scenario(tiny_scenario()), out_dir=tmp_path / "local", log=lambda _: None)
     joined = run_scenario(validate_scenario(tiny_scenario(resources={"ray_address": gcs})),
                           out_dir=tmp_path / "cluster", log=lambda _: None)
     assert joined.summary["engine"]["cluster"] == gcs and local.summary["engine"]["cluster"] == "local"
 
     def values(run):
-        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run.run_dir).metrics()]
+        return [{k: v for k, v in r.items() if k not in VOLATILE_KEYS} for r in RunFolder(run.run_dir).metrics()]
 
     assert values(local) == values(joined)

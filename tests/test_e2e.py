@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from fedsim.loading import validate_scenario
-from fedsim.run_folder import TIMING_KEYS, RunFolder
+from fedsim.run_folder import VOLATILE_KEYS, RunFolder
 from fedsim.runner import run_scenario
 from tests.conftest import REPO, tiny_scenario
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _values(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run_dir).metrics()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE_KEYS} for r in RunFolder(run_dir).metrics()]
 
 
 def test_federation_runs_and_writes_the_run_folder_deterministically(tmp_path: Path):

@@ -1,3 +1,6 @@
+"""How fedsim starts or joins Ray: init arguments, the actor pool, fast failures on bad addresses."""
+
+from __future__ import annotations
 
 import socket
 import time
@@ -49,6 +52,8 @@ def test_a_client_no_node_can_hold_fails_at_once_naming_the_resource():
         pool_size({"num_cpus": 1.0, "num_gpus": 0.5}, [_node(8), _node(4)], {"CPU": 12}, num_clients=4)
     with pytest.raises(EngineError, match=r"resources.num_cpus: 16 CPU per client, but the largest node has 8"):
         pool_size({"num_cpus": 16.0, "num_gpus": 0.0}, [_node(8)], {"CPU": 8}, num_clients=4)
+    with pytest.raises(EngineError, match=r"resources: no node has both 2 CPU and 0.5 GPU for one client"):
+        pool_size({"num_cpus": 2.0, "num_gpus": 0.5}, [_node(8), _node(1, 1)], {"CPU": 9, "GPU": 1}, num_clients=4)
     with pytest.raises(EngineError, match=r"no room for a client now .* free: 0.5 CPU"):
         pool_size({"num_cpus": 1.0, "num_gpus": 0.0}, [_node(8)], {"CPU": 0.5}, num_clients=4)
 
@@ -64,7 +69,8 @@ def test_an_unreachable_cluster_fails_fast_naming_the_address():
 
 
 def test_a_malformed_ray_address_is_refused_by_the_scenario():
-    for bad, says in (("http://head:8265", "dashboard"), ("head", "not a Ray cluster address")):
+    for bad, says in (("http://head:8265", "dashboard"), ("head", "not a Ray cluster address"),
+                      ("head:70000", "port 70000 is not in 1-65535")):
         with pytest.raises(ValidationError, match=says):
             ResourcesConfig(ray_address=bad)
     for good in ("auto", "10.0.0.1:6379", "ray://head-node:10001"):
