@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     swp.add_argument("--out", type=Path, default=None, help="root folder (default: output.dir)")
     swp.add_argument("--attack-metric", default=None, help="column on the plot's privacy axis")
+    swp.add_argument("--address", default=None, help="a Ray cluster's dashboard (http://head:8265): each point runs "
+                     "as its own Ray job, side by side (needs fedsim[cluster]; --out absolute and visible here)")
+    swp.add_argument("--working-dir", type=Path, default=Path("."), help="with --address: uploaded for each job")
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("scenarios", type=Path, nargs="+")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -120,7 +123,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError(f"scenario file not found: {args.scenario}")
     points = expand(args.scenario, grid=parse_grid(args.grid), overrides=args.overrides)
     print(f"sweep: {len(points)} points")
-    folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric)
+    if args.address:
+        from fedsim.cluster_jobs import submit_sweep
+        from fedsim.sweep import finish, sweep_folder
+
+        if args.out is None or not args.out.is_absolute():
+            raise ScenarioError("--out: a sweep on a cluster needs an absolute folder that the jobs write and "
+                                "this machine reads (shared, or the same machine)")
+        from fedsim.engine import EngineError
+
+        folder = sweep_folder(points, args.out)
+        try:
+            rows = submit_sweep(points, args.scenario, address=args.address, working_dir=args.working_dir,
+                                overrides=args.overrides, folder=folder)
+        except EngineError as exc:  # the cluster cannot be reached
+            return _fail(str(exc).replace("resources.ray_address", "--address"), 1)
+        finish(folder, rows, points, args.attack_metric)
+    else:
+        folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric)
     print((folder / "sweep.md").read_text())
     print(f"sweep folder: {folder}")
     failed = sum(r.get("status") == "failed" for r in rows)

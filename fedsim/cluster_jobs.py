@@ -1,4 +1,5 @@
-"""Submit a scenario to a Ray cluster as a Ray job (`fedsim submit`).
+"""Submit a scenario to a Ray cluster as a Ray job (`fedsim submit`), or a sweep as one job a
+point (`fedsim sweep --address`).
 
 The job runs `python -m fedsim run` on the cluster: a Python entry point that runs Flower's
 simulation in-process and joins the job's cluster (fedsim.engine), in a copy of the working
@@ -12,6 +13,7 @@ Needs Ray's job client, `pip install 'fedsim[cluster]'`.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import shlex
@@ -19,8 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fedsim.scenario import ScenarioError
+
+if TYPE_CHECKING:
+    from fedsim.sweep import SweepPoint
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SOURCE_DIRS = ["/fedsim", "/clients", "/server", "/attacks", "/defenses"]  # a checkout's package folders
@@ -68,13 +74,10 @@ def submit(scenario: Path, *, address: str, working_dir: Path, overrides: list[s
            wait: bool = True, timeout_s: float | None = None, log: Callable[[str], None] = print) -> JobOutcome:
     """Submit the scenario; with `wait`, relay the job's log lines until it ends."""
     client = job_client(address)
-    command = entrypoint(scenario, working_dir, overrides, out_dir)
-    root = working_dir.resolve()
-    excludes = [d for d in SOURCE_DIRS if (root / d.lstrip("/") / "__init__.py").is_file()]
-    job_id = client.submit_job(entrypoint=command, runtime_env={"working_dir": str(root), "excludes": excludes})
+    job_id, command = _start(client, scenario, working_dir, overrides, out_dir)
     log(f"submitted Ray job {job_id}: {command}")
     if not wait:
-        return JobOutcome(job_id, str(client.get_job_status(job_id)).rsplit(".", 1)[-1], None, "")
+        return JobOutcome(job_id, _status(client, job_id), None, "")
     try:
         return _follow(client, job_id, timeout_s, log)
     except KeyboardInterrupt:
@@ -82,12 +85,61 @@ def submit(scenario: Path, *, address: str, working_dir: Path, overrides: list[s
         raise
 
 
+def _start(client, scenario: Path, working_dir: Path, overrides: list[str], out_dir: Path) -> tuple[str, str]:  # noqa: ANN001
+    command = entrypoint(scenario, working_dir, overrides, out_dir)
+    root = working_dir.resolve()
+    excludes = [d for d in SOURCE_DIRS if (root / d.lstrip("/") / "__init__.py").is_file()]
+    return client.submit_job(entrypoint=command, runtime_env={"working_dir": str(root), "excludes": excludes}), command
+
+
+def _status(client, job_id: str) -> str:  # noqa: ANN001
+    return str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
+
+
+def _run_dir(logs: str) -> str | None:
+    found = RUN_FOLDER_LINE.findall(logs)
+    return found[-1].strip() if found else None
+
+
+def submit_sweep(points: list[SweepPoint], scenario: Path, *, address: str, working_dir: Path,
+                 overrides: list[str], folder: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Every sweep point as its own Ray job, all submitted at once (the cluster runs as many side by
+    side as it has room for; the rest wait, see fedsim.engine.start_ray); returns the table's rows
+    as they end, read from the run folders (which must be visible here: a shared folder, or loopback)."""
+    from fedsim.run_folder import RunFolder
+    from fedsim.sweep import point_row, write_tables
+
+    client = job_client(address)
+    jobs = []
+    for i, point in enumerate(points, 1):
+        sets = [*overrides, *(f"{key}={json.dumps(value)}" for key, value in point.values.items())]
+        jobs.append(_start(client, scenario, working_dir, sets, folder / "points")[0])
+        log(f"[sweep {i}/{len(points)}] {point.label}: Ray job {jobs[-1]}")
+    rows: list[dict[str, Any] | None] = [None] * len(points)
+    while any(row is None for row in rows):
+        for i, (point, job_id) in enumerate(zip(points, jobs, strict=True)):
+            if rows[i] is not None or (status := _status(client, job_id)) not in TERMINAL:
+                continue
+            logs = client.get_job_logs(job_id)
+            run_dir = _run_dir(logs)
+            if run_dir and RunFolder(Path(run_dir)).is_run():
+                rows[i] = point_row(point, RunFolder(Path(run_dir)).summary(), Path(run_dir))
+            else:
+                last = [ln for ln in logs.splitlines() if ln.strip()][-1:] or [f"job {status}"]
+                rows[i] = {**point.shown, "status": "failed", "error": f"Ray job {job_id} {status}: {last[0]}",
+                           "run": run_dir}
+            log(f"[sweep {i + 1}/{len(points)}] {point.label}: {rows[i]['status']}")
+            write_tables(folder, [r for r in rows if r is not None])
+        time.sleep(1.0)
+    return [r for r in rows if r is not None]
+
+
 def _follow(client, job_id: str, timeout_s: float | None, log: Callable[[str], None]) -> JobOutcome:  # noqa: ANN001
     """Relay the job's log lines until it ends (or `timeout_s` passes: then stop it)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     shown = 0
     while True:
-        status = str(client.get_job_status(job_id)).rsplit(".", 1)[-1]
+        status = _status(client, job_id)
         logs = client.get_job_logs(job_id)
         complete = len(logs) if status in TERMINAL else logs.rfind("\n") + 1  # whole lines only, until the end
         for line in logs[shown:complete].splitlines():
@@ -100,5 +152,4 @@ def _follow(client, job_id: str, timeout_s: float | None, log: Callable[[str], N
             status = "STOPPED"
             break
         time.sleep(1.0)
-    found = RUN_FOLDER_LINE.findall(logs)
-    return JobOutcome(job_id, status, found[-1].strip() if found else None, logs)
+    return JobOutcome(job_id, status, _run_dir(logs), logs)

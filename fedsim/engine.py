@@ -30,7 +30,7 @@ from fedsim.scenario import ResourcesConfig
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the job's entry point
 REACH_TIMEOUT_S = 5.0
-RELEASE_GRACE_S = 10.0  # how long to wait for resources a just-finished run still holds
+RELEASE_GRACE_S = 10.0  # how long a run with some room waits for the rest (a finished run's actors)
 
 
 class EngineError(RuntimeError):
@@ -131,9 +131,12 @@ def _actor_pool_of(size: int) -> Iterator[None]:
         ray_actor.pool_size_from_resources = original
 
 
-def start_ray(config: dict, num_clients: int) -> dict:
+def start_ray(config: dict, num_clients: int, *, wait_s: float = 60.0) -> dict:
     """Start (or join) Ray as Flower would and check the cluster can hold the clients; return what
-    was joined: {'cluster': the address or 'local', 'nodes', 'cpus', 'gpus', 'actors' (the pool size)}."""
+    was joined: {'cluster': the address or 'local', 'nodes', 'cpus', 'gpus', 'actors' (the pool size)}.
+
+    On a cluster with no room free (other runs, a sweep's other points) it waits up to `wait_s` for
+    some; with some room it waits a moment for the rest, then takes what is free."""
     import ray
 
     address = config["init_args"].get("address")
@@ -152,15 +155,16 @@ def start_ray(config: dict, num_clients: int) -> dict:
     total = ray.cluster_resources()
     client = config["client_resources"]
     fits = pool_size(client, nodes, total, num_clients)  # raises at once when no node could ever hold a client
-    deadline = time.monotonic() + RELEASE_GRACE_S
-    while True:  # a previous run's actors are released a moment after it ends
+    start = time.monotonic()
+    while True:
+        waited = time.monotonic() - start
         try:
             actors = pool_size(client, nodes, ray.available_resources(), num_clients)
-        except EngineError:
-            if time.monotonic() > deadline or not _busy(total):
+        except EngineError:  # no room at all: wait for it (a queue of runs), up to wait_s
+            if waited > wait_s or not _busy(total):
                 raise
-        else:
-            if actors >= fits or time.monotonic() > deadline:
+        else:  # some room: take it, after a moment for a just-ended run's actors to be released
+            if actors >= fits or waited > RELEASE_GRACE_S:
                 break
         time.sleep(0.5)
     return {"cluster": address, "nodes": len(nodes), "cpus": total.get("CPU", 0.0), "gpus": total.get("GPU", 0.0),
@@ -214,7 +218,7 @@ def run_federation(
         os.environ.pop("RAY_ADDRESS", None)
     config = backend_config(resources)
     try:
-        joined = start_ray(config, num_clients)
+        joined = start_ray(config, num_clients, wait_s=resources.start_timeout(num_clients))
         on_start(joined)
         with _actor_pool_of(joined["actors"]):
             run_simulation(

@@ -185,6 +185,11 @@ class ResourcesConfig(Section):
     start_timeout_s: float | None = Field(None, gt=0, description="longest wait for every client to come up "
                                           "(default: 60 s + 0.1 s per client)")
 
+    def start_timeout(self, clients: int) -> float:
+        """How long every client may take to come up (each answers a query through an actor), and how
+        long a run waits for room on a busy cluster."""
+        return self.start_timeout_s or 60.0 + 0.1 * clients
+
     @field_validator("ray_address", mode="after")
     @classmethod
     def _cluster_address(cls, value: str | None) -> str | None:

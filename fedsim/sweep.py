@@ -3,6 +3,8 @@
 Every grid point is validated before the first one trains (bad input fails fast, exit 2); a point
 whose run fails is recorded as failed and the sweep goes on. Output: `<out>/<name>-sweep/<time>/`
 with each point's run folder under `points/`, `sweep.csv`, `sweep.md` and `privacy_utility.png`.
+Given a Ray cluster (`--address`), every point runs as its own Ray job, side by side
+(fedsim.cluster_jobs.submit_sweep).
 """
 
 from __future__ import annotations
@@ -108,10 +110,8 @@ def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_m
               log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
     """Run every point in turn; returns the sweep folder and the table's rows."""
     from fedsim.runner import run_scenario  # the engine is imported only when something runs
-    from fedsim.sweep_figure import privacy_utility_figure
 
-    base = points[0].scenario
-    folder = Path(out_dir or base.output.dir) / f"{base.name}-sweep" / time.strftime("%Y%m%d-%H%M%S")
+    folder = sweep_folder(points, out_dir)
     rows = []
     for i, point in enumerate(points, 1):
         log(f"[sweep {i}/{len(points)}] {point.label}")
@@ -122,9 +122,22 @@ def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_m
             rows.append({**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
             log(f"[sweep {i}/{len(points)}] failed: {type(exc).__name__}: {exc}")
         write_tables(folder, rows)
-    metric = attack_metric or base.sweep.attack_metric
-    privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
+    finish(folder, rows, points, attack_metric)
     return folder, rows
+
+
+def sweep_folder(points: list[SweepPoint], out_dir: Path | None) -> Path:
+    base = points[0].scenario
+    return Path(out_dir or base.output.dir) / f"{base.name}-sweep" / time.strftime("%Y%m%d-%H%M%S")
+
+
+def finish(folder: Path, rows: list[dict[str, Any]], points: list[SweepPoint], attack_metric: str | None) -> None:
+    """The tables and the privacy-utility figure of a finished sweep."""
+    from fedsim.sweep_figure import privacy_utility_figure
+
+    write_tables(folder, rows)
+    metric = attack_metric or points[0].scenario.sweep.attack_metric
+    privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
 
 
 def write_tables(folder: Path, rows: list[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ the machine). Run with `make test-cluster` (CI runs it after the default suite).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from fedsim.loading import validate_scenario
 from fedsim.run_folder import VOLATILE_KEYS, RunFolder
@@ -179,3 +181,26 @@ def test_a_run_on_the_cluster_gives_a_local_runs_metrics(cluster, tmp_path: Path
         return [{k: v for k, v in r.items() if k not in VOLATILE_KEYS} for r in RunFolder(run.run_dir).metrics()]
 
     assert values(local) == values(joined)
+
+
+def test_a_sweep_on_the_cluster_runs_its_points_as_jobs_side_by_side(cluster, tmp_path: Path):
+    _, dashboard = cluster
+    project = tmp_path / "project"
+    (project / "scenarios").mkdir(parents=True)
+    raw = tiny_scenario(federation={"rounds": 1}, resources={"num_cpus": 0.5})  # a point takes 1 of the 2 CPUs
+    (project / "scenarios/tiny.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "sweep", "scenarios/tiny.yaml", "--grid",
+                           "federation.lr=0.001,0.01", "--address", dashboard, "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=600, cwd=project)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder,) = (tmp_path / "runs/tiny-sweep").iterdir()
+    rows = list(csv.DictReader((folder / "sweep.csv").open()))
+    assert [(r["federation.lr"], r["status"]) for r in rows] == [("0.001", "completed"), ("0.01", "completed")]
+    spans = []
+    for r in rows:
+        train = [m for m in RunFolder(Path(r["run"])).metrics() if m.get("kind") == "train"]
+        assert json.loads((Path(r["run"]) / "summary.json").read_text())["engine"]["cluster"] == "auto"
+        spans.append((min(m["started_at"] for m in train), max(m["started_at"] + m["seconds"] for m in train)))
+    print(f"sweep points trained over {spans}")
+    assert max(a for a, _ in spans) < min(b for _, b in spans)  # side by side: each point fits in one CPU
+    assert "| 0.010 | completed |" in (folder / "sweep.md").read_text()
