@@ -145,8 +145,11 @@ def start_ray(config: dict, num_clients: int, *, wait_s: float = 60.0) -> dict:
     paths = [*sys.path, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     pythonpath = os.pathsep.join(dict.fromkeys(p for p in paths if p))  # once each, in order
     os.environ["PYTHONPATH"] = pythonpath  # Ray workers import fedsim and plug-in files as the driver does
+    # a private instance's workers inherit this environment; a cluster's get it as a runtime env
+    # (which costs each new worker a trip through Ray's runtime-env agent)
+    runtime_env = {} if address == "local" else {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
     try:
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **config["init_args"])
+        ray.init(**runtime_env, **config["init_args"])
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = "start a local Ray" if address == "local" else f"join the Ray cluster at {address}"
         key = "resources" if address == "local" else "resources.ray_address"

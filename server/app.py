@@ -33,11 +33,6 @@ class ServerPlan:
     outcome: dict = field(default_factory=dict)  # filled in by the app: final metrics, failures
 
 
-def start_timeout(sc: Scenario) -> float:
-    """How long every client may take to come up: each one answers a query through an actor."""
-    return sc.resources.start_timeout_s or 60.0 + 0.1 * sc.federation.clients
-
-
 def make_server_app(plan: ServerPlan) -> ServerApp:
     """Build the ServerApp for one run; results go to plan.run and plan.outcome."""
     app = ServerApp()
@@ -55,7 +50,8 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         seed_everything(derive_seed(sc.seed, "server"))
-        partition_of = discover_partitions(grid, sc.federation.clients, start_timeout(sc))
+        partition_of = discover_partitions(grid, sc.federation.clients,
+                                           sc.resources.start_timeout(sc.federation.clients))
         capture = Capture(sc, plan.run, hidden=plan.updates_hidden, auxiliary=plan.x_test)
         strategy = ObservedStrategy(build_strategy(sc.federation), run=plan.run, partition_of=partition_of,
                                     capture=capture)
