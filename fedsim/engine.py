@@ -4,9 +4,10 @@ It starts a private local Ray instance by default (never silently joining a clus
 be running), joins `resources.ray_address` when asked (or the cluster of the Ray job it runs in),
 keeps Ray's and Flower's chatter out of the terminal, and turns any failure into
 :class:`EngineError` once Ray is shut down. Ray is started here rather than by Flower so that the
-cluster can be checked first: a client no node could ever hold, or a cluster with no room free now,
-fails at once with the resource named, and Flower's actor pool is sized from what is free (Flower
-sizes it from the cluster's total, which leaves actors pending forever on a busy cluster).
+cluster can be checked first: a client no node could ever hold fails at once with the resource
+named, a cluster with no room waits its turn for a bounded time, and Flower's actor pool is sized
+from what is free (Flower sizes it from the cluster's total, which leaves actors pending forever on
+a busy cluster).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from fedsim.scenario import ResourcesConfig
+from fedsim.scenario import RAY_ADDRESS, ResourcesConfig
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the job's entry point
 REACH_TIMEOUT_S = 5.0
@@ -77,7 +78,7 @@ def cluster_address(resources: ResourcesConfig) -> str | None:
 def check_reachable(address: str, timeout: float = REACH_TIMEOUT_S) -> None:
     """Fail fast with the address named when nothing answers there (Ray itself retries for a minute)."""
     target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
-    if not re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:\d{1,5}", target):
+    if not re.fullmatch(RAY_ADDRESS, target):
         return  # auto without RAY_ADDRESS: Ray looks for a cluster started on this machine
     host, _, port = target.removeprefix("ray://").rpartition(":")
     try:

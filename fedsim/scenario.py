@@ -38,6 +38,7 @@ class Section(BaseModel):
 
 
 DISK_DATASETS = ("ixi", "ixi_tiny", "msd", "bids", "nifti_csv")  # read from data.path (fedsim/data/loaders.py)
+RAY_ADDRESS = r"(ray://)?[A-Za-z0-9_.-]+:(\d{1,5})"  # a Ray cluster's GCS (host:6379) or Ray Client address
 TABLE_DATASETS = ("diabetes",)  # clinical records without scans or sites (fedsim/data/datasets.py)
 
 
@@ -195,7 +196,7 @@ class ResourcesConfig(Section):
     def _cluster_address(cls, value: str | None) -> str | None:
         if value is None or value == "auto":
             return value
-        if match := re.fullmatch(r"(ray://)?[A-Za-z0-9_.-]+:(\d{1,5})", value):
+        if match := re.fullmatch(RAY_ADDRESS, value):
             if not 0 < int(match.group(2)) <= 65535:
                 raise ValueError(f"{value!r}: port {match.group(2)} is not in 1-65535")
             return value
