@@ -87,24 +87,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
-    from fedsim.cluster_jobs import submit
+def _on_cluster(args: argparse.Namespace, call):  # noqa: ANN001, ANN202
+    """Run `call` against the cluster at --address: bad input stays ScenarioError (exit 2); an
+    unreachable cluster or a failing job server becomes one line (exit 1) instead of Ray's traceback."""
     from fedsim.engine import EngineError
-    from fedsim.loading import load_scenario
     from fedsim.scenario import ScenarioError
 
-    load_scenario(args.scenario, args.overrides)  # bad input fails here, before anything is sent
-    if not args.out.is_absolute():
-        raise ScenarioError(f"--out: {args.out} must be an absolute path (the job writes it on the cluster's node)")
+    if args.out is None or not args.out.is_absolute():
+        raise ScenarioError(f"--out: {args.out} must be an absolute path: the jobs write it on the cluster's node")
     try:
-        outcome = submit(args.scenario, address=args.address, working_dir=args.working_dir, overrides=args.overrides,
-                         out_dir=args.out, wait=not args.no_wait, timeout_s=args.timeout)
+        return call(), None
     except EngineError as exc:  # the cluster cannot be reached
-        return _fail(str(exc).replace("resources.ray_address", "--address"), 1)
+        return None, _fail(str(exc).replace("resources.ray_address", "--address"), 1)
     except (ScenarioError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # the job server refused or failed: one line, not Ray's traceback
-        return _fail(f"--address {args.address}: the Ray job server failed: {type(exc).__name__}: {exc}", 1)
+    except Exception as exc:  # the job server refused or failed
+        return None, _fail(f"--address {args.address}: the Ray job server failed: {type(exc).__name__}: {exc}", 1)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from fedsim.cluster_jobs import submit
+    from fedsim.loading import load_scenario
+
+    load_scenario(args.scenario, args.overrides)  # bad input fails here, before anything is sent
+    outcome, code = _on_cluster(args, lambda: submit(
+        args.scenario, address=args.address, working_dir=args.working_dir, overrides=args.overrides,
+        out_dir=args.out, wait=not args.no_wait, timeout_s=args.timeout))
+    if outcome is None:
+        return code
     if args.no_wait:
         print(f"job {outcome.job_id}: {outcome.status} (follow it with `ray job logs --follow {outcome.job_id}`)")
         return 0
@@ -127,17 +137,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from fedsim.cluster_jobs import submit_sweep
         from fedsim.sweep import finish, sweep_folder
 
-        if args.out is None or not args.out.is_absolute():
-            raise ScenarioError("--out: a sweep on a cluster needs an absolute folder that the jobs write and "
-                                "this machine reads (shared, or the same machine)")
-        from fedsim.engine import EngineError
-
-        folder = sweep_folder(points, args.out)
-        try:
-            rows = submit_sweep(points, args.scenario, address=args.address, working_dir=args.working_dir,
-                                overrides=args.overrides, folder=folder)
-        except EngineError as exc:  # the cluster cannot be reached
-            return _fail(str(exc).replace("resources.ray_address", "--address"), 1)
+        folder = sweep_folder(points, args.out) if args.out else None
+        rows, code = _on_cluster(args, lambda: submit_sweep(  # --out must also be readable here
+            points, args.scenario, address=args.address, working_dir=args.working_dir, overrides=args.overrides,
+            folder=folder))
+        if rows is None:
+            return code
         finish(folder, rows, points, args.attack_metric)
     else:
         folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric)

@@ -70,6 +70,8 @@ def test_cluster_addresses_bad_or_unreachable_fail_in_one_line(tmp_path: Path):
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and says in proc.stderr, proc.stderr
     proc = fedsim("submit", quickstart, "--address", "http://head:8265", "--out", "runs")
     assert proc.returncode == 2 and "--out: runs must be an absolute path" in proc.stderr, proc.stderr
+    proc = fedsim("sweep", quickstart, "--grid", "federation.lr=0.001,0.01", "--address", "http://head:8265")
+    assert proc.returncode == 2 and "--out: None must be an absolute path" in proc.stderr, proc.stderr
     port = _closed_port()
     start = time.monotonic()
     if importlib.util.find_spec("aiohttp"):  # Ray's job client (the cluster extra)
