@@ -140,7 +140,9 @@ class MembershipTarget:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     global_state: dict[str, torch.Tensor] | None = None  # client_update: what the server sent ...
     update_state: dict[str, torch.Tensor] | None = None  # ... and what the client sent back
-    train_fn: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None  # the training recipe
+    train_fn: Callable[..., Callable[[torch.Tensor], torch.Tensor]] | None = None  # the training recipe ...
+    # ... for several independent models at once: [(x, y, seed), ...] -> their predict functions
+    train_many: Callable[[list], list[Callable[[torch.Tensor], torch.Tensor]]] | None = None
     aux_members: tuple[torch.Tensor, torch.Tensor] | None = None  # leaked samples known to be members
     aux_nonmembers: tuple[torch.Tensor, torch.Tensor] | None = None  # ... and known non-members
     population: tuple[torch.Tensor, torch.Tensor] | None = None  # more known non-members (auxiliary)

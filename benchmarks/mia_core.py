@@ -25,6 +25,7 @@ import torch
 
 from fedsim.attacks.membership.blackbox import (
     lira_scores,
+    one_at_a_time,
     shadow_attack,
     threshold_attack,
 )
@@ -98,12 +99,12 @@ def run_model(name: str, x: torch.Tensor, y: torch.Tensor, rows: dict[str, list[
     population = (x[rows["extra"]], y[rows["extra"]])
 
     def lira_run(online: bool):
-        return lambda: lira_scores(train_fn, target_predict, x[ev], y[ev], aux_x=x[aux_idx], aux_y=y[aux_idx],
-                                   aux_is_member=aux_is_member, n_shadows=8, online=online)
+        return lambda: lira_scores(one_at_a_time(train_fn), target_predict, x[ev], y[ev], aux_x=x[aux_idx],
+                                   aux_y=y[aux_idx], aux_is_member=aux_is_member, n_shadows=8, online=online)
 
     attacks = {
         "threshold": lambda: threshold_attack(target_predict, x[ev], y[ev], **leaked),
-        "shadow (4)": lambda: shadow_attack(train_fn, target_predict, x[ev], y[ev], aux_x=x[aux_idx],
+        "shadow (4)": lambda: shadow_attack(one_at_a_time(train_fn), target_predict, x[ev], y[ev], aux_x=x[aux_idx],
                                             aux_y=y[aux_idx], n_shadows=4),
         **{f"LiRA {mode} (8)": lira_run(mode == "online") for mode in lira},
         "white-box": lambda: whitebox_attack(target, task.loss, x[ev], y[ev], **leaked, population=population),

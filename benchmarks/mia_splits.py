@@ -65,7 +65,7 @@ def score_run(run: Path, splits: int) -> dict[tuple[str, str], list[float]]:
             x, y = experiment.tensors(sets.eval_rows)
             out[(label, "null")].append(null_auc(experiment, target.members, y, sets.is_member).get("null_auc", np.nan))
             for attack in ATTACKS[name]:
-                row = score_attack(PluginSpec(name=attack), target, sets, x, y, experiment=experiment, train_fn=None,
+                row = score_attack(PluginSpec(name=attack), target, sets, x, y, experiment=experiment, shadows=None,
                                    seed=split, delta=cfg.delta, log=lambda _: None)
                 out[(label, attack)].append(row["auc"] if row["status"] == "ok" else np.nan)
     return out

@@ -49,7 +49,7 @@ def job_client(address: str):  # noqa: ANN201 - ray's JobSubmissionClient, impor
         raise ScenarioError("fedsim submit needs Ray's job client: pip install 'fedsim[cluster]'")
     from ray.job_submission import JobSubmissionClient
 
-    from fedsim.engine import check_reachable
+    from fedsim.ray_setup import check_reachable
 
     for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):  # the job client logs every file it packs
         logging.getLogger(name).setLevel(logging.ERROR)

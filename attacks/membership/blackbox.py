@@ -4,8 +4,10 @@ Three strengths, weakest first: a calibrated loss threshold (Yeom et al. 2018), 
 attacks (Shokri et al. 2017), and LiRA (Carlini et al. 2022), which compares each candidate's error
 with the errors that models trained without (and, online, with) that candidate make on it, so that
 hard-to-fit records are not mistaken for non-members. A `predict_fn` maps inputs to predictions
-(tensor or array, shape (N,)); a `train_fn(x, y, seed)` trains a fresh model and returns its
-`predict_fn` (the attacker's guess at the target's training recipe).
+(tensor or array, shape (N,)); a `train_many(jobs)` trains a fresh model for each (x, y, seed) job
+(the attacker's guess at the target's training recipe) and returns their `predict_fn`s: the shadows
+are independent, so it may train them side by side. `one_at_a_time(train_fn)` makes one from a
+`train_fn(x, y, seed)` that trains a single model.
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ from sklearn.preprocessing import StandardScaler
 
 PredictFn = Callable[[Any], Any]
 TrainFn = Callable[[Any, Any, int], PredictFn]
+TrainManyFn = Callable[[list[tuple[Any, Any, int]]], list[PredictFn]]
 
-__all__ = ["loss_scores", "lira_scores", "shadow_attack", "threshold_attack"]
+__all__ = ["loss_scores", "lira_scores", "one_at_a_time", "shadow_attack", "threshold_attack"]
 
 MIN_SHADOWS_PER_EXAMPLE_VARIANCE = 16  # below this, per-example variances are too noisy (Carlini et al.)
+
+
+def one_at_a_time(train_fn: TrainFn) -> TrainManyFn:
+    """A train_many that trains the shadows one after another with `train_fn`."""
+    return lambda jobs: [train_fn(x, y, seed) for x, y, seed in jobs]
 
 
 def _np(values: Any) -> np.ndarray:
@@ -88,7 +96,7 @@ def _shadow_features(predict_fn: PredictFn, x: Any, y: Any) -> np.ndarray:
     return np.column_stack([np.abs(err), err, pred])
 
 
-def shadow_attack(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *, aux_x: Any, aux_y: Any,
+def shadow_attack(train_many: TrainManyFn, target_predict: PredictFn, x: Any, y: Any, *, aux_x: Any, aux_y: Any,
                   n_shadows: int = 4, seed: int = 0, classifier: str = "logistic") -> np.ndarray:
     """Shokri-style attack: shadows trained on random halves of the aux data teach a classifier
     what "in" vs "out" predictions look like; it then scores the target's predictions on (x, y).
@@ -97,14 +105,15 @@ def shadow_attack(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, 
     "gbdt" (gradient boosting; can use non-linear error/prediction interactions, needs more data)."""
     rng = np.random.default_rng(seed)
     n = len(aux_y)
-    feats, labels = [], []
+    masks, jobs = [], []
     for _ in range(n_shadows):
         inside = np.zeros(n, dtype=bool)
         inside[rng.permutation(n)[: n // 2]] = True
-        predict_fn = train_fn(_take(aux_x, np.flatnonzero(inside)), _take(aux_y, np.flatnonzero(inside)),
-                              int(rng.integers(2**31)))
-        feats.append(_shadow_features(predict_fn, aux_x, aux_y))
-        labels.append(inside.astype(int))
+        masks.append(inside)
+        jobs.append((_take(aux_x, np.flatnonzero(inside)), _take(aux_y, np.flatnonzero(inside)),
+                     int(rng.integers(2**31))))
+    feats = [_shadow_features(predict_fn, aux_x, aux_y) for predict_fn in train_many(jobs)]
+    labels = [inside.astype(int) for inside in masks]
     if classifier == "logistic":
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     elif classifier == "gbdt":
@@ -147,7 +156,7 @@ def _calibration(shadow_mean: np.ndarray, target_stat: np.ndarray) -> tuple[floa
     return float(a), float(b), float(np.std(v - (a + b * u), ddof=2)) + 1e-8
 
 
-def lira_scores(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *, aux_x: Any, aux_y: Any,
+def lira_scores(train_many: TrainManyFn, target_predict: PredictFn, x: Any, y: Any, *, aux_x: Any, aux_y: Any,
                 aux_is_member: np.ndarray | None = None, n_shadows: int = 8, online: bool = False, seed: int = 0,
                 global_variance: bool | None = None) -> np.ndarray:
     """Likelihood-ratio attack (Carlini et al. 2022) adapted to regression; higher = member.
@@ -168,12 +177,13 @@ def lira_scores(train_fn: TrainFn, target_predict: PredictFn, x: Any, y: Any, *,
     pool_in = _halves(rng, n_aux, n_shadows)
     cand_in = _halves(rng, n_cand, n_shadows) if online else np.zeros((n_shadows, n_cand), dtype=bool)
     qx, qy = _cat(x, aux_x), _cat(y, aux_y)  # shadows are queried on the candidates and the aux rows
-    errs = []
+    jobs = []
     for s in range(n_shadows):
         xs, ys = _take(aux_x, np.flatnonzero(pool_in[s])), _take(aux_y, np.flatnonzero(pool_in[s]))
         if cand_in[s].any():
             xs, ys = _cat(xs, _take(x, np.flatnonzero(cand_in[s]))), _cat(ys, _take(y, np.flatnonzero(cand_in[s])))
-        errs.append(_signed_error(train_fn(xs, ys, int(rng.integers(2**31))), qx, qy))
+        jobs.append((xs, ys, int(rng.integers(2**31))))
+    errs = [_signed_error(predict_fn, qx, qy) for predict_fn in train_many(jobs)]
     mask = np.concatenate([cand_in, pool_in], axis=1)
     err_s, err_t = np.stack(errs), _signed_error(target_predict, qx, qy)
     stat_s, stat_t = (err_s, err_t) if online else (-np.abs(err_s), -np.abs(err_t))

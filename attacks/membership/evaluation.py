@@ -22,6 +22,7 @@ from torch import nn
 from fedsim.attacks.base import ATTACKS, MembershipAttack, MembershipTarget
 from fedsim.attacks.membership.config import MembershipConfig
 from fedsim.attacks.membership.metrics import best_empirical_epsilon, membership_metrics
+from fedsim.attacks.membership.shadows import Budget
 from fedsim.experiment import Experiment
 from fedsim.run_folder import RunFolder, observation_name
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
@@ -41,6 +42,7 @@ class MembershipSets:
     population: list[int] = field(default_factory=list)  # further non-members the attacker holds
 
 
+ShadowRecipe = tuple[Callable[..., Any], Callable[[list], list]]  # (train_fn, train_many): ShadowTrainer.recipe
 CENTRALIZED = "centralized"  # the reference model's name in the run folder (centralized.safetensors)
 POPULATION_MAX = 256  # population scans handed over at most: enough for shadows, bounded memory
 
@@ -108,7 +110,7 @@ def training_epochs(scenario: Scenario, n_train: int) -> int:
 
 
 def target_budget(scenario: Scenario, experiment: Experiment, target: str, config: MembershipConfig, *,
-                  batch_size: int | None = None) -> tuple[int, float]:
+                  batch_size: int | None = None) -> Budget:
     """(optimizer steps, passes over its data) that trained the target, from hyper-parameters the
     attacker knows: clients report their example counts, and the recipe fixes the rest.
     `batch_size`: what the client was asked for in the observed round (client_update)."""
@@ -117,15 +119,16 @@ def target_budget(scenario: Scenario, experiment: Experiment, target: str, confi
     if target == "centralized":
         epochs = training_epochs(scenario, sizes[0])
         pooled = fed.model_copy(update={"local_steps": None, "local_epochs": epochs})
-        return local_budget(pooled, sum(sizes)).steps, float(epochs)
+        return Budget(local_budget(pooled, sum(sizes)).steps, float(epochs))
     n = sizes[config.client] if target == "client_update" else round(float(np.mean(sizes)))
     usual = local_budget(fed, n)
     if target == "client_update":
         observed = local_budget(fed, n, batch_size=batch_size)
         steps = (config.round - 1) * usual.steps + observed.steps
-        return steps, ((config.round - 1) * usual.steps * usual.batch_size + observed.steps * observed.batch_size) / n
+        return Budget(steps, ((config.round - 1) * usual.steps * usual.batch_size
+                              + observed.steps * observed.batch_size) / n)
     steps = fed.rounds * usual.steps
-    return steps, steps * usual.batch_size / max(n, 1)
+    return Budget(steps, steps * usual.batch_size / max(n, 1))
 
 
 def train_model(experiment: Experiment, x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int,
@@ -137,20 +140,6 @@ def train_model(experiment: Experiment, x: torch.Tensor, y: torch.Tensor, *, see
     config = experiment.scenario.federation.model_copy(update={"local_steps": steps, "local_epochs": epochs})
     train_local(model, x, y, task=experiment.task, config=config, rng=np.random.default_rng(seed))
     return model.eval()
-
-
-def recipe(experiment: Experiment, budget: tuple[int, float]) -> Callable[..., Callable[[torch.Tensor], torch.Tensor]]:
-    """The training recipe as an attacker who knows it would run it (for shadow models): the target's
-    number of optimizer steps, but never more passes over the shadow's (smaller) data than the target
-    made over its own, so shadows neither undertrain nor memorise more than the target."""
-    steps, passes = budget
-    batch = experiment.scenario.federation.batch_size
-
-    def train_fn(x: torch.Tensor, y: torch.Tensor, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        own = max(1, int(np.ceil(passes * len(x) / min(batch, len(x)))))
-        model = train_model(experiment, x, y, seed=seed, epochs=1, steps=min(steps, own))
-        return lambda q: predict(model, q)
-    return train_fn
 
 
 @dataclass
@@ -207,9 +196,10 @@ def centralized_model(run: RunFolder, experiment: Experiment, *, log: Callable[[
 
 
 def membership_target(attack: MembershipAttack, target: TargetModel, sets: MembershipSets, *,
-                      experiment: Experiment, train_fn: Callable[..., Any] | None, seed: int) -> MembershipTarget:
+                      experiment: Experiment, shadows: ShadowRecipe | None, seed: int) -> MembershipTarget:
     """What this attack's threat model grants of one target model, and nothing more."""
     threat = type(attack).threat
+    train_fn, train_many = shadows or (None, None)
 
     def leaked(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         return experiment.tensors(rows) if rows and threat.auxiliary else None
@@ -222,6 +212,7 @@ def membership_target(attack: MembershipAttack, target: TargetModel, sets: Membe
         global_state=target.global_state if threat.per_client_updates else None,
         update_state=target.update_state if threat.per_client_updates else None,
         train_fn=train_fn if threat.hyperparameters else None,
+        train_many=train_many if threat.hyperparameters else None,
         aux_members=leaked(sets.aux_members),
         aux_nonmembers=leaked(sets.aux_nonmembers),
         population=leaked(sets.population),
@@ -253,7 +244,7 @@ def null_auc(experiment: Experiment, members: list[int], y: torch.Tensor, is_mem
 
 
 def score_attack(spec: PluginSpec, target: TargetModel, sets: MembershipSets, x: torch.Tensor,
-                 y: torch.Tensor, *, experiment: Experiment, train_fn: Callable[..., Any] | None, seed: int,
+                 y: torch.Tensor, *, experiment: Experiment, shadows: ShadowRecipe | None, seed: int,
                  delta: float, log: Callable[[str], None]) -> dict[str, Any]:
     """One attack on one target's evaluation set: its metrics row (an attacker's crash is recorded, not raised)."""
     row: dict[str, Any] = {"attack": spec.key, "target": target.name, "members": int(sets.is_member.sum()),
@@ -265,7 +256,7 @@ def score_attack(spec: PluginSpec, target: TargetModel, sets: MembershipSets, x:
         row["threat"] = type(attack).threat.describe()
         if target.name not in type(attack).targets:
             return {**row, "status": "skipped", "reason": f"{spec.name} does not apply to {target.name}"}
-        view = membership_target(attack, target, sets, experiment=experiment, train_fn=train_fn, seed=seed)
+        view = membership_target(attack, target, sets, experiment=experiment, shadows=shadows, seed=seed)
         scores = np.asarray(attack.membership_scores(view, x, y), dtype=np.float64)
         metrics = membership_metrics(scores, sets.is_member)
         eps = best_empirical_epsilon(scores, sets.is_member, delta=delta)

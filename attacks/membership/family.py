@@ -64,12 +64,30 @@ class MembershipFamily(AttackFamily):
 
     def run(self, run: RunFolder, experiment: Experiment, specs: list[PluginSpec], *, log: Log) -> list[dict]:
         """Every membership attack on every target; results and ROC plots go to attacks/membership/."""
+        from fedsim.attacks.membership.shadows import ShadowTrainer
+        from fedsim.fanout import task_pool
+
+        scenario = experiment.scenario
+        with task_pool(scenario.resources) as pool:
+            shadows = ShadowTrainer(experiment.task, scenario.federation, pool)
+            rows = self._score_targets(run, experiment, specs, shadows, log=log)
+            if shadows.trained:
+                log(f"[membership] {shadows.trained} shadow models trained, up to {pool.slots or 1} at once")
+        run.write_results(self.name, rows)
+        return rows
+
+    def _score_targets(self, run: RunFolder, experiment: Experiment, specs: list[PluginSpec], shadows: Any, *,
+                       log: Log) -> list[dict]:
         from fedsim.attacks.membership import evaluation as ev
         from fedsim.attacks.membership.metrics import roc_figure
         from fedsim.scenario import ScenarioError
 
         cfg, seed, rows = self.config, experiment.scenario.seed, []
         nonmembers = ev.nonmember_pool(experiment)
+        # the centralized and global model are trained on the same rows and scored on the same sets:
+        # their shadows train on the same scans, once, to the longer of their budgets
+        same_sets = {name: ev.target_budget(experiment.scenario, experiment, name, cfg) for name in cfg.targets
+                     if name in ("centralized", "global_model")}
         for name in cfg.targets:
             hidden = experiment.withheld.get(TARGET_KINDS.get(name, ""))
             if hidden:
@@ -88,17 +106,17 @@ class MembershipFamily(AttackFamily):
             x, y = experiment.tensors(sets.eval_rows)
             fit = {**ev.target_fit(experiment, target), **ev.null_auc(experiment, target.members, y, sets.is_member)}
             budget = ev.target_budget(experiment.scenario, experiment, name, cfg, batch_size=target.batch_size)
-            train_fn = ev.recipe(experiment, budget)
+            also = [b for t, b in same_sets.items() if t != name] if name in same_sets else []
+            recipe = shadows.recipe(budget, also=also)
             curves = {}
             for spec in specs:
-                row = ev.score_attack(spec, target, sets, x, y, experiment=experiment, train_fn=train_fn, seed=seed,
+                row = ev.score_attack(spec, target, sets, x, y, experiment=experiment, shadows=recipe, seed=seed,
                                       delta=cfg.delta, log=log)
                 rows.append({**row, **fit})
                 if row["status"] == "ok":
                     curves[spec.key] = (row.pop("fpr"), row.pop("tpr"), row["auc"])
             if curves:
                 roc_figure(curves, run.results_dir(self.name) / f"roc_{name}.png", title=f"membership · {name}")
-        run.write_results(self.name, rows)
         return rows
 
     @classmethod

@@ -69,7 +69,7 @@ class Shadow(MembershipAttack):
         from fedsim.attacks.membership.blackbox import shadow_attack
 
         ax, ay, _ = _pooled(target)
-        return shadow_attack(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
+        return shadow_attack(target.train_many, target.predict, x, y, aux_x=ax, aux_y=ay,
                              n_shadows=self.params.n_shadows, seed=target.seed)
 
 
@@ -90,7 +90,7 @@ class LiRA(MembershipAttack):
         from fedsim.attacks.membership.blackbox import lira_scores
 
         ax, ay, is_member = _pooled(target)
-        return lira_scores(target.train_fn, target.predict, x, y, aux_x=ax, aux_y=ay,
+        return lira_scores(target.train_many, target.predict, x, y, aux_x=ax, aux_y=ay,
                            aux_is_member=is_member if self.params.calibrate else None,
                            n_shadows=self.params.n_shadows, online=self.params.online, seed=target.seed)
 

@@ -17,6 +17,7 @@ from torch import nn
 from fedsim.attacks.membership.blackbox import (
     lira_scores,
     loss_scores,
+    one_at_a_time,
     shadow_attack,
     threshold_attack,
 )
@@ -329,9 +330,9 @@ def test_shadow_and_lira_run(overfit: dict) -> None:
     target = predictor(overfit["model"])
     x, y = overfit["eval_x"], overfit["eval_y"]
     aux_x, aux_y = overfit["x"][64:], overfit["y"][64:]
-    shadow = shadow_attack(train_fn, target, x, y, aux_x=aux_x, aux_y=aux_y, n_shadows=2)
-    offline = lira_scores(train_fn, target, x, y, aux_x=aux_x, aux_y=aux_y, n_shadows=4)
-    online = lira_scores(train_fn, target, x, y, aux_x=aux_x, aux_y=aux_y, n_shadows=4, online=True)
+    shadow = shadow_attack(one_at_a_time(train_fn), target, x, y, aux_x=aux_x, aux_y=aux_y, n_shadows=2)
+    offline = lira_scores(one_at_a_time(train_fn), target, x, y, aux_x=aux_x, aux_y=aux_y, n_shadows=4)
+    online = lira_scores(one_at_a_time(train_fn), target, x, y, aux_x=aux_x, aux_y=aux_y, n_shadows=4, online=True)
     for scores in (shadow, offline, online):
         assert scores.shape == (32,) and np.isfinite(scores).all()
     assert membership_metrics(online, overfit["labels"])["auc"] > 0.7
@@ -363,8 +364,9 @@ def test_lira_calibration_maps_weak_shadows_onto_the_target() -> None:
     labels, aux_is_member = np.r_[np.ones(30), np.zeros(30)], np.r_[np.ones(15), np.zeros(45)].astype(bool)
     kw = dict(aux_x=x[aux], aux_y=y[aux], n_shadows=4)
     for online in (False, True):
-        raw = lira_scores(train_fn, target, x[cand], y[cand], online=online, **kw)
-        cal = lira_scores(train_fn, target, x[cand], y[cand], online=online, aux_is_member=aux_is_member, **kw)
+        raw = lira_scores(one_at_a_time(train_fn), target, x[cand], y[cand], online=online, **kw)
+        cal = lira_scores(one_at_a_time(train_fn), target, x[cand], y[cand], online=online,
+                          aux_is_member=aux_is_member, **kw)
         auc_raw, auc_cal = (membership_metrics(s, labels)["auc"] for s in (raw, cal))
         assert auc_cal > 0.95 and auc_cal > auc_raw + 0.15, (online, auc_raw, auc_cal)
 
@@ -384,8 +386,8 @@ def test_online_lira_calibrates_in_on_the_known_members() -> None:
         return _lookup_model({int(i) for i in xs[:, 1]}, 3.0, 0.3, seed, member_shrink=0.97)
 
     aux_is_member = np.r_[np.ones(15), np.zeros(45)].astype(bool)
-    scores = lira_scores(train_fn, target, x[cand], y[cand], aux_x=x[aux], aux_y=y[aux], n_shadows=4, online=True,
-                         aux_is_member=aux_is_member)
+    scores = lira_scores(one_at_a_time(train_fn), target, x[cand], y[cand], aux_x=x[aux], aux_y=y[aux], n_shadows=4,
+                         online=True, aux_is_member=aux_is_member)
     assert membership_metrics(scores, np.r_[np.ones(30), np.zeros(30)])["auc"] > 0.95  # through the OUT map: 0.89
 
 
@@ -398,7 +400,7 @@ def test_lira_shadows_are_balanced() -> None:
         return lambda q: torch.zeros(len(q))
 
     x = torch.stack([torch.ones(30), torch.arange(30.0)], 1)
-    lira_scores(train_fn, lambda q: torch.zeros(len(q)), x[:10], torch.ones(10), aux_x=x[10:], aux_y=torch.ones(20),
-                n_shadows=6, online=True)
+    lira_scores(one_at_a_time(train_fn), lambda q: torch.zeros(len(q)), x[:10], torch.ones(10), aux_x=x[10:],
+                aux_y=torch.ones(20), n_shadows=6, online=True)
     assert len(seen) == 6 and all(sum(i in s for s in seen) == 3 for i in range(30))
 

@@ -8,7 +8,8 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from fedsim.engine import EngineError, backend_config, check_reachable, cluster_address, pool_size
+from fedsim.engine import pool_size
+from fedsim.ray_setup import EngineError, backend_config, check_reachable, cluster_address
 from fedsim.scenario import ResourcesConfig
 
 
