@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("--address", default=None, help="a Ray cluster's dashboard (http://head:8265): each point runs "
                      "as its own Ray job, side by side (needs fedsim[cluster]; --out absolute and visible here)")
     swp.add_argument("--working-dir", type=Path, default=Path("."), help="with --address: uploaded for each job")
+    swp.add_argument("--parallel", type=int, default=1, metavar="N", help="run N points at once on this machine, "
+                     "each in its own process on its share of the cores (default 1)")
     val = sub.add_parser("validate", help="check scenario files without running them")
     val.add_argument("scenarios", type=Path, nargs="+")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -131,6 +133,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if not args.scenario.is_file():
         raise ScenarioError(f"scenario file not found: {args.scenario}")
+    if args.parallel < 1:
+        raise ScenarioError(f"--parallel: {args.parallel} is not a number of points at once (1 or more)")
+    if args.address and args.parallel > 1:
+        raise ScenarioError("--parallel is for a sweep on this machine; with --address every point is its own job")
     points = expand(args.scenario, grid=parse_grid(args.grid), overrides=args.overrides)
     print(f"sweep: {len(points)} points")
     if args.address:
@@ -145,7 +151,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return code
         finish(folder, rows, points, args.attack_metric)
     else:
-        folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric)
+        folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric, parallel=args.parallel)
     print((folder / "sweep.md").read_text())
     print(f"sweep folder: {folder}")
     failed = sum(r.get("status") == "failed" for r in rows)
@@ -201,7 +207,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not run.is_run():
         return _fail(f"not a run folder (no scenario.yaml / summary.json): {args.run_dir}", EXIT_BAD_INPUT)
     write_outputs(run)
-    print(f"wrote {run.report_file}")
+    print(f"wrote {run.report_file} and {run.path / 'report.html'}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""report.md and metrics.csv, written from the run folder alone (so `fedsim report RUN` can redo them).
+"""report.md, report.html and metrics.csv, written from the run folder alone (`fedsim report RUN` redoes them).
 
 The report's own parts are the setup, the utility of the trained model, the partitions, the rounds,
 the defenses and the failures; the setting adds its setup lines and every attack family its section.
@@ -20,13 +20,19 @@ from fedsim.settings.base import SETTINGS, Setting
 
 
 def write_outputs(run: RunFolder) -> None:
-    """metrics.csv, figures/curves.png and report.md from what the run folder holds."""
+    """metrics.csv, figures/curves.png, report.md and report.html from what the run folder holds."""
     from fedsim.figures import learning_curves
+    from fedsim.html_report import write_page
 
     records, summary = run.metrics(), run.summary()
     run.write_text("metrics.csv", to_csv(records))
     figure = learning_curves(records, summary, run.figure("curves.png"))
     run.write_text(run.report_file.name, render_report(run, records, summary, figure))
+    write_page(run.report_file, run.path / HTML_REPORT, title=run.scenario_raw()["name"], kind="run report",
+               made_with=summary.get("provenance"))
+
+
+HTML_REPORT = "report.html"
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from fedsim.defense_copies import defense_copies
 from fedsim.experiment import Experiment, prepare
 from fedsim.families import AttackFamily, family_ref, resolve_family
+from fedsim.html_report import provenance
 from fedsim.plugins import family_groups, setting_of
 from fedsim.report import final_dp_epsilon, run_families, write_outputs
 from fedsim.run_folder import RunFolder
@@ -139,6 +140,7 @@ def _summary(scenario: Scenario, experiment: Experiment, outcome: SettingOutcome
         "target_mean": task.target_mean,
         **outcome.summary,
         "wall_s": wall_s,
+        "provenance": provenance(),
         "defenses": [spec.key for spec in scenario.defenses],
         "dp_epsilon": final_dp_epsilon(run.metrics()),
         "families": [_family_entry(f) for f in families],

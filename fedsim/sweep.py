@@ -4,15 +4,20 @@ Every grid point is validated before the first one trains (bad input fails fast,
 whose run fails is recorded as failed and the sweep goes on. Output: `<out>/<name>-sweep/<time>/`
 with each point's run folder under `points/`, `sweep.csv`, `sweep.md` and `privacy_utility.png`.
 Given a Ray cluster (`--address`), every point runs as its own Ray job, side by side
-(fedsim.cluster_jobs.submit_sweep).
+(fedsim.cluster_jobs.submit_sweep); on one machine `--parallel N` runs N points at once, each in its
+own process pinned to its share of the cores (its private Ray and torch see only those), so that
+one point's serial phases (start-up, attacks in the driver) overlap another's training.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +112,15 @@ def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict
 
 
 def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_metric: str | None = None,
-              log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every point in turn; returns the sweep folder and the table's rows."""
+              parallel: int = 1, log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
+    """Run every point (in turn, or `parallel` at once); returns the sweep folder and the table's rows."""
     from fedsim.runner import run_scenario  # the engine is imported only when something runs
 
     folder = sweep_folder(points, out_dir)
+    if parallel > 1 and len(points) > 1:
+        rows = _side_by_side(points, folder, parallel, log)
+        finish(folder, rows, points, attack_metric)
+        return folder, rows
     rows = []
     for i, point in enumerate(points, 1):
         log(f"[sweep {i}/{len(points)}] {point.label}")
@@ -126,6 +135,58 @@ def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_m
     return folder, rows
 
 
+def core_shares(parallel: int) -> list[list[int]]:
+    """This process's cores dealt out to `parallel` points (fewer when there are fewer cores)."""
+    from fedsim.ray_setup import local_cpus
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(local_cpus()))
+    n = max(1, min(parallel, len(cores)))
+    return [cores[i::n] for i in range(n)]
+
+
+def _pin(shares: Any) -> None:
+    """Worker start: take one share of the cores for every point this process will run."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, shares.get())
+
+
+def _run_point(point: SweepPoint, points_dir: Path) -> dict[str, Any]:
+    """One point in a worker process: its row (a failure is the row's status, never lost)."""
+    from fedsim.runner import run_scenario
+
+    try:
+        result = run_scenario(point.scenario, out_dir=points_dir, log=lambda m: print(f"  [{point.label}] {m}",
+                                                                                      flush=True))
+        return point_row(point, result.summary, result.run_dir)
+    except Exception as exc:
+        return {**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _side_by_side(points: list[SweepPoint], folder: Path, parallel: int,
+                  log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The points in `parallel` pinned worker processes; the table is rewritten as each one ends."""
+    shares = core_shares(parallel)
+    context = multiprocessing.get_context("spawn")  # no forked copy of a driver that may hold threads
+    queue = context.Queue()
+    for share in shares:
+        queue.put(share)
+    log(f"[sweep] {len(points)} points, {len(shares)} at once on cores "
+        + " / ".join(",".join(map(str, share)) for share in shares))
+    done: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_pin, initargs=(queue,)) as pool:
+        futures = {pool.submit(_run_point, point, folder / "points"): i for i, point in enumerate(points)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                done[i] = future.result()
+            except Exception as exc:  # the worker itself died (e.g. killed for memory)
+                done[i] = {**points[i].shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            status = done[i].get("status", "ok")
+            log(f"[sweep {len(done)}/{len(points)}] {points[i].label}: {status}")
+            write_tables(folder, [done[k] for k in sorted(done)])
+    return [done[i] for i in range(len(points))]
+
+
 def sweep_folder(points: list[SweepPoint], out_dir: Path | None) -> Path:
     base = points[0].scenario
     return Path(out_dir or base.output.dir) / f"{base.name}-sweep" / time.strftime("%Y%m%d-%H%M%S")
@@ -133,19 +194,24 @@ def sweep_folder(points: list[SweepPoint], out_dir: Path | None) -> Path:
 
 def finish(folder: Path, rows: list[dict[str, Any]], points: list[SweepPoint], attack_metric: str | None) -> None:
     """The tables and the privacy-utility figure of a finished sweep."""
+    from fedsim.html_report import write_page
     from fedsim.sweep_figure import privacy_utility_figure
 
-    write_tables(folder, rows)
     metric = attack_metric or points[0].scenario.sweep.attack_metric
-    privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
+    figure = privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
+    write_tables(folder, rows, figure=figure is not None)
+    write_page(folder / "sweep.md", folder / "sweep.html", title=f"{points[0].scenario.name} sweep", kind="sweep")
 
 
-def write_tables(folder: Path, rows: list[dict[str, Any]]) -> None:
-    """sweep.csv (every column) and sweep.md (the same without the run folders)."""
+def write_tables(folder: Path, rows: list[dict[str, Any]], *, figure: bool = False) -> None:
+    """sweep.csv (every column) and sweep.md (the same without the run folders; with the plot once
+    the sweep has finished)."""
     from fedsim.report import to_csv
 
     atomic_write_text(folder / "sweep.csv", to_csv(rows))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     shown = [c for c in columns if c not in ("run",)]
     lines = table(shown, [[cell(row.get(c)) for c in shown] for row in rows])
+    if figure:
+        lines += ["", "![privacy-utility](privacy_utility.png)"]
     atomic_write_text(folder / "sweep.md", "\n".join(lines) + "\n")

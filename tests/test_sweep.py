@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -54,3 +56,11 @@ def test_sweep_runs_each_point_and_writes_table_and_plot(tmp_path):
     assert len(table) == 2 and "mia_loss_threshold@global_model.auc" in table[0]
     assert float(table[1]["test_mae"]) != float(table[0]["test_mae"])
     assert (folder / "privacy_utility.png").stat().st_size > 1000 and (folder / "sweep.md").is_file()
+    assert "data:image/png;base64," in (folder / "sweep.html").read_text()  # the plot, inlined
+    # the same points two at a time, each in its own process on one of this machine's cores: the same table
+    folder2, side_by_side = run_sweep(points, out_dir=tmp_path / "out2", parallel=2, log=lambda _: None)
+    for alone, beside in zip(rows, side_by_side, strict=True):
+        assert beside["status"] == "completed" and beside["test_mae"] == pytest.approx(alone["test_mae"], abs=1e-3)
+        engine = json.loads((Path(beside["run"]) / "summary.json").read_text())["engine"]
+        assert engine["cluster"] == "local" and engine["cpus"] == 1
+    assert len(list(csv.DictReader((folder2 / "sweep.csv").open()))) == 2

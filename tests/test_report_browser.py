@@ -1,0 +1,67 @@
+"""report.html in a real browser: headless Chromium (Debian's package) opens a small run's report from
+disk, with no network, and it renders: a page of the expected height, no console error, no request
+beyond the file itself, every figure decoded. The full-page screenshot is kept in
+build/test-artifacts/ for a person to look at."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedsim.loading import validate_scenario
+from fedsim.runner import run_scenario
+from tests.conftest import REPO, tiny_scenario
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # this machine's network is closed: ask for nothing
+ARTEFACTS = REPO / "build" / "test-artifacts"
+
+
+def test_the_run_report_renders_in_chromium(tmp_path: Path):
+    if not Path(CHROMIUM).is_file():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    raw = tiny_scenario(membership={"eval_size": 4, "aux_samples": 4, "targets": ["global_model"]},
+                        attacks=[{"name": "mia_loss_threshold"}])
+    run = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None).run_dir
+    page_file = run / "report.html"
+    html = page_file.read_text()
+    assert "src=\"figures/" not in html and html.count("data:image/png;base64,") >= 2  # curves and ROC inlined
+    assert 'id="membership-inference"' in html and "What the numbers mean" in html and "<abbr title=" in html
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTEFACTS / "report.png"
+    start = time.perf_counter()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_file.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        height = page.evaluate("document.documentElement.scrollHeight")
+        toc = page.evaluate("Array.from(document.querySelectorAll('nav a')).map(a => a.textContent)")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    print(f"\nreport.html {page_file.stat().st_size / 1e3:.0f} kB, {height} px high, {len(images)} figures; "
+          f"browser {time.perf_counter() - start:.1f} s; screenshot {shot}")
+    assert errors == []
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+    assert len(images) >= 2 and all(ok and w > 100 and h > 100 for ok, w, h in images), images
+    assert {"Setup", "Result", "Membership inference", "What the numbers mean"} <= set(toc)
+    assert height > 1500
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[0] == pytest.approx(height, abs=2) and pixels.shape[1] == 1280
+    assert float(np.std(pixels[..., :3])) > 0.05  # not a blank page
