@@ -2,18 +2,29 @@
 
 Workload: the tiny brain-age federation (clients x rounds x local steps at a chosen size), run
 (a) through fedsim (Flower simulation engine, Ray actors) and (b) as a single-process loop that does
-the same local training and FedAvg averaging. Reports start-up time (until the initial global
-evaluation), steady-state seconds per round (median over rounds >= 2) and their ratio.
+the same local training and FedAvg averaging; fedsim once with one CPU (and thread) per client, two
+actors on two cores, and once with two per client, one actor of two threads like the 2-thread
+loop. Reports start-up time (until the initial global
+evaluation), steady-state seconds per round (median over rounds >= 2) and their ratio. `--warm`
+adds fedsim joining a Ray that is already running (`ray start --head` on 127.0.0.1, started and
+stopped by the benchmark, via `resources.ray_address`): what a warm Ray saves at start-up.
 
-    python benchmarks/engine_overhead.py [--clients 3 --rounds 6 --steps 10 --shape 32 --repeats 1]
+    python benchmarks/engine_overhead.py [--clients 3 --rounds 6 --steps 10 --shape 32 --repeats 1 --warm]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +49,33 @@ def scenario(args: argparse.Namespace) -> Scenario:
         "resources": {"num_cpus": 1},
         "output": {"save_model": False},
     })
+
+
+@contextlib.contextmanager
+def warm_ray() -> Iterator[str]:
+    """A Ray head on 127.0.0.1 with 2 CPUs, in its own process group; yields its GCS address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus",
+                             "2", "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard",
+                             "false", "--temp-dir", temp], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.5)
+        time.sleep(3)  # the raylet registers after the GCS answers
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def run_fedsim(sc: Scenario) -> tuple[float, list[float]]:
@@ -86,19 +124,27 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--shape", type=int, default=32)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--warm", action="store_true", help="also run fedsim on an already running local Ray")
     args = p.parse_args()
     sc = scenario(args)
     load_dataset(sc.data, seed=sc.seed)  # warm the cohort cache so neither side pays for generation
     rows = []
-    for name, fn in (("fedsim (Flower+Ray, 1 CPU/client)", lambda: run_fedsim(sc)),
-                     ("plain loop, 1 thread", lambda: run_plain(sc, 1)),
-                     ("plain loop, 2 threads", lambda: run_plain(sc, 2))):
-        starts, rounds = [], []
-        for _ in range(args.repeats):
-            start, per_round = fn()
-            starts.append(start)
-            rounds.append(statistics.median(per_round[1:] or per_round))
-        rows.append((name, statistics.median(starts), statistics.median(rounds)))
+    two_cpus = sc.model_copy(update={"resources": sc.resources.model_copy(update={"num_cpus": 2.0})})
+    engines = [("fedsim (Flower+Ray, 1 CPU/client)", lambda: run_fedsim(sc)),
+               ("fedsim, 2 CPUs/client (one actor)", lambda: run_fedsim(two_cpus)),
+               ("plain loop, 1 thread", lambda: run_plain(sc, 1)),
+               ("plain loop, 2 threads", lambda: run_plain(sc, 2))]
+    with warm_ray() if args.warm else contextlib.nullcontext() as address:
+        if address:
+            joined = sc.model_copy(update={"resources": sc.resources.model_copy(update={"ray_address": address})})
+            engines.insert(1, ("fedsim on a warm local Ray", lambda: run_fedsim(joined)))
+        for name, fn in engines:
+            starts, rounds = [], []
+            for _ in range(args.repeats):
+                start, per_round = fn()
+                starts.append(start)
+                rounds.append(statistics.median(per_round[1:] or per_round))
+            rows.append((name, statistics.median(starts), statistics.median(rounds)))
     print(f"\nworkload: {args.clients} clients x {args.rounds} rounds x {args.steps} local steps, "
           f"batch 8, {args.shape}^3, {args.repeats} repeat(s); medians\n")
     print(f"| {'engine':<36} | start-up s | s / round (steady) | fedsim s/round ÷ this |")

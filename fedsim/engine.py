@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -72,6 +73,52 @@ def _actor_pool_of(size: int) -> Iterator[None]:
         ray_actor.pool_size_from_resources = original
 
 
+def poll_interval(nodes: int) -> float:
+    """How often Flower's in-memory messaging looks for new messages: 5 ms for a few nodes, up to its
+    own 0.1 s for 500 and more (each look visits every node)."""
+    return max(0.005, min(0.1, 0.0002 * nodes))
+
+
+@contextlib.contextmanager
+def _prompt_messaging(nodes: int) -> Iterator[None]:
+    """Shorten the two 0.1 s polls of Flower's simulation (the server pulling replies, the engine
+    picking up instructions for the nodes): each round waited for both, twice (train and evaluate).
+    A wrapper over Flower's grid and its message-pickup loop, restored after; Flower as it is where
+    either has moved."""
+    import threading
+    from queue import Queue
+
+    try:
+        from flwr.server.superlink.fleet.vce import vce_api
+        from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+    except ImportError:
+        yield
+        return
+    interval, init = poll_interval(nodes), InMemoryGrid.__init__
+    pickup = getattr(vce_api, "add_messages_to_queue", None)
+
+    def grid_init(self: InMemoryGrid, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.pull_interval = interval
+
+    def add_messages_to_queue(state: Any, queue: Queue, nodes_mapping: Any, f_stop: threading.Event) -> None:
+        while not f_stop.is_set():  # Flower's loop, with `interval` for its 0.1 s wait
+            for node_id in nodes_mapping.keys():
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(interval)
+
+    InMemoryGrid.__init__ = grid_init
+    if pickup is not None:
+        vce_api.add_messages_to_queue = add_messages_to_queue
+    try:
+        yield
+    finally:
+        InMemoryGrid.__init__ = init
+        if pickup is not None:
+            vce_api.add_messages_to_queue = pickup
+
+
 def start_ray(config: dict, num_clients: int, *, wait_s: float = 60.0) -> dict:
     """Start (or join) Ray as Flower would and check the cluster can hold the clients; return what
     was joined: {'cluster': the address or 'local', 'nodes', 'cpus', 'gpus', 'actors' (the pool size)}.
@@ -125,7 +172,7 @@ def run_federation(
     try:
         joined = start_ray(config, num_clients, wait_s=resources.start_timeout(num_clients))
         on_start(joined)
-        with _actor_pool_of(joined["actors"]):
+        with _actor_pool_of(joined["actors"]), _prompt_messaging(num_clients):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+import types
 
 import pytest
 from pydantic import ValidationError
@@ -85,3 +86,19 @@ def test_inside_a_ray_job_the_run_joins_the_jobs_cluster(monkeypatch):
     assert "num_cpus" not in backend_config(ResourcesConfig())["init_args"]
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     assert cluster_address(ResourcesConfig()) is None  # a RAY_ADDRESS alone never makes a run join a cluster
+
+
+def test_flowers_message_polls_are_shortened_for_the_run_and_restored_after():
+    from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from fedsim.engine import _prompt_messaging, poll_interval
+
+    assert poll_interval(3) == 0.005 and poll_interval(100) == pytest.approx(0.02) and poll_interval(5000) == 0.1
+    pickup, init = vce_api.add_messages_to_queue, InMemoryGrid.__init__
+    factory = types.SimpleNamespace(state=lambda: None)
+    with _prompt_messaging(3):
+        assert InMemoryGrid(state_factory=factory).pull_interval == 0.005
+        assert vce_api.add_messages_to_queue is not pickup
+    assert vce_api.add_messages_to_queue is pickup and InMemoryGrid.__init__ is init
+    assert InMemoryGrid(state_factory=factory).pull_interval == 0.1
