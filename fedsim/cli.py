@@ -200,14 +200,18 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedsim.report import write_outputs
+    from fedsim.report import check_run_folder, write_outputs
     from fedsim.run_folder import RunFolder
 
     run = RunFolder(args.run_dir)
-    if not run.is_run():
-        return _fail(f"not a run folder (no scenario.yaml / summary.json): {args.run_dir}", EXIT_BAD_INPUT)
+    unusable, missing = check_run_folder(run)
+    if unusable:
+        return _fail(unusable, EXIT_BAD_INPUT)
     write_outputs(run)
     print(f"wrote {run.report_file} and {run.path / 'report.html'}")
+    if missing:  # the report is written, its sections without data marked
+        return _fail(f"{run.path / missing[0]} is missing or unreadable: the report marks what it could not show"
+                     + (f" (also {', '.join(missing[1:])})" if missing[1:] else ""), EXIT_BAD_INPUT)
     return 0
 
 

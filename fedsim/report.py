@@ -33,6 +33,35 @@ def write_outputs(run: RunFolder) -> None:
 
 
 HTML_REPORT = "report.html"
+SECTION_FILES = ("metrics.jsonl", "partitions.json")  # a report is still written without them, marked
+
+
+def check_run_folder(run: RunFolder) -> tuple[str | None, list[str]]:
+    """(why no report can be written, or None; the files whose sections will be marked missing)."""
+    import json
+
+    import yaml
+
+    for name, parse in (("scenario.yaml", yaml.safe_load), ("summary.json", json.loads)):
+        path = run.path / name
+        if not path.is_file():
+            return f"not a run folder (no {name}): {run.path}", []
+        try:
+            content = parse(path.read_text())
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            return f"{path}: not readable ({type(exc).__name__}: {str(exc).splitlines()[0]})", []
+        if not isinstance(content, dict) or (name == "scenario.yaml" and not {"name", "data", "task"} <= set(content)):
+            return f"{path}: not a fedsim {name} (run folders are written by fedsim run)", []
+    missing = []
+    for name in SECTION_FILES:
+        try:
+            if name == "partitions.json":
+                json.loads((run.path / name).read_text())
+            elif not (run.path / name).is_file():
+                raise FileNotFoundError(name)
+        except (OSError, ValueError):
+            missing.append(name)
+    return None, missing
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
@@ -75,11 +104,13 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
     """A short Markdown report: setup, partitions, result vs baseline, per-round table, the families'
     sections, failures."""
     scenario = run.scenario_raw()
-    partitions = run.partitions()
+    _, missing = check_run_folder(run)
+    partitions = {"clients": []} if "partitions.json" in missing else run.partitions()
     key = summary.get("primary_metric", "mae")
     data, model = scenario["data"], scenario["task"]["model"]
     setting = run_setting(scenario)
     initial_row, final_row = (setting or Setting).result_rows(summary)
+    wall = f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), (int, float)) else "unknown"
     lines = [
         f"# {scenario['name']}",
         "",
@@ -91,25 +122,32 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
         f"- Data: `{data['dataset']}`, {data['n_subjects']} subjects at {data['shape']}^3, {data['sites']} sites, "
         f"split by {data['partition']['by']}",
         *(setting.report_setup(run, summary) if setting else []),
-        f"- Seed {scenario['seed']}; status **{summary['status']}**; wall time {summary['wall_s']:.1f} s "
+        f"- Seed {scenario.get('seed')}; status **{summary.get('status', 'unknown')}**; wall time {wall} "
         f"on {summary.get('device', 'cpu')}",
         "",
         "## Result",
         f"| | test {key.upper()} |",
         "|---|---|",
         f"| baseline: {summary.get('baseline_name', 'predict the mean')} | "
-        f"{cell(summary['baseline_predict_mean'].get(key))} |",
+        f"{cell((summary.get('baseline_predict_mean') or {}).get(key))} |",
         f"| {initial_row} | {cell(summary.get('initial', {}).get(key))} |",
         f"| {final_row} | {cell(summary.get('final', {}).get(key))} |",
         "",
     ]
     if figure is not None:
         lines += [f"![learning curves]({figure.relative_to(run.path)})", ""]
-    lines += ["## Partitions", "| client | train | val | sites | mean age |", "|---|---|---|---|---|"]
-    for c in partitions["clients"]:
-        lines.append(f"| {c['client']} | {c['train']} | {c['val']} | {', '.join(c['sites'])} | {c['mean_age']:.1f} |")
-    lines.append(f"\nServer test set: {partitions.get('test', '?')} subjects.")
+    lines += ["## Partitions"]
+    if "partitions.json" in missing:
+        lines.append("**Not shown: `partitions.json` is missing or unreadable.**")
+    else:
+        lines += ["| client | train | val | sites | mean age |", "|---|---|---|---|---|"]
+        for c in partitions["clients"]:
+            lines.append(f"| {c['client']} | {c['train']} | {c['val']} | {', '.join(c['sites'])} | "
+                         f"{c['mean_age']:.1f} |")
+        lines.append(f"\nServer test set: {partitions.get('test', '?')} subjects.")
     rounds = sorted({r["round"] for r in records if r.get("kind") == "server"})
+    if "metrics.jsonl" in missing:
+        lines += ["", "## Rounds", "**Not shown: `metrics.jsonl` is missing.**"]
     if rounds:
         lines += ["", "## Rounds", f"| round | test {key.upper()} | mean train loss | mean client val {key.upper()} |",
                   "|---|---|---|---|"]

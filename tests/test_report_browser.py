@@ -1,7 +1,7 @@
 """report.html in a real browser: headless Chromium (Debian's package) opens a small run's report from
 disk, with no network, and it renders: a page of the expected height, no console error, no request
-beyond the file itself, every figure decoded. The full-page screenshot is kept in
-build/test-artifacts/ for a person to look at."""
+beyond the file itself, every figure decoded. The full-page screenshot is kept in test-artifacts/
+for a person to look at. And `fedsim report` on a damaged copy of the run folder."""
 
 from __future__ import annotations
 
@@ -21,16 +21,50 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]  # this machine's network is closed: ask for nothing
-ARTEFACTS = REPO / "build" / "test-artifacts"
+ARTEFACTS = REPO / "test-artifacts"  # not build/: `make package-check` empties that
 
 
-def test_the_run_report_renders_in_chromium(tmp_path: Path):
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny run with a membership attack (learning curves and a ROC figure)."""
+    raw = tiny_scenario(membership={"eval_size": 4, "aux_samples": 4, "targets": ["global_model"]},
+                        attacks=[{"name": "mia_loss_threshold"}])
+    return run_scenario(validate_scenario(raw), out_dir=tmp_path_factory.mktemp("runs"), log=lambda _: None).run_dir
+
+
+def _report(folder: Path, capsys) -> tuple[int, str]:
+    from fedsim.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(folder)])
+    return exit_.value.code, capsys.readouterr().err.strip()
+
+
+def test_a_damaged_run_folder_gets_the_report_it_can_and_one_line_naming_what_is_missing(run: Path, tmp_path: Path,
+                                                                                        capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged)
+    (damaged / "partitions.json").unlink()
+    (damaged / "metrics.jsonl").unlink()
+    code, err = _report(damaged, capsys)
+    assert code == 2 and err.count("\n") == 0 and "metrics.jsonl is missing or unreadable" in err, err
+    assert "partitions.json" in err
+    page = (damaged / "report.html").read_text()
+    assert "partitions.json</code> is missing" in page and "metrics.jsonl</code> is missing" in page
+    assert 'id="membership-inference"' in page  # the sections whose data is there are all written
+    (damaged / "figures" / "curves.png").unlink()
+    (damaged / "summary.json").write_text('{"status": "completed", ')  # torn
+    code, err = _report(damaged, capsys)
+    assert code == 2 and err.startswith(f"fedsim: error: {damaged / 'summary.json'}: not readable (JSONDecodeError: ")
+    assert err.count("\n") == 0
+    (damaged / "summary.json").unlink()
+    assert _report(damaged, capsys) == (2, f"fedsim: error: not a run folder (no summary.json): {damaged}")
+
+
+def test_the_run_report_renders_in_chromium(run: Path):
     if not Path(CHROMIUM).is_file():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    raw = tiny_scenario(membership={"eval_size": 4, "aux_samples": 4, "targets": ["global_model"]},
-                        attacks=[{"name": "mia_loss_threshold"}])
-    run = run_scenario(validate_scenario(raw), out_dir=tmp_path, log=lambda _: None).run_dir
     page_file = run / "report.html"
     html = page_file.read_text()
     assert "src=\"figures/" not in html and html.count("data:image/png;base64,") >= 2  # curves and ROC inlined
