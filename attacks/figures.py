@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from fedsim.attacks.metrics import match_batch  # noqa: E402
+from fedsim.attacks.metrics import match_batch, psnr_summary  # noqa: E402
 
 
 def _views(image: torch.Tensor) -> list[torch.Tensor]:
@@ -41,8 +41,9 @@ def reconstruction_figure(truth: torch.Tensor, recon: torch.Tensor, prior: torch
                 ax.set_yticks([])
                 if i == 0 and k == 0:
                     ax.set_title(label, fontsize=8, loc="left")
+    psnr = psnr_summary(scores, unit=" dB")[0] if "psnr" in scores and "prior_psnr" in scores else "–"
     fig.suptitle(f"{scores.get('attack')} · round {scores.get('round')} client {scores.get('client')}\n"
-                 f"PSNR {scores.get('psnr', float('nan')):.1f} dB "
+                 f"PSNR {psnr} "
                  f"(prior {scores.get('prior_psnr', float('nan')):.1f}) · "
                  f"SSIM {scores.get('ssim', float('nan')):.2f} · re-id top-1 {scores.get('reid_top1', 0):.0%}",
                  fontsize=9)

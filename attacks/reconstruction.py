@@ -184,6 +184,8 @@ class ReconstructionFamily(AttackFamily):
         lines += ["- Scores compare each reconstruction with the true scan and with the population-mean image (the "
                   "prior an attacker has without attacking); re-identification ranks the true scan among the "
                   "client's data plus the server's population pool.", ""]
+        from fedsim.attacks.metrics import psnr_summary
+
         lines += ["| attack | round | client | update | batch | PSNR dB | prior PSNR | gain | SSIM (MS-SSIM) "
                   "| prior SSIM | re-id top-1 (chance) | target error / label acc. | s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -192,10 +194,11 @@ class ReconstructionFamily(AttackFamily):
                 lines.append(f"| {r.get('attack')} | {r.get('round', '–')} | {r.get('client', '–')} | "
                              f"{r.get('status')}: {r.get('error') or r.get('reason', '')} |||||||||")
                 continue
+            psnr, gain = psnr_summary(r)
             lines.append(
                 f"| {r['attack']} | {r['round']} | {r['client']} | {r['kind']} | "
-                f"{r['batch_size'] or r.get('stolen') or '–'} | {r['psnr']:.1f} | {r['prior_psnr']:.1f} | "
-                f"{r['psnr_gain']:+.1f} | {_with_ms(r, '')} | {_with_ms(r, 'prior_')} | "
+                f"{r['batch_size'] or r.get('stolen') or '–'} | {psnr} | {r['prior_psnr']:.1f} | "
+                f"{gain} | {_with_ms(r, '')} | {_with_ms(r, 'prior_')} | "
                 f"{r['reid_top1']:.0%} ({r['chance_top1']:.1%}) | {_target_column(r)} | {r['seconds']:.0f} |")
         lines += _probe_table(rows) + _worth_table(rows)
         for r in rows:

@@ -15,6 +15,7 @@ from fedsim.attacks.metrics import (
     ms_ssim_scales,
     mse,
     psnr,
+    psnr_summary,
     reidentification_ranks,
     score_reconstruction,
     ssim,
@@ -116,3 +117,20 @@ def test_score_reconstruction_prior_and_perfect_recon(images: torch.Tensor) -> N
     assert as_prior["psnr_gain"] == pytest.approx(0.0, abs=1e-9)
     assert as_prior["ssim_gain"] == pytest.approx(0.0, abs=1e-9)
     assert math.isfinite(as_prior["psnr"])
+
+
+def test_exact_recoveries_are_counted_and_never_averaged_in_at_the_cap(images: torch.Tensor) -> None:
+    prior = images.mean(0)
+    candidates = torch.cat([images, torch.randn(6, *images.shape[1:])])
+    half = images.clone()
+    half[2:] += 0.1 * torch.randn(half[2:].shape, generator=torch.Generator().manual_seed(1))
+    scores = score_reconstruction(half, images, prior=prior, candidates=candidates, true_index=[0, 1, 2, 3],
+                                  batch=False)
+    inexact = psnr(half[2:], images[2:]).mean().item()
+    assert scores["exact"] == 0.5 and scores["psnr_inexact"] == pytest.approx(inexact)
+    assert scores["psnr"] > 400  # the plain mean, with two items at the cap
+    cell, gain = psnr_summary(scores)
+    assert cell == f"{inexact:.1f} + 50% exact" and gain == f"{inexact - scores['prior_psnr']:+.1f}"
+    perfect = score_reconstruction(images, images, prior=prior, candidates=candidates, true_index=[0, 1, 2, 3])
+    assert perfect["exact"] == 1.0 and "psnr_inexact" not in perfect and psnr_summary(perfect) == ("exact", "exact")
+    assert psnr_summary({"psnr": 21.04, "prior_psnr": 18.0}) == ("21.0", "+3.0")  # a row from before `exact`
