@@ -9,7 +9,7 @@ from typing import Any
 from fedsim.families import FAMILIES, AttackFamily, resolve_family
 from fedsim.plugins import load_builtins
 from fedsim.registry import PluginError, registry
-from fedsim.scenario import PluginSpec, Scenario, ScenarioError
+from fedsim.scenario import PluginSpec, Scenario, ScenarioError, shown_key
 from fedsim.settings.base import SETTINGS, Setting
 from fedsim.tasks.needs import check_task_data
 
@@ -109,7 +109,7 @@ def _sections(scenario: Scenario, setting: type[Setting], families: dict[type[At
             owners.setdefault(owner.section, owner)
     for key in scenario.sections:
         if key not in owners:
-            raise ScenarioError(f"{key}: unknown key")
+            raise ScenarioError(f"{shown_key(key)}: unknown key")
     return {key: owner.parse_config(scenario).model_dump(mode="json") for key, owner in owners.items()}
 
 

@@ -54,12 +54,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
     A number picks an entry of a list: ``defenses.0.params.sigma=0.05``."""
     key, sep, value = item.partition("=")
+    shown = item if item.isprintable() else repr(item)  # an error stays one line
     if not sep or not re.fullmatch(KEY_PATH, key.strip()):
-        raise ScenarioError(f"--set {item}: expected key.path=value")
+        raise ScenarioError(f"--set {shown}: expected key.path=value")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
-        raise ScenarioError(f"--set {item}: the value is not valid YAML") from None
+        raise ScenarioError(f"--set {shown}: the value is not valid YAML") from None
     set_path(raw, key.strip(), parsed)
 
 

@@ -332,11 +332,17 @@ def parse_section(model: type[BaseModel], raw: Any, section: str) -> Any:
         raise ScenarioError(format_errors(exc, prefix=section)) from None
 
 
+def shown_key(part: Any) -> str:
+    """A key as an error message names it: printable as it is, else quoted (a message stays one line)."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
 def format_errors(exc: ValidationError, prefix: str = "") -> str:
     """Every pydantic error of `exc` as `key.path: message`, joined on one line."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+        loc = ".".join(shown_key(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
