@@ -207,7 +207,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     unusable, missing = check_run_folder(run)
     if unusable:
         return _fail(unusable, EXIT_BAD_INPUT)
-    write_outputs(run)
+    try:
+        write_outputs(run)
+    except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:  # a file fedsim did not write as it is
+        return _fail(f"{run.path}: cannot write its report, a file of the folder is damaged "
+                     f"({type(exc).__name__}: {exc})", EXIT_BAD_INPUT)
     print(f"wrote {run.report_file} and {run.path / 'report.html'}")
     if missing:  # the report is written, its sections without data marked
         return _fail(f"{run.path / missing[0]} is missing or unreadable: the report marks what it could not show"

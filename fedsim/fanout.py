@@ -39,6 +39,7 @@ class TaskPool:
         self._cpus = cpus  # tests: the size of a private pool (default: this machine's cores)
         self._started = False
         self._remote: Any = None
+        self._in_process = False  # a private Ray failed to start: never try again
         self.slots = 0  # pieces that can run at once (0 until Ray has been started or joined)
 
     def _start(self) -> None:
@@ -56,10 +57,17 @@ class TaskPool:
         self.slots = int(ray.cluster_resources().get("CPU", 1))
 
     def _fits_more_than_one(self) -> bool:
-        from fedsim.ray_setup import cluster_address
+        from fedsim.ray_setup import EngineError, cluster_address
 
-        if not self.slots and (cluster_address(self.resources) or (self._cpus or local_cpus()) >= LOCAL_MIN_CORES):
-            self._start()  # a cluster's size is known once joined
+        if self.slots or self._in_process:
+            return self.slots > 1
+        if cluster_address(self.resources):
+            self._start()  # a cluster's size is known once joined; one that cannot be joined is an error
+        elif (self._cpus or local_cpus()) >= LOCAL_MIN_CORES:
+            try:
+                self._start()
+            except EngineError:  # a private Ray that will not start: the work runs here, as on fewer cores
+                self._in_process = True
         return self.slots > 1
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -75,11 +83,11 @@ class TaskPool:
         refs = [self._remote.remote(fn, *args) for args in calls]
         try:
             return ray.get(refs)
-        except ray.exceptions.RayTaskError as exc:
+        except ray.exceptions.RayError as exc:  # a piece raised, or its worker died: stop the others
             for ref in refs:
                 ray.cancel(ref, force=True)
-            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-            raise cause from None
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, BaseException) else exc) from None
 
     def close(self) -> None:
         if self._started:

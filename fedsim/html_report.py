@@ -93,7 +93,7 @@ def _annotate_headings(body: str) -> tuple[str, list[tuple[str, str]]]:
                 used.setdefault(term, GLOSSARY[term])
                 return f'{match.group(1)}<abbr title="{html.escape(GLOSSARY[term])}">{text}</abbr></th>'
         return match.group(0)
-    body = re.sub(r"(<th[^>]*>)(.*?)</th>", heading, body, flags=re.DOTALL)
+    body = re.sub(r"(<th(?:\s[^>]*)?>)(.*?)</th>", heading, body, flags=re.DOTALL)  # <th>, not <thead>
     return body, [(t, used[t]) for t in GLOSSARY if t in used]
 
 
@@ -105,6 +105,10 @@ def render_page(markdown_text: str, base: Path, *, title: str, kind: str, source
 
     converter = markdown.Markdown(extensions=["tables", "toc", "sane_lists"],
                                   extension_configs={"toc": {"toc_depth": "2-3"}})
+    # HTML in the report's text (an error such as "<lambda>", a scenario description) is shown as
+    # text, never passed through: the page is mailed around and must stay inert and self-contained
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
     body = converter.convert(markdown_text)
     body, glossary = _annotate_headings(inline_images(body, base))
     env = jinja2.Environment(loader=jinja2.PackageLoader("fedsim", "templates"), autoescape=True)

@@ -56,10 +56,11 @@ def check_run_folder(run: RunFolder) -> tuple[str | None, list[str]]:
     for name in SECTION_FILES:
         try:
             if name == "partitions.json":
-                json.loads((run.path / name).read_text())
-            elif not (run.path / name).is_file():
-                raise FileNotFoundError(name)
-        except (OSError, ValueError):
+                if not isinstance(json.loads((run.path / name).read_text()).get("clients"), list):
+                    raise ValueError("no clients")
+            else:
+                (run.path / name).read_bytes()
+        except (OSError, ValueError, AttributeError):
             missing.append(name)
     return None, missing
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import multiprocessing
+import multiprocessing.connection
 import os
+import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,45 +146,55 @@ def core_shares(parallel: int) -> list[list[int]]:
     return [cores[i::n] for i in range(n)]
 
 
-def _pin(shares: Any) -> None:
-    """Worker start: take one share of the cores for every point this process will run."""
+def _point_process(point: SweepPoint, points_dir: Path, share: list[int], row_file: Path) -> None:
+    """One point in its own process, pinned to `share`: its row goes to `row_file`, then the process
+    ends at once (Flower's server thread, left running by a failed simulation, is not a daemon)."""
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, shares.get())
-
-
-def _run_point(point: SweepPoint, points_dir: Path) -> dict[str, Any]:
-    """One point in a worker process: its row (a failure is the row's status, never lost)."""
+        os.sched_setaffinity(0, share)
     from fedsim.runner import run_scenario
 
     try:
-        result = run_scenario(point.scenario, out_dir=points_dir, log=lambda m: print(f"  [{point.label}] {m}",
-                                                                                      flush=True))
-        return point_row(point, result.summary, result.run_dir)
-    except Exception as exc:
-        return {**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        result = run_scenario(point.scenario, out_dir=points_dir,
+                              log=lambda m: print(f"  [{point.label}] {m}", flush=True))
+        row = point_row(point, result.summary, result.run_dir)
+    except Exception as exc:  # the point failed; the sweep goes on
+        row = {**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    atomic_write_text(row_file, json.dumps(row, default=str))
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _side_by_side(points: list[SweepPoint], folder: Path, parallel: int,
                   log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """The points in `parallel` pinned worker processes; the table is rewritten as each one ends."""
-    shares = core_shares(parallel)
+    """The points `parallel` at a time, each in a fresh pinned process; the table is rewritten as
+    each one ends. A point whose process dies (killed for memory, say) is recorded as failed."""
+    shares = core_shares(min(parallel, len(points)))
     context = multiprocessing.get_context("spawn")  # no forked copy of a driver that may hold threads
-    queue = context.Queue()
-    for share in shares:
-        queue.put(share)
     log(f"[sweep] {len(points)} points, {len(shares)} at once on cores "
         + " / ".join(",".join(map(str, share)) for share in shares))
+    (folder / "points").mkdir(parents=True, exist_ok=True)
+    pending, free = list(range(len(points))), list(shares)
+    running: dict[int, tuple[Any, int, list[int]]] = {}  # process sentinel -> (process, point, share)
     done: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(len(shares), mp_context=context, initializer=_pin, initargs=(queue,)) as pool:
-        futures = {pool.submit(_run_point, point, folder / "points"): i for i, point in enumerate(points)}
-        for future in as_completed(futures):
-            i = futures[future]
+    while pending or running:
+        while pending and free:
+            i, share = pending.pop(0), free.pop(0)
+            proc = context.Process(target=_point_process, args=(points[i], folder / "points", share,
+                                                                 folder / f".point{i:04d}.json"))
+            proc.start()
+            running[proc.sentinel] = (proc, i, share)
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            proc, i, share = running.pop(sentinel)
+            proc.join()
+            free.append(share)
+            row_file = folder / f".point{i:04d}.json"
             try:
-                done[i] = future.result()
-            except Exception as exc:  # the worker itself died (e.g. killed for memory)
-                done[i] = {**points[i].shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            status = done[i].get("status", "ok")
-            log(f"[sweep {len(done)}/{len(points)}] {points[i].label}: {status}")
+                done[i] = json.loads(row_file.read_text())
+                row_file.unlink()
+            except (OSError, ValueError):
+                done[i] = {**points[i].shown, "status": "failed",
+                           "error": f"the point's process ended with exit code {proc.exitcode} before its result"}
+            log(f"[sweep {len(done)}/{len(points)}] {points[i].label}: {done[i].get('status')}")
             write_tables(folder, [done[k] for k in sorted(done)])
     return [done[i] for i in range(len(points))]
 

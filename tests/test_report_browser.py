@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from fedsim.loading import validate_scenario
 from fedsim.runner import run_scenario
@@ -59,6 +60,22 @@ def test_a_damaged_run_folder_gets_the_report_it_can_and_one_line_naming_what_is
     assert err.count("\n") == 0
     (damaged / "summary.json").unlink()
     assert _report(damaged, capsys) == (2, f"fedsim: error: not a run folder (no summary.json): {damaged}")
+    shutil.copy(run / "summary.json", damaged / "summary.json")
+    scenario = yaml.safe_load((damaged / "scenario.yaml").read_text())
+    del scenario["task"]["model"]  # a hand-edited scenario.yaml
+    (damaged / "scenario.yaml").write_text(yaml.safe_dump(scenario))
+    code, err = _report(damaged, capsys)
+    assert code == 2 and err.startswith(f"fedsim: error: {damaged}: cannot write its report") and "\n" not in err
+
+
+def test_html_in_the_report_text_is_shown_as_text(tmp_path: Path):
+    from fedsim.html_report import render_page
+
+    page = render_page("# r\n\nerror: cannot pickle <function <lambda>> <img src=x onerror=alert(1)>\n\n"
+                       "| MAE | note |\n|---|---|\n| 1.0 | <b>x</b> |\n", tmp_path, title="r", kind="run report",
+                       source="here")
+    assert "&lt;lambda&gt;" in page and "<img src=x" not in page and "<b>x</b>" not in page
+    assert '<thead>\n<tr>\n<th><abbr title="Mean absolute error' in page  # the tooltip sits inside its <th>
 
 
 def test_the_run_report_renders_in_chromium(run: Path):

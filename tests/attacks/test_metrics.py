@@ -134,3 +134,4 @@ def test_exact_recoveries_are_counted_and_never_averaged_in_at_the_cap(images: t
     perfect = score_reconstruction(images, images, prior=prior, candidates=candidates, true_index=[0, 1, 2, 3])
     assert perfect["exact"] == 1.0 and "psnr_inexact" not in perfect and psnr_summary(perfect) == ("exact", "exact")
     assert psnr_summary({"psnr": 21.04, "prior_psnr": 18.0}) == ("21.0", "+3.0")  # a row from before `exact`
+    assert psnr_summary({"psnr": 510.0, "prior_psnr": 18.0})[0] == "510.0 (a mean with exact items at the cap)"
