@@ -42,6 +42,7 @@ def check_run_folder(run: RunFolder) -> tuple[str | None, list[str]]:
 
     import yaml
 
+    content: Any = None
     for name, parse in (("scenario.yaml", yaml.safe_load), ("summary.json", json.loads)):
         path = run.path / name
         if not path.is_file():
@@ -54,6 +55,9 @@ def check_run_folder(run: RunFolder) -> tuple[str | None, list[str]]:
             return f"{path}: not a fedsim {name} (run folders are written by fedsim run)", []
     missing = []
     for name in SECTION_FILES:
+        if name == "metrics.jsonl" and not (content.get("setting", "federated") == "federated"
+                                            and content.get("rounds_completed")):
+            continue  # only a federation that ran rounds writes one (not a data lake, a split-inference run)
         try:
             if name == "partitions.json":
                 if not isinstance(json.loads((run.path / name).read_text()).get("clients"), list):
