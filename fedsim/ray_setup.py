@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from fedsim import NO_PHONE_HOME
 from fedsim.scenario import RAY_ADDRESS, ResourcesConfig
 
 IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job supervisor for the job's entry point
@@ -99,7 +100,8 @@ def init_ray(init_args: dict) -> str:
     os.environ["PYTHONPATH"] = pythonpath  # Ray workers import fedsim and plug-in files as the driver does
     # a private instance's workers inherit this environment; a cluster's get it as a runtime env
     # (which costs each new worker a trip through Ray's runtime-env agent)
-    runtime_env = {} if address == "local" else {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}}}
+    quiet = {k: os.environ[k] for k in NO_PHONE_HOME if k in os.environ}
+    runtime_env = {} if address == "local" else {"runtime_env": {"env_vars": {"PYTHONPATH": pythonpath, **quiet}}}
     try:
         ray.init(**runtime_env, **init_args)
     except (ConnectionError, RuntimeError, ValueError) as exc:
