@@ -211,19 +211,31 @@ def finish(folder: Path, rows: list[dict[str, Any]], points: list[SweepPoint], a
 
     metric = attack_metric or points[0].scenario.sweep.attack_metric
     figure = privacy_utility_figure(rows, list(points[0].values), folder / "privacy_utility.png", attack_metric=metric)
-    write_tables(folder, rows, figure=figure is not None)
-    write_page(folder / "sweep.md", folder / "sweep.html", title=f"{points[0].scenario.name} sweep", kind="sweep")
+    title = f"{points[0].scenario.name} sweep"
+    write_tables(folder, rows, figure=figure is not None, title=title)
+    write_page(folder / "sweep.md", folder / "sweep.html", title=title, kind="sweep", made_with=_made_with(rows))
 
 
-def write_tables(folder: Path, rows: list[dict[str, Any]], *, figure: bool = False) -> None:
-    """sweep.csv (every column) and sweep.md (the same without the run folders; with the plot once
-    the sweep has finished)."""
+def _made_with(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The provenance the first point that ran recorded (every point ran with the same software)."""
+    for row in rows:
+        try:
+            return json.loads((Path(row["run"]) / "summary.json").read_text())["provenance"]
+        except (KeyError, OSError, ValueError, TypeError):
+            continue
+    return None
+
+
+def write_tables(folder: Path, rows: list[dict[str, Any]], *, figure: bool = False, title: str | None = None) -> None:
+    """sweep.csv (every column) and sweep.md (the same without the run folders; once the sweep has
+    finished, with its title and the plot)."""
     from fedsim.report import to_csv
 
     atomic_write_text(folder / "sweep.csv", to_csv(rows))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     shown = [c for c in columns if c not in ("run",)]
-    lines = table(shown, [[cell(row.get(c)) for c in shown] for row in rows])
+    lines = [f"# {title}", "", "## Points", ""] if title else []
+    lines += table(shown, [[cell(row.get(c)) for c in shown] for row in rows])
     if figure:
-        lines += ["", "![privacy-utility](privacy_utility.png)"]
+        lines += ["", "## Privacy and utility", "", "![privacy-utility](privacy_utility.png)"]
     atomic_write_text(folder / "sweep.md", "\n".join(lines) + "\n")

@@ -56,7 +56,9 @@ def test_sweep_runs_each_point_and_writes_table_and_plot(tmp_path):
     assert len(table) == 2 and "mia_loss_threshold@global_model.auc" in table[0]
     assert float(table[1]["test_mae"]) != float(table[0]["test_mae"])
     assert (folder / "privacy_utility.png").stat().st_size > 1000 and (folder / "sweep.md").is_file()
-    assert "data:image/png;base64," in (folder / "sweep.html").read_text()  # the plot, inlined
+    page = (folder / "sweep.html").read_text()
+    assert "data:image/png;base64," in page and 'href="#privacy-and-utility"' in page  # the plot, inlined
+    assert "the run recorded none" not in page  # the points' provenance
     # the same points two at a time, each in its own process on one of this machine's cores: the same table
     folder2, side_by_side = run_sweep(points, out_dir=tmp_path / "out2", parallel=2, log=lambda _: None)
     for alone, beside in zip(rows, side_by_side, strict=True):
