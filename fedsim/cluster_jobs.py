@@ -107,7 +107,7 @@ def submit_sweep(points: list[SweepPoint], scenario: Path, *, address: str, work
     side as it has room for; the rest wait, see fedsim.engine.start_ray); returns the table's rows
     as they end, read from the run folders (which must be visible here: a shared folder, or loopback)."""
     from fedsim.run_folder import RunFolder
-    from fedsim.sweep import point_row, write_tables
+    from fedsim.sweep import failed_row, point_row, write_tables
 
     client = job_client(address)
     jobs = []
@@ -126,8 +126,7 @@ def submit_sweep(points: list[SweepPoint], scenario: Path, *, address: str, work
                 rows[i] = point_row(point, RunFolder(Path(run_dir)).summary(), Path(run_dir))
             else:
                 last = [ln for ln in logs.splitlines() if ln.strip()][-1:] or [f"job {status}"]
-                rows[i] = {**point.shown, "status": "failed", "error": f"Ray job {job_id} {status}: {last[0]}",
-                           "run": run_dir}
+                rows[i] = {**failed_row(point, f"Ray job {job_id} {status}: {last[0]}"), "run": run_dir}
             log(f"[sweep {i + 1}/{len(points)}] {point.label}: {rows[i]['status']}")
             write_tables(folder, [r for r in rows if r is not None])
         time.sleep(1.0)

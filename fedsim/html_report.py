@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fedsim.ray_setup import local_cpus
+
 PACKAGES = ("fedsim", "flwr", "ray", "torch", "opacus", "monai", "numpy", "scikit-learn")
 
 GLOSSARY: dict[str, str] = {
@@ -56,13 +58,7 @@ def provenance() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     versions["python"] = platform.python_version()
-    return {"versions": versions, "machine": f"{platform.system()} {platform.machine()}, {_cpus()} CPUs"}
-
-
-def _cpus() -> int:
-    from fedsim.ray_setup import local_cpus
-
-    return local_cpus()
+    return {"versions": versions, "machine": f"{platform.system()} {platform.machine()}, {local_cpus()} CPUs"}
 
 
 def inline_images(body: str, base: Path) -> str:

@@ -53,10 +53,18 @@ def check_run_folder(run: RunFolder) -> tuple[str | None, list[str]]:
             return f"{path}: not readable ({type(exc).__name__}: {str(exc).splitlines()[0]})", []
         if not isinstance(content, dict) or (name == "scenario.yaml" and not {"name", "data", "task"} <= set(content)):
             return f"{path}: not a fedsim {name} (run folders are written by fedsim run)", []
+    return None, missing_sections(run, content)
+
+
+def missing_sections(run: RunFolder, summary: dict[str, Any]) -> list[str]:
+    """The files of SECTION_FILES the run should hold but does not (or cannot be read): their sections
+    are marked instead of shown."""
+    import json
+
     missing = []
     for name in SECTION_FILES:
-        if name == "metrics.jsonl" and not (content.get("setting", "federated") == "federated"
-                                            and content.get("rounds_completed")):
+        if name == "metrics.jsonl" and not (summary.get("setting", "federated") == "federated"
+                                            and summary.get("rounds_completed")):
             continue  # only a federation that ran rounds writes one (not a data lake, a split-inference run)
         try:
             if name == "partitions.json":
@@ -66,7 +74,7 @@ def check_run_folder(run: RunFolder) -> tuple[str | None, list[str]]:
                 (run.path / name).read_bytes()
         except (OSError, ValueError, AttributeError):
             missing.append(name)
-    return None, missing
+    return missing
 
 
 def to_csv(records: list[dict[str, Any]]) -> str:
@@ -109,7 +117,7 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
     """A short Markdown report: setup, partitions, result vs baseline, per-round table, the families'
     sections, failures."""
     scenario = run.scenario_raw()
-    _, missing = check_run_folder(run)
+    missing = missing_sections(run, summary)
     partitions = {"clients": []} if "partitions.json" in missing else run.partitions()
     key = summary.get("primary_metric", "mae")
     data, model = scenario["data"], scenario["task"]["model"]

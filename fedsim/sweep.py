@@ -130,11 +130,16 @@ def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_m
             result = run_scenario(point.scenario, out_dir=folder / "points", log=lambda m: log(f"  {m}"))
             rows.append(point_row(point, result.summary, result.run_dir))
         except Exception as exc:  # one failed point must not lose the others
-            rows.append({**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+            rows.append(failed_row(point, f"{type(exc).__name__}: {exc}"))
             log(f"[sweep {i}/{len(points)}] failed: {type(exc).__name__}: {exc}")
         write_tables(folder, rows)
     finish(folder, rows, points, attack_metric)
     return folder, rows
+
+
+def failed_row(point: SweepPoint, error: str) -> dict[str, Any]:
+    """The table's row of a point that did not finish (the sweep goes on without it)."""
+    return {**point.shown, "status": "failed", "error": error}
 
 
 def core_shares(parallel: int) -> list[list[int]]:
@@ -158,7 +163,7 @@ def _point_process(point: SweepPoint, points_dir: Path, share: list[int], row_fi
                               log=lambda m: print(f"  [{point.label}] {m}", flush=True))
         row = point_row(point, result.summary, result.run_dir)
     except Exception as exc:  # the point failed; the sweep goes on
-        row = {**point.shown, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        row = failed_row(point, f"{type(exc).__name__}: {exc}")
     atomic_write_text(row_file, json.dumps(row, default=str))
     sys.stdout.flush()
     os._exit(0)
@@ -192,8 +197,8 @@ def _side_by_side(points: list[SweepPoint], folder: Path, parallel: int,
                 done[i] = json.loads(row_file.read_text())
                 row_file.unlink()
             except (OSError, ValueError):
-                done[i] = {**points[i].shown, "status": "failed",
-                           "error": f"the point's process ended with exit code {proc.exitcode} before its result"}
+                done[i] = failed_row(points[i], f"the point's process ended with exit code {proc.exitcode} "
+                                                "before its result")
             log(f"[sweep {len(done)}/{len(points)}] {points[i].label}: {done[i].get('status')}")
             write_tables(folder, [done[k] for k in sorted(done)])
     return [done[i] for i in range(len(points))]
