@@ -22,7 +22,15 @@ from fedsim.data.partition import ClientSplit
 from fedsim.defenses import DEFENSES, Defense
 from fedsim.defenses.base import ClientRound
 from fedsim.models.imprint import build_received
-from fedsim.protocol import ARCH_KEY, BATCH_KEY, CAPTURE_KEY, TRUTH_KEY, UPDATE_KEY
+from fedsim.protocol import (
+    ARCH_KEY,
+    BATCH_KEY,
+    CAPTURE_KEY,
+    DEFENSE_STATE_KEY,
+    DEFENSE_TENSORS_KEY,
+    TRUTH_KEY,
+    UPDATE_KEY,
+)
 from fedsim.scenario import Scenario
 from fedsim.seeding import derive_seed, seed_everything
 from fedsim.tasks import TASKS, Task
@@ -106,8 +114,7 @@ def _model(plan: ClientPlan, data: _ClientData, msg: Message) -> torch.nn.Module
     return model.to(_device(plan))
 
 
-_DEFENSE_STATE = "fedsim-defense-state"
-_DEFENSE_TENSORS = "fedsim-defense-tensors"
+_DEFENSE_STATE, _DEFENSE_TENSORS = DEFENSE_STATE_KEY, DEFENSE_TENSORS_KEY  # same names in the context and messages
 
 
 def _defenses(plan: ClientPlan, context: Context, task: Task, pid: int, server_round: int,
@@ -129,15 +136,27 @@ def _defenses(plan: ClientPlan, context: Context, task: Task, pid: int, server_r
     return out
 
 
-def _keep_defense_state(context: Context, defenses: list[tuple[Defense, ClientRound]]) -> None:
+def _restore_defense_state(context: Context, msg: Message) -> None:
+    """A resumed run's first instruction carries what this client's defenses remembered before the
+    run stopped (the server's checkpoint); a context that already has state keeps its own."""
+    for key in (_DEFENSE_STATE, _DEFENSE_TENSORS):
+        if key in msg.content and key not in context.state:
+            context.state[key] = msg.content[key]
+
+
+def _keep_defense_state(context: Context, defenses: list[tuple[Defense, ClientRound]], reply: RecordDict) -> None:
     """Persist what each defense remembers, numbers and tensors (Flower keeps a node's context
-    across rounds); none of it is part of the reply."""
+    across rounds), and copy it into the reply for the server's checkpoint (a private record: the
+    observation layer strips it before the strategy or an attacker sees the reply)."""
     flat = {f"{i}.{k}": float(v) for i, (_, ctx) in enumerate(defenses) for k, v in ctx.state.items()}
     if flat:
         context.state[_DEFENSE_STATE] = MetricRecord(flat)
     tensors = {f"{i}.{k}": v.detach().cpu() for i, (_, ctx) in enumerate(defenses) for k, v in ctx.tensors.items()}
     if tensors:
         context.state[_DEFENSE_TENSORS] = ArrayRecord(tensors)
+    for key in (_DEFENSE_STATE, _DEFENSE_TENSORS):
+        if key in context.state:
+            reply[key] = context.state[key]
 
 
 def make_client_app(plan: ClientPlan) -> ClientApp:
@@ -168,6 +187,7 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         budget = local_budget(fed, len(data.y_train), batch_size=batch_size)
         if gradient_requested:  # FedSGD: one batch, one gradient
             budget = dataclasses.replace(budget, steps=1)
+        _restore_defense_state(context, msg)
         defenses = _defenses(plan, context, data.task, pid, server_round, budget)
         for defense, ctx in defenses:  # e.g. model_vetting: refuse a tampered model before training on it
             defense.inspect_model(model, config=dict(config), ctx=ctx)
@@ -189,8 +209,8 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         for defense, ctx in defenses:  # YAML order; what leaves the client is what the server sees
             update = defense.transform_update(update, kind=kind, reference=reference, ctx=ctx)
             defense_metrics.update(defense.round_metrics(ctx=ctx))
-        _keep_defense_state(context, defenses)
         reply = RecordDict({"arrays": ArrayRecord(update)})
+        _keep_defense_state(context, defenses, reply)
         if bool(config.get(CAPTURE_KEY, False)):  # for scoring only: the server's observation layer strips it
             reply[TRUTH_KEY] = ArrayRecord({"inputs": data.x_train[result.used].contiguous(),
                                             "targets": data.y_train[result.used].contiguous(),

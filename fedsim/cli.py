@@ -18,8 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a federated scenario")
-    run.add_argument("scenario", type=Path)
+    run.add_argument("scenario", type=Path, nargs="?", help="the scenario (with --resume: optional, checked against "
+                     "the run's)")
     run.add_argument("--out", type=Path, default=None, help="root folder for runs (default: output.dir)")
+    run.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                     help="go on with a stopped run from its last checkpointed round")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario value, e.g. federation.rounds=5 (repeatable)")
     job = sub.add_parser("submit", help="run a scenario as a Ray job on a cluster (needs fedsim[cluster])")
@@ -44,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("--address", default=None, help="a Ray cluster's dashboard (http://head:8265): each point runs "
                      "as its own Ray job, side by side (needs fedsim[cluster]; --out absolute and visible here)")
     swp.add_argument("--working-dir", type=Path, default=Path("."), help="with --address: uploaded for each job")
+    swp.add_argument("--resume", type=Path, default=None, metavar="SWEEP_DIR",
+                     help="go on with a stopped sweep: keep its finished points, resume its stopped ones")
     swp.add_argument("--parallel", type=int, default=1, metavar="N", help="run N points at once on this machine, "
                      "each in its own process on its share of the cores (default 1)")
     val = sub.add_parser("validate", help="check scenario files without running them")
@@ -70,9 +75,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.loading import load_scenario
     from fedsim.run_folder import RunFolder
     from fedsim.runner import run_scenario
+    from fedsim.scenario import ScenarioError
 
-    scenario = load_scenario(args.scenario, args.overrides)
-    result = run_scenario(scenario, out_dir=args.out)
+    if args.resume is not None:
+        from fedsim.resume import open_resumable
+
+        if args.out is not None:
+            raise ScenarioError("--out: a resumed run stays in its own folder (--resume)")
+        resumable = open_resumable(args.resume, args.scenario, args.overrides)
+        if resumable.finished:
+            print(f"{args.resume}: the run is complete (round {resumable.round}); nothing to resume")
+            return 0
+        scenario, resume = resumable.scenario, resumable.run
+    elif args.scenario is None:
+        raise ScenarioError("run: give a scenario file (or --resume RUN_DIR)")
+    else:
+        scenario, resume = load_scenario(args.scenario, args.overrides), None
+    result = run_scenario(scenario, out_dir=args.out, resume=resume)
     report = RunFolder(result.run_dir).report_file
     print(f"run folder: {result.run_dir}")
     if result.error:
@@ -137,6 +156,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ScenarioError(f"--parallel: {args.parallel} is not a number of points at once (1 or more)")
     if args.address and args.parallel > 1:
         raise ScenarioError("--parallel is for a sweep on this machine; with --address every point is its own job")
+    if args.resume is not None and (args.address or args.out):
+        raise ScenarioError("--resume: a resumed sweep runs on this machine, in its own folder (no --address / --out)")
+    if args.resume is not None and not (args.resume / "points").is_dir():
+        raise ScenarioError(f"--resume: {args.resume} is not a sweep folder (no points/)")
     points = expand(args.scenario, grid=parse_grid(args.grid), overrides=args.overrides)
     print(f"sweep: {len(points)} points")
     if args.address:
@@ -151,7 +174,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return code
         finish(folder, rows, points, args.attack_metric)
     else:
-        folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric, parallel=args.parallel)
+        folder, rows = run_sweep(points, out_dir=args.out, attack_metric=args.attack_metric, parallel=args.parallel,
+                                 resume=args.resume)
     print((folder / "sweep.md").read_text())
     print(f"sweep folder: {folder}")
     failed = sum(r.get("status") == "failed" for r in rows)

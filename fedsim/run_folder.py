@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 VOLATILE_KEYS = frozenset({"seconds", "elapsed_s", "wall_s", "started_at", "worker_pid"})  # timings and process ids:
 # they differ between two runs of one scenario
 MODEL = "model"  # the final model of a run: model.safetensors
+CHECKPOINT_META = "fedsim.checkpoint"  # header key of checkpoint.safetensors: round, RNG states, ... as JSON
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -62,13 +63,17 @@ def observation_name(server_round: int, client: int) -> str:
     return f"round{server_round:03d}_client{client:03d}"
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-    """safetensors (never pickle) written atomically, with an optional JSON sidecar of metadata."""
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None, *,
+                 metadata: dict[str, str] | None = None) -> None:
+    """safetensors (never pickle) written atomically (temporary file, fsync, rename), with optional
+    text `metadata` in its header and an optional JSON sidecar `meta`."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
     if meta is not None:
         atomic_write_text(path.with_suffix(".json"), json.dumps(clean_json(meta), indent=2) + "\n")
@@ -153,6 +158,49 @@ class RunFolder:
     def engine_log(self) -> Path:
         """flower.log: the simulation engine's own log (tracebacks included)."""
         return self.path / "flower.log"
+
+    @property
+    def checkpoint_file(self) -> Path:
+        """checkpoint.safetensors: the federation's state after its last finished round (see server/checkpoint.py)."""
+        return self.path / "checkpoint.safetensors"
+
+    def checkpoint_meta(self) -> dict[str, Any] | None:
+        """The checkpoint's header (its `round`, its `scenario` fingerprint, ...), read without torch;
+        None if there is no checkpoint. Raises ValueError when the file is not a fedsim checkpoint."""
+        path = self.checkpoint_file
+        if not path.is_file():
+            return None
+        try:
+            with open(path, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                if not 0 < size <= 100_000_000:
+                    raise ValueError("bad header size")
+                header = json.loads(fh.read(size))
+            meta = json.loads(header["__metadata__"][CHECKPOINT_META])
+            int(meta["round"])
+            return meta
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a fedsim checkpoint ({exc})") from None
+
+    def rewind(self, to_round: int) -> None:
+        """Forget everything recorded after round `to_round` (a run killed mid-round, resumed from its
+        checkpoint): metrics.jsonl records of later rounds, and their observations and private batches."""
+        kept = [r for r in self.metrics() if not isinstance(r.get("round"), int) or r["round"] <= to_round]
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        for area in ("observations", "private"):
+            for entry in sorted((self.path / area).glob("round*")):
+                digits = entry.name[len("round"):len("round") + 3]
+                if digits.isdigit() and int(digits) > to_round:
+                    if entry.is_dir():
+                        for f in entry.iterdir():
+                            f.unlink()
+                        entry.rmdir()
+                    else:
+                        entry.unlink()
+
+    def is_started(self) -> bool:
+        """Whether the folder is a run folder at all (it holds the resolved scenario)."""
+        return self.scenario_file.is_file()
 
     def is_run(self) -> bool:
         """Whether the folder holds a finished run (a resolved scenario and a summary)."""

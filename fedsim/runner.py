@@ -34,8 +34,12 @@ class RunResult:
     error: str | None = None
 
 
-def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = print) -> RunResult:
-    """Run the scenario's setting, then its attacks; the run folder is complete even if parties failed."""
+def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = print,
+                 resume: RunFolder | None = None) -> RunResult:
+    """Run the scenario's setting, then its attacks; the run folder is complete even if parties failed.
+
+    `resume`: a stopped run's folder (see fedsim.resume): the setting goes on from its checkpoint and
+    the attacks run again on everything it recorded."""
     t0 = time.perf_counter()
     seed_everything(scenario.seed)
     setting = setting_of(scenario)
@@ -45,7 +49,7 @@ def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = 
     for family, specs in families:
         family.check(experiment, specs)
 
-    run = RunFolder.create(scenario, out_dir)
+    run = resume if resume is not None else RunFolder.create(scenario, out_dir)
     _write_partitions(run, experiment, log)
     outcome = setting.run(experiment, run, log=log)
     needs_model = any(FINAL_MODEL in family.consumes for family, _ in families)

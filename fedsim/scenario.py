@@ -352,6 +352,13 @@ def format_errors(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+def scenario_fingerprint(scenario: Scenario) -> str:
+    """Which resolved scenario a checkpoint belongs to (kept in its header)."""
+    import hashlib
+
+    return hashlib.sha256(scenario_to_yaml(scenario).encode()).hexdigest()[:16]
+
+
 def scenario_to_yaml(scenario: Scenario) -> str:
     """The resolved scenario (defaults filled in) as YAML, for the run folder; owned sections are
     written at the top level, where the user wrote them."""

@@ -29,7 +29,7 @@ import yaml
 from fedsim.loading import apply_override, read_raw, set_path, validate_scenario
 from fedsim.markdown import cell, table
 from fedsim.run_folder import RunFolder, atomic_write_text
-from fedsim.scenario import Scenario, ScenarioError
+from fedsim.scenario import Scenario, ScenarioError, scenario_to_yaml
 
 
 @dataclass(frozen=True)
@@ -113,25 +113,57 @@ def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict
     return row
 
 
-def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_metric: str | None = None,
-              parallel: int = 1, log: Callable[[str], None] = print) -> tuple[Path, list[dict[str, Any]]]:
-    """Run every point (in turn, or `parallel` at once); returns the sweep folder and the table's rows."""
+def recorded_run(point: SweepPoint, points_dir: Path) -> RunFolder | None:
+    """The run folder a stopped sweep left for this point (its recorded scenario is the point's): the
+    finished one if any, else the one with a checkpoint; None if the point has to start afresh."""
+    wanted = yaml.safe_load(scenario_to_yaml(point.scenario))
+    best: tuple[int, RunFolder] | None = None
+    for folder in sorted(points_dir.glob("*/*")):
+        run = RunFolder(folder)
+        try:
+            if not run.is_started() or run.scenario_raw() != wanted:
+                continue
+            rank = 2 if run.is_run() and run.summary().get("status") != "failed" else int(
+                run.checkpoint_meta() is not None)
+        except (ValueError, OSError, yaml.YAMLError):  # a damaged folder: not this point's
+            continue
+        if rank and (best is None or rank > best[0]):
+            best = (rank, run)
+    return best[1] if best else None
+
+
+def run_point(point: SweepPoint, points_dir: Path, *, resume: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """One point's row: run it (with `resume`, go on from what a stopped sweep left of it)."""
     from fedsim.runner import run_scenario  # the engine is imported only when something runs
 
-    folder = sweep_folder(points, out_dir)
+    try:
+        prior = recorded_run(point, points_dir) if resume else None
+        if prior is not None and prior.is_run() and prior.summary().get("status") != "failed":
+            log(f"already finished: {prior.path}")
+            return point_row(point, prior.summary(), prior.path)
+        result = run_scenario(point.scenario, out_dir=points_dir, log=log, resume=prior)
+        return point_row(point, result.summary, result.run_dir)
+    except Exception as exc:  # one failed point must not lose the others
+        log(f"failed: {type(exc).__name__}: {exc}")
+        return failed_row(point, f"{type(exc).__name__}: {exc}")
+
+
+def run_sweep(points: list[SweepPoint], *, out_dir: Path | None = None, attack_metric: str | None = None,
+              parallel: int = 1, log: Callable[[str], None] = print,
+              resume: Path | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """Run every point (in turn, or `parallel` at once); returns the sweep folder and the table's rows.
+
+    `resume`: the folder of a stopped sweep: finished points are kept, stopped ones go on from their
+    checkpoint, the rest run."""
+    folder = resume if resume is not None else sweep_folder(points, out_dir)
     if parallel > 1 and len(points) > 1:
-        rows = _side_by_side(points, folder, parallel, log)
+        rows = _side_by_side(points, folder, parallel, log, resume=resume is not None)
         finish(folder, rows, points, attack_metric)
         return folder, rows
     rows = []
     for i, point in enumerate(points, 1):
         log(f"[sweep {i}/{len(points)}] {point.label}")
-        try:
-            result = run_scenario(point.scenario, out_dir=folder / "points", log=lambda m: log(f"  {m}"))
-            rows.append(point_row(point, result.summary, result.run_dir))
-        except Exception as exc:  # one failed point must not lose the others
-            rows.append(failed_row(point, f"{type(exc).__name__}: {exc}"))
-            log(f"[sweep {i}/{len(points)}] failed: {type(exc).__name__}: {exc}")
+        rows.append(run_point(point, folder / "points", resume=resume is not None, log=lambda m: log(f"  {m}")))
         write_tables(folder, rows)
     finish(folder, rows, points, attack_metric)
     return folder, rows
@@ -151,26 +183,19 @@ def core_shares(parallel: int) -> list[list[int]]:
     return [cores[i::n] for i in range(n)]
 
 
-def _point_process(point: SweepPoint, points_dir: Path, share: list[int], row_file: Path) -> None:
+def _point_process(point: SweepPoint, points_dir: Path, share: list[int], row_file: Path, resume: bool) -> None:
     """One point in its own process, pinned to `share`: its row goes to `row_file`, then the process
     ends at once (Flower's server thread, left running by a failed simulation, is not a daemon)."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, share)
-    from fedsim.runner import run_scenario
-
-    try:
-        result = run_scenario(point.scenario, out_dir=points_dir,
-                              log=lambda m: print(f"  [{point.label}] {m}", flush=True))
-        row = point_row(point, result.summary, result.run_dir)
-    except Exception as exc:  # the point failed; the sweep goes on
-        row = failed_row(point, f"{type(exc).__name__}: {exc}")
+    row = run_point(point, points_dir, resume=resume, log=lambda m: print(f"  [{point.label}] {m}", flush=True))
     atomic_write_text(row_file, json.dumps(row, default=str))
     sys.stdout.flush()
     os._exit(0)
 
 
-def _side_by_side(points: list[SweepPoint], folder: Path, parallel: int,
-                  log: Callable[[str], None]) -> list[dict[str, Any]]:
+def _side_by_side(points: list[SweepPoint], folder: Path, parallel: int, log: Callable[[str], None], *,
+                  resume: bool) -> list[dict[str, Any]]:
     """The points `parallel` at a time, each in a fresh pinned process; the table is rewritten as
     each one ends. A point whose process dies (killed for memory, say) is recorded as failed."""
     shares = core_shares(min(parallel, len(points)))
@@ -185,7 +210,7 @@ def _side_by_side(points: list[SweepPoint], folder: Path, parallel: int,
         while pending and free:
             i, share = pending.pop(0), free.pop(0)
             proc = context.Process(target=_point_process, args=(points[i], folder / "points", share,
-                                                                 folder / f".point{i:04d}.json"))
+                                                                 folder / f".point{i:04d}.json", resume))
             proc.start()
             running[proc.sentinel] = (proc, i, share)
         for sentinel in multiprocessing.connection.wait(list(running)):

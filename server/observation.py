@@ -19,9 +19,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.protocol import PLACEMENT_KEYS, TRUTH_KEY
+from fedsim.protocol import DEFENSE_STATE_KEY, DEFENSE_TENSORS_KEY, PLACEMENT_KEYS, TRUTH_KEY
 from fedsim.run_folder import RunFolder
 from fedsim.server.capture import Capture
+from fedsim.server.checkpoint import ClientState
 
 PER_CLIENT_KEYS = ("partition-id", "seconds", "gradient_update", "batch_size", *PLACEMENT_KEYS)
 
@@ -79,15 +80,23 @@ class _PartitionOrderedGrid:
 
 
 class ObservedStrategy(Strategy):
-    """Delegates to an honest strategy; records per-client results and client failures."""
+    """Delegates to an honest strategy; records per-client results and client failures.
+
+    A resumed run starts Flower's loop again at its round 1: `rounds_done` shifts every round number
+    the strategy and the records see, and `client_states` (each client's defense state, from the
+    checkpoint) goes once to each client with its first instruction."""
 
     def __init__(self, inner: Strategy, *, run: RunFolder, partition_of: dict[int, int],
-                 capture: Capture | None = None) -> None:
+                 capture: Capture | None = None, rounds_done: int = 0,
+                 client_states: dict[int, ClientState] | None = None) -> None:
         self.inner = inner
         self.run = run
         self.partition_of = partition_of
         self.capture = capture
         self.failures: list[dict[str, Any]] = []
+        self.rounds_done = rounds_done
+        self.client_states: dict[int, ClientState] = dict(client_states or {})
+        self._to_restore = set(self.client_states)
 
     def summary(self) -> None:
         self.inner.summary()
@@ -95,21 +104,36 @@ class ObservedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.rounds_done
         view = _PartitionOrderedGrid(grid, self.partition_of)
         messages = self.inner.configure_train(server_round, arrays, config, view)  # type: ignore[arg-type]
         if self.capture is not None:
             messages = self.capture.instruct(server_round, messages, self.partition_of)
-        return messages
+        return [self._restored(msg) for msg in messages]
+
+    def _restored(self, msg: Message) -> Message:
+        """The instruction, plus the client's saved defense state if it has not had it since the resume."""
+        client = self.partition_of.get(msg.metadata.dst_node_id, -1)
+        if client not in self._to_restore:
+            return msg
+        self._to_restore.discard(client)
+        content = RecordDict(dict(msg.content.items()))
+        for key, record in zip((DEFENSE_STATE_KEY, DEFENSE_TENSORS_KEY), self.client_states[client].records(),
+                               strict=True):
+            if record is not None:
+                content[key] = record
+        return Message(content, message_type=msg.metadata.message_type, dst_node_id=msg.metadata.dst_node_id)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         view = _PartitionOrderedGrid(grid, self.partition_of)
-        return self.inner.configure_evaluate(server_round, arrays, config, view)  # type: ignore[arg-type]
+        return self.inner.configure_evaluate(server_round + self.rounds_done, arrays, config, view)  # type: ignore[arg-type]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.rounds_done
         ordered = self._observe(server_round, "train", replies)
         if ordered and all(m.has_error() for m in ordered):
             raise FederationError(f"round {server_round}: every client failed; first: {self.failures[-1]['error']}")
@@ -119,6 +143,7 @@ class ObservedStrategy(Strategy):
         return arrays, _drop_per_client(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.rounds_done
         ordered = self._observe(server_round, "evaluate", replies)
         return _drop_per_client(self.inner.aggregate_evaluate(server_round, ordered))
 
@@ -133,12 +158,22 @@ class ObservedStrategy(Strategy):
                 self.run.append_metrics(kind="client_error", **failure, traceback=msg.error.reason)
                 continue
             truth = msg.content.pop(TRUTH_KEY, None)  # the client's true batch: for scoring, never for the strategy
+            self._keep_state(client, msg)
             if phase == "train" and self.capture is not None:
                 self.capture.observe(server_round, client, msg, truth=truth)
             metrics = dict(msg.content["metrics"])
             metrics.pop("partition-id", None)
             self.run.append_metrics(round=server_round, kind=phase, client=client, **metrics)
         return ordered
+
+
+    def _keep_state(self, client: int, msg: Message) -> None:
+        """Take the client's defense state out of its reply (for the checkpoint only)."""
+        numbers, tensors = msg.content.pop(DEFENSE_STATE_KEY, None), msg.content.pop(DEFENSE_TENSORS_KEY, None)
+        if numbers is not None or tensors is not None:
+            self.client_states[client] = ClientState(
+                numbers={k: float(v) for k, v in numbers.items()} if numbers is not None else {},
+                tensors=dict(tensors.to_torch_state_dict()) if tensors is not None else {})
 
 
 def _drop_per_client(metrics: MetricRecord | None) -> MetricRecord | None:

@@ -17,7 +17,7 @@ ROLE_MAY_USE = {"fedsim.clients": {"fedsim.defenses"}}  # a client applies defen
 TOP = {"fedsim.__main__", "fedsim.cli", "fedsim.runner", "fedsim.engine", "fedsim.cluster_jobs", "fedsim.sweep",
        "fedsim.sweep_figure", "fedsim.report", "fedsim.figures", "fedsim.loading", "fedsim.checks", "fedsim.plugins",
        "fedsim.settings.federated", "fedsim.settings.data_lake", "fedsim.settings.split_inference",
-       "fedsim.defense_copies"}
+       "fedsim.defense_copies", "fedsim.resume"}
 BARE = ("clients", "server", "attacks", "defenses")  # the folders' names, which are not import names
 
 

@@ -58,6 +58,7 @@ class Federated(Setting):
         from fedsim.clients.app import ClientPlan, make_client_app
         from fedsim.engine import EngineError, cluster_address, run_federation
         from fedsim.server.app import ServerPlan, make_server_app
+        from fedsim.server.checkpoint import Checkpoint
 
         sc, task = self.scenario, experiment.task
         if sc.resources.num_gpus > 0 and not cluster_address(sc.resources) and not torch.cuda.is_available():
@@ -70,8 +71,13 @@ class Federated(Setting):
             log(f"[{label}] test {key.upper()} {scores[key]:.2f} ({task.baseline_name} {baseline[key]:.2f}) "
                 f"· {run.elapsed():.0f}s")
 
+        resume = Checkpoint.read(run.checkpoint_file) if run.checkpoint_file.is_file() else None
+        if resume is not None:  # a resumed run: forget the round that was in flight when it stopped
+            run.rewind(resume.round if resume.round > 0 else -1)
+            resume = resume if resume.round > 0 else None
+            log(f"resuming from round {resume.round}/{rounds}" if resume else "resuming from the start")
         server_plan = ServerPlan(scenario=sc, task=task, x_test=experiment.x_test, y_test=experiment.y_test, run=run,
-                                 updates_hidden=bool(self.withheld()), on_round=on_round)
+                                 updates_hidden=bool(self.withheld()), on_round=on_round, resume=resume)
         client_plan = ClientPlan(run_id=str(run.path.resolve()), scenario=sc, splits=tuple(experiment.split.clients),
                                  target_mean=task.target_mean, target_std=task.target_std)
         error, engine = None, {}
@@ -83,24 +89,26 @@ class Federated(Setting):
                     f"CPU, {joined['gpus']:g} GPU; {joined['actors']} client actor(s)")
 
         try:
-            run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
-                           num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log,
-                           on_start=on_start)
+            if resume is None or resume.round < rounds:
+                run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
+                               num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log,
+                               on_start=on_start)
         except EngineError as exc:
             error = str(exc)
-        trained = [r for r in run.metrics() if r.get("kind") == "train"]
+        # everything below comes from the run folder, so a resumed run reports its rounds from before the stop too
+        records = run.metrics()
+        trained = [r for r in records if r.get("kind") == "train"]
         if any(r.get("ray_gpu", -1) >= 0 and not r.get("cuda") for r in trained):
             log("resources.num_gpus: Ray gave the clients GPUs but CUDA is absent where they ran; they trained on CPU")
-        strategy = server_plan.outcome.get("strategy")
-        failures = list(strategy.failures) if strategy is not None else []
-        arrays = server_plan.outcome.get("arrays")
-        server = server_plan.outcome.get("server_metrics", {})
+        failures = [{k: r[k] for k in ("round", "client", "phase", "error")}
+                    for r in records if r.get("kind") == "client_error"]
+        server = {r["round"]: {k.removeprefix("test_"): v for k, v in r.items() if k.startswith("test_")}
+                  for r in records if r.get("kind") == "server"}
         last = max(server) if server else None
+        final_state = Checkpoint.read(run.checkpoint_file).global_state if run.checkpoint_file.is_file() else None
         return SettingOutcome(
-            final={k.removeprefix("test_"): v for k, v in server[last].items()} if last is not None else {},
-            initial={k.removeprefix("test_"): v for k, v in server.get(0, {}).items()},
-            rounds_completed=last or 0, failures=failures, error=error,
-            final_state=arrays.to_torch_state_dict() if arrays is not None else None,
+            final=server[last] if last is not None else {}, initial=server.get(0, {}),
+            rounds_completed=last or 0, failures=failures, error=error, final_state=final_state,
             summary={"rounds": rounds, "client_failures": len(failures), "engine": engine,
                      "device": "cuda" if any(r.get("cuda") for r in trained) else "cpu"})
 
