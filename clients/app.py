@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.clients.faults import before_training, corrupt, fault_for
 from fedsim.data.datasets import load_dataset
 from fedsim.data.partition import ClientSplit
 from fedsim.defenses import DEFENSES, Defense
@@ -179,6 +180,8 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         server_round = int(config["server-round"])
         seed = derive_seed(plan.scenario.seed, "train", server_round, pid)
         seed_everything(seed)
+        fault = fault_for(plan.scenario, server_round, pid)
+        before_training(fault)
         data = _client_data(plan, pid)
         model = _model(plan, data, msg)
         fed = plan.scenario.federation
@@ -209,7 +212,7 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         for defense, ctx in defenses:  # YAML order; what leaves the client is what the server sees
             update = defense.transform_update(update, kind=kind, reference=reference, ctx=ctx)
             defense_metrics.update(defense.round_metrics(ctx=ctx))
-        reply = RecordDict({"arrays": ArrayRecord(update)})
+        reply = RecordDict({"arrays": ArrayRecord(corrupt(update, fault))})
         _keep_defense_state(context, defenses, reply)
         if bool(config.get(CAPTURE_KEY, False)):  # for scoring only: the server's observation layer strips it
             reply[TRUTH_KEY] = ArrayRecord({"inputs": data.x_train[result.used].contiguous(),

@@ -246,6 +246,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `fedsim` console script."""
     from fedsim.registry import PluginError
+    from fedsim.run_folder import DamagedFileError
     from fedsim.scenario import ScenarioError
 
     args = _parser().parse_args(argv)
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                "report": cmd_report}[args.command]
     try:
         code = handler(args)
-    except (ScenarioError, PluginError) as exc:
+    except (ScenarioError, PluginError, DamagedFileError) as exc:
         code = _fail(str(exc), EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         code = _fail("interrupted", 130)

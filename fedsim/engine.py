@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,7 +86,6 @@ def _prompt_messaging(nodes: int) -> Iterator[None]:
     picking up instructions for the nodes): each round waited for both, twice (train and evaluate).
     A wrapper over Flower's grid and its message-pickup loop, restored after; Flower as it is where
     either has moved."""
-    import threading
     from queue import Queue
 
     try:
@@ -155,13 +155,53 @@ def _busy(total: dict[str, float]) -> bool:
     return any(free.get(k, 0.0) < v for k, v in total.items() if k in ("CPU", "GPU"))
 
 
+@contextlib.contextmanager
+def _hung_clients_stopped(server_done: threading.Event | None) -> Iterator[None]:
+    """Once the server is done, stop the client actors still busy (a client that hung past its round's
+    timeout): Flower would wait for them before it returns. A wrapper over the actor pool Flower's Ray
+    backend builds (it records the pool), restored after; Flower as it is where that has moved."""
+    try:
+        from flwr.server.superlink.fleet.vce.backend import raybackend
+    except ImportError:
+        raybackend = None
+    if server_done is None or not hasattr(raybackend, "BasicActorPool"):
+        yield
+        return
+    import ray
+
+    pools: list[Any] = []
+    original = raybackend.BasicActorPool
+
+    class RecordedPool(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    def stop_busy() -> None:
+        server_done.wait()
+        for pool in pools:
+            for actor in list(getattr(pool, "_future_to_actor", {}).values()):
+                with contextlib.suppress(Exception):
+                    ray.kill(actor)
+
+    raybackend.BasicActorPool = RecordedPool
+    threading.Thread(target=stop_busy, daemon=True, name="fedsim-stop-hung-clients").start()
+    try:
+        yield
+    finally:
+        raybackend.BasicActorPool = original
+        server_done.set()
+
+
 def run_federation(
     *, server_app: ServerApp, client_app: ClientApp, num_clients: int, resources: ResourcesConfig,
     log_file: Path | None = None, on_start: Callable[[dict], None] = lambda _: None,
+    server_done: threading.Event | None = None,
 ) -> None:
     """Run the apps on Flower's simulation engine with the Ray backend; raise EngineError on failure.
 
-    `on_start` gets what was joined (see start_ray) before the first client starts."""
+    `on_start` gets what was joined (see start_ray) before the first client starts; `server_done`,
+    set by the server app when it ends, stops clients that still hang then."""
     import ray
     from flwr.simulation import run_simulation
 
@@ -172,7 +212,7 @@ def run_federation(
     try:
         joined = start_ray(config, num_clients, wait_s=resources.start_timeout(num_clients))
         on_start(joined)
-        with _actor_pool_of(joined["actors"]), _prompt_messaging(num_clients):
+        with _actor_pool_of(joined["actors"]), _prompt_messaging(num_clients), _hung_clients_stopped(server_done):
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

@@ -79,10 +79,23 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
         atomic_write_text(path.with_suffix(".json"), json.dumps(clean_json(meta), indent=2) + "\n")
 
 
+class DamagedFileError(ValueError):
+    """A tensor file fedsim cannot read as safetensors (a pickle, a wrong header, a torn copy)."""
+
+    @classmethod
+    def of(cls, path: Path, exc: Exception) -> DamagedFileError:
+        return cls(f"{path}: not a readable safetensors file ({exc}); fedsim never loads pickles")
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file; DamagedFileError (one line naming the file) for anything else."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(path)
+    try:
+        return load_file(path)
+    except SafetensorError as exc:
+        raise DamagedFileError.of(path, exc) from None
 
 
 OWNER_STATE = "owner/state.safetensors"  # data_lake: what the owner's recipe prepared outside the lakes

@@ -18,7 +18,7 @@ from fedsim.families import AttackFamily, family_ref, resolve_family
 from fedsim.html_report import provenance
 from fedsim.plugins import family_groups, setting_of
 from fedsim.report import final_dp_epsilon, run_families, write_outputs
-from fedsim.run_folder import RunFolder
+from fedsim.run_folder import RunFolder, safe_name
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
 from fedsim.seeding import seed_everything
 from fedsim.settings.base import FINAL_MODEL, SettingOutcome
@@ -58,7 +58,7 @@ def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = 
     results: dict[str, list[dict[str, Any]]] = {}
     if outcome.error is None:
         for family, specs in families:
-            results[family.summary_key()] = _public(family.run(run, experiment, specs, log=log))
+            results[family.summary_key()] = _public(_run_family(family, specs, run, experiment, log))
     summary = _summary(scenario, experiment, outcome, run, [type(f) for f, _ in families], results,
                        wall_s=time.perf_counter() - t0)
     run.write_summary(summary)
@@ -97,6 +97,61 @@ def rerun_attack(run_dir: Path, spec: PluginSpec, *, log: Log = print) -> list[d
     run.write_summary(summary)
     write_outputs(run)
     return rows
+
+
+def _run_family(family: AttackFamily, specs: list[PluginSpec], run: RunFolder, experiment: Experiment,
+                log: Log) -> list[dict[str, Any]]:
+    """The family's attacks on the run folder; one with `timeout_s` runs in a process of its own,
+    stopped (and recorded as failed) when its time is up."""
+    inline = [s for s in specs if not getattr(s, "timeout_s", None)]
+    rows = family.run(run, experiment, inline, log=log) if inline else []
+    for spec in specs:
+        if spec not in inline:
+            rows += _run_bounded(spec, experiment.scenario, run, log)
+    return rows
+
+
+def _run_bounded(spec: PluginSpec, scenario: Scenario, run: RunFolder, log: Log) -> list[dict[str, Any]]:
+    import json
+    import multiprocessing
+
+    from fedsim.families import attack_index
+
+    out = run.path / f".attack-{safe_name(spec.key)}.json"
+    out.unlink(missing_ok=True)
+    process = multiprocessing.get_context("spawn").Process(target=_attack_process, args=(run.path, scenario, spec, out))
+    process.start()
+    process.join(spec.timeout_s)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        error = f"timed out after {spec.timeout_s:g}s (attacks.{attack_index(scenario, spec)}.timeout_s)"
+    elif out.is_file():
+        rows = json.loads(out.read_text())
+        out.unlink()
+        return rows
+    else:
+        error = f"the attack's process ended with exit code {process.exitcode} before its result"
+    log(f"[attack {spec.key}] failed: {error}")
+    row = {"attack": spec.key, "status": "error", "error": error}
+    run.write_results(spec.key, [row])
+    return [row]
+
+
+def _attack_process(run_dir: Path, scenario: Scenario, spec: PluginSpec, out: Path) -> None:
+    """One attack in a process of its own (`timeout_s`): its rows go to `out`."""
+    import json
+    import os
+
+    from fedsim.attacks import ATTACKS
+    from fedsim.run_folder import atomic_write_text, clean_json
+
+    family = resolve_family(ATTACKS.get(spec.name).family)(scenario)
+    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
+                         log=lambda _: None)
+    rows = family.run(RunFolder(run_dir), experiment, [spec], log=print)
+    atomic_write_text(out, json.dumps(clean_json(rows), default=str))
+    os._exit(0)
 
 
 def _write_partitions(run: RunFolder, experiment: Experiment, log: Log) -> None:

@@ -224,6 +224,22 @@ class PluginSpec(Section):
         return self.label or self.name
 
 
+class AttackSpec(PluginSpec):
+    timeout_s: float | None = Field(None, gt=0, description="stop this attack after so many seconds and record it "
+                                    "as failed (it then runs in a process of its own)")
+
+
+class FaultSpec(Section):
+    """A fault injected into one client's round, to study (and test) how a federation copes."""
+
+    kind: Literal["raise", "hang", "nan", "bad_shape"] = Field(
+        description="raise: the client fails; hang: it stops replying for `seconds`; nan / bad_shape: it sends "
+                    "non-finite or wrongly shaped arrays")
+    round: int = Field(ge=1)
+    client: int = Field(ge=0)
+    seconds: float = Field(600.0, gt=0, description="hang: how long (the server waits resources.timeout_s)")
+
+
 class TargetConfig(Section):
     clients: list[int] | None = Field(None, description="client ids to observe; none = every client")
     rounds: list[int] | None = Field(default_factory=lambda: [1], description="rounds to observe; none = all")
@@ -268,8 +284,9 @@ class Scenario(Section):
     resources: ResourcesConfig = ResourcesConfig()
     output: OutputConfig = OutputConfig()
     server: ServerConfig = ServerConfig()
-    attacks: list[PluginSpec] = Field(default_factory=list)
+    attacks: list[AttackSpec] = Field(default_factory=list)
     defenses: list[PluginSpec] = Field(default_factory=list)
+    faults: list[FaultSpec] = Field(default_factory=list, description="injected client faults (robustness studies)")
     sweep: SweepConfig = SweepConfig()
     sections: dict[str, Any] = Field(default_factory=dict, description="the other top-level sections, "
                                      "owned by a setting or an attack family (e.g. membership), raw")
@@ -304,6 +321,12 @@ class Scenario(Section):
         for r in self.server.targets.rounds or []:
             if not 1 <= r <= self.federation.rounds:
                 raise ValueError(f"server.targets.rounds: round {r} is outside 1..{self.federation.rounds}")
+        for i, fault in enumerate(self.faults):
+            if fault.client >= self.federation.clients:
+                raise ValueError(f"faults.{i}.client: client {fault.client} does not exist "
+                                 f"(clients are 0..{self.federation.clients - 1})")
+            if fault.round > self.federation.rounds:
+                raise ValueError(f"faults.{i}.round: round {fault.round} is outside 1..{self.federation.rounds}")
         return self
 
     @property

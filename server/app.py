@@ -3,6 +3,7 @@ set and checkpoints after every round; a resumed run starts from its checkpoint.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ class ServerPlan:
     updates_hidden: bool = False  # secure aggregation: the server sees only each round's aggregate
     on_round: Callable[[int, dict[str, float]], None] = lambda r, m: None
     resume: Checkpoint | None = None  # where a resumed run starts (its rounds so far are in the run folder)
+    done: threading.Event = field(default_factory=threading.Event)  # set when the server app ends
     outcome: dict = field(default_factory=dict)  # filled in by the app: the observed strategy (failures)
 
 
@@ -61,6 +63,12 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        try:
+            federate(grid)
+        finally:
+            plan.done.set()
+
+    def federate(grid: Grid) -> None:
         seed_everything(derive_seed(sc.seed, "server"))
         partition_of = discover_partitions(grid, sc.federation.clients,
                                            sc.resources.start_timeout(sc.federation.clients))
@@ -68,7 +76,8 @@ def make_server_app(plan: ServerPlan) -> ServerApp:
         resume = plan.resume
         strategy = ObservedStrategy(build_strategy(sc.federation), run=plan.run, partition_of=partition_of,
                                     capture=capture, rounds_done=done,
-                                    client_states=resume.clients if resume is not None else None)
+                                    client_states=resume.clients if resume is not None else None,
+                                    round_timeout=sc.resources.timeout_s)
         plan.outcome["strategy"] = strategy
         torch.manual_seed(derive_seed(sc.seed, "init"))
         initial = ArrayRecord(plan.task.build_model().state_dict())

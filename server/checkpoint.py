@@ -20,7 +20,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.run_folder import CHECKPOINT_META, save_tensors
+from fedsim.run_folder import CHECKPOINT_META, DamagedFileError, save_tensors
 
 
 @dataclass
@@ -58,11 +58,19 @@ class Checkpoint:
 
     @classmethod
     def read(cls, path: Path) -> Checkpoint:
-        from safetensors import safe_open
+        """The checkpoint at `path`; DamagedFileError (one line) when it is not one fedsim wrote."""
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads(fh.metadata()[CHECKPOINT_META])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = json.loads(fh.metadata()[CHECKPOINT_META])
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            return cls._from(meta, tensors)
+        except (SafetensorError, KeyError, TypeError, ValueError) as exc:
+            raise DamagedFileError.of(path, exc) from None
+
+    @classmethod
+    def _from(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Checkpoint:
         strategy: dict[str, dict[str, torch.Tensor]] = {a: {} for a in meta["strategy_attributes"]}
         clients = {int(c): ClientState(numbers=dict(n)) for c, n in meta["client_numbers"].items()}
         global_state = {}

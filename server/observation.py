@@ -88,7 +88,7 @@ class ObservedStrategy(Strategy):
 
     def __init__(self, inner: Strategy, *, run: RunFolder, partition_of: dict[int, int],
                  capture: Capture | None = None, rounds_done: int = 0,
-                 client_states: dict[int, ClientState] | None = None) -> None:
+                 client_states: dict[int, ClientState] | None = None, round_timeout: float = 3600.0) -> None:
         self.inner = inner
         self.run = run
         self.partition_of = partition_of
@@ -97,6 +97,8 @@ class ObservedStrategy(Strategy):
         self.rounds_done = rounds_done
         self.client_states: dict[int, ClientState] = dict(client_states or {})
         self._to_restore = set(self.client_states)
+        self.round_timeout = round_timeout
+        self._sent: dict[str, dict[int, dict[str, tuple[int, ...]]]] = {}  # phase -> client -> arrays' shapes
 
     def summary(self) -> None:
         self.inner.summary()
@@ -109,7 +111,9 @@ class ObservedStrategy(Strategy):
         messages = self.inner.configure_train(server_round, arrays, config, view)  # type: ignore[arg-type]
         if self.capture is not None:
             messages = self.capture.instruct(server_round, messages, self.partition_of)
-        return [self._restored(msg) for msg in messages]
+        messages = [self._restored(msg) for msg in messages]
+        self._sent["train"] = {self.partition_of.get(m.metadata.dst_node_id, -1): _shapes(m) for m in messages}
+        return messages
 
     def _restored(self, msg: Message) -> Message:
         """The instruction, plus the client's saved defense state if it has not had it since the resume."""
@@ -128,16 +132,19 @@ class ObservedStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         view = _PartitionOrderedGrid(grid, self.partition_of)
-        return self.inner.configure_evaluate(server_round + self.rounds_done, arrays, config, view)  # type: ignore[arg-type]
+        messages = list(self.inner.configure_evaluate(server_round + self.rounds_done, arrays, config, view))
+        self._sent["evaluate"] = {self.partition_of.get(m.metadata.dst_node_id, -1): {} for m in messages}
+        return messages  # type: ignore[arg-type]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.rounds_done
-        ordered = self._observe(server_round, "train", replies)
-        if ordered and all(m.has_error() for m in ordered):
-            raise FederationError(f"round {server_round}: every client failed; first: {self.failures[-1]['error']}")
-        arrays, metrics = self.inner.aggregate_train(server_round, ordered)
+        good = self._observe(server_round, "train", replies)
+        if not good and self._sent.get("train"):
+            first = next(f for f in self.failures if f["round"] == server_round)
+            raise FederationError(f"round {server_round}: every client failed; first: {first['error']}")
+        arrays, metrics = self.inner.aggregate_train(server_round, good)
         if self.capture is not None:
             self.capture.observe_aggregate(server_round, arrays)
         return arrays, _drop_per_client(metrics)
@@ -148,23 +155,36 @@ class ObservedStrategy(Strategy):
         return _drop_per_client(self.inner.aggregate_evaluate(server_round, ordered))
 
     def _observe(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
+        """Record every reply; return the usable ones in partition order. A client that failed, sent
+        arrays that do not fit what it was sent, or did not answer in time is recorded as a failure."""
         ordered = sorted(replies, key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
+        good, answered = [], set()
         for msg in ordered:
             client = self.partition_of.get(msg.metadata.src_node_id, -1)
+            answered.add(client)
             if msg.has_error():
-                failure = {"round": server_round, "client": client, "phase": phase,
-                           "error": short_reason(msg.error.reason)}
-                self.failures.append(failure)
-                self.run.append_metrics(kind="client_error", **failure, traceback=msg.error.reason)
+                self._fail(server_round, client, phase, short_reason(msg.error.reason), traceback=msg.error.reason)
                 continue
             truth = msg.content.pop(TRUTH_KEY, None)  # the client's true batch: for scoring, never for the strategy
             self._keep_state(client, msg)
+            if phase == "train" and (problem := invalid_update(msg, self._sent["train"].get(client, {}))):
+                self._fail(server_round, client, phase, f"InvalidUpdate: {problem}")
+                continue
             if phase == "train" and self.capture is not None:
                 self.capture.observe(server_round, client, msg, truth=truth)
             metrics = dict(msg.content["metrics"])
             metrics.pop("partition-id", None)
             self.run.append_metrics(round=server_round, kind=phase, client=client, **metrics)
-        return ordered
+            good.append(msg)
+        for client in sorted(set(self._sent.get(phase, {})) - answered):
+            self._fail(server_round, client, phase,
+                       f"Timeout: no reply within {self.round_timeout:g}s (resources.timeout_s)")
+        return good
+
+    def _fail(self, server_round: int, client: int, phase: str, error: str, traceback: str = "") -> None:
+        failure = {"round": server_round, "client": client, "phase": phase, "error": error}
+        self.failures.append(failure)
+        self.run.append_metrics(kind="client_error", **failure, traceback=traceback or error)
 
 
     def _keep_state(self, client: int, msg: Message) -> None:
@@ -174,6 +194,32 @@ class ObservedStrategy(Strategy):
             self.client_states[client] = ClientState(
                 numbers={k: float(v) for k, v in numbers.items()} if numbers is not None else {},
                 tensors=dict(tensors.to_torch_state_dict()) if tensors is not None else {})
+
+
+def _shapes(msg: Message) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(a.shape) for k, a in msg.content["arrays"].items()} if "arrays" in msg.content else {}
+
+
+def invalid_update(reply: Message, sent: dict[str, tuple[int, ...]]) -> str | None:
+    """Why a client's train reply cannot be aggregated (None if it can): every array must be one it
+    was sent, with the same shape and finite values; trained weights must hold all of them (a
+    gradient may leave out what has none, e.g. buffers)."""
+    import torch
+
+    if "arrays" not in reply.content or "metrics" not in reply.content:
+        return "the reply has no arrays or no metrics"
+    arrays = reply.content["arrays"]
+    if extra := sorted(set(arrays) - set(sent)):
+        return f"array {extra[0]} was not sent"
+    if not reply.content["metrics"].get("gradient_update", 0) and (missing := sorted(set(sent) - set(arrays))):
+        return f"array {missing[0]} is missing"
+    for key, array in arrays.items():
+        if tuple(array.shape) != sent[key]:
+            return f"array {key} has shape {tuple(array.shape)}, {sent[key]} was sent"
+    for key, tensor in arrays.to_torch_state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"array {key} holds NaN or infinite values"
+    return None
 
 
 def _drop_per_client(metrics: MetricRecord | None) -> MetricRecord | None:

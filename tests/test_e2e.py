@@ -108,3 +108,30 @@ def test_all_clients_failing_ends_the_process_quickly_with_a_clear_error(tmp_pat
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("fedsim: error: run failed:") and "every client failed" in last
+
+
+def test_faulty_clients_cost_their_round_never_the_run(tmp_path: Path):
+    """One client raises, one hangs far past the round timeout (600 s), one sends NaN, one a wrongly
+    shaped array: each round goes on with the other client, each failure is recorded with its cause."""
+    scenario = tmp_path / "faults.yaml"
+    scenario.write_text(yaml.safe_dump(tiny_scenario(
+        federation={"rounds": 5}, resources={"timeout_s": 8},
+        faults=[{"kind": "raise", "round": 1, "client": 0}, {"kind": "hang", "round": 2, "client": 1, "seconds": 600},
+                {"kind": "nan", "round": 3, "client": 0}, {"kind": "bad_shape", "round": 4, "client": 1}])))
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", str(scenario), "--out", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1 and "4 client update(s) failed" in proc.stderr, proc.stderr[-2000:]
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed_with_client_failures" and summary["rounds_completed"] == 5
+    records = RunFolder(run_dir).metrics()
+    errors = {(r["round"], r["client"]): r["error"] for r in records if r["kind"] == "client_error"}
+    assert errors.keys() == {(1, 0), (2, 1), (3, 0), (4, 1)}
+    assert errors[1, 0].startswith("InjectedFaultError: injected fault")
+    assert errors[2, 1] == "Timeout: no reply within 8s (resources.timeout_s)"
+    assert "NaN" in errors[3, 0] and "has shape" in errors[4, 1]
+    trained = {(r["round"], r["client"]) for r in records if r["kind"] == "train"}
+    assert trained == {(r, c) for r in range(1, 6) for c in (0, 1)} - errors.keys()
+    model = load_file(run_dir / "model.safetensors")
+    assert all(bool(v.isfinite().all()) for v in model.values() if v.is_floating_point())  # no NaN got in
+    assert "InjectedFaultError" in (run_dir / "report.md").read_text()

@@ -92,7 +92,7 @@ class Federated(Setting):
             if resume is None or resume.round < rounds:
                 run_federation(server_app=make_server_app(server_plan), client_app=make_client_app(client_plan),
                                num_clients=sc.federation.clients, resources=sc.resources, log_file=run.engine_log,
-                               on_start=on_start)
+                               on_start=on_start, server_done=server_plan.done)
         except EngineError as exc:
             error = str(exc)
         # everything below comes from the run folder, so a resumed run reports its rounds from before the stop too

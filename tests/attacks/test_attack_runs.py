@@ -30,6 +30,15 @@ class Crashing(ReconstructionAttack):
 
     def reconstruct(self, observation):
         raise RuntimeError("attacker bug")
+
+
+class Hanging(ReconstructionAttack):
+    """Never returns: `timeout_s` must stop it and record it as failed."""
+    threat = ThreatModel(per_client_updates=True)
+
+    def reconstruct(self, observation):
+        import time
+        time.sleep(3600)
 '''
 
 
@@ -40,8 +49,9 @@ def _gia(tmp_path: Path, **extra) -> dict:
         server={"behaviours": [{"name": "request_gradient"},
                                {"name": "request_batch_size", "params": {"batch_size": 1}}],
                 "targets": {"clients": [0], "rounds": [1]}},
-        attacks=[{"name": "dlg", "params": {"iterations": 30}},
+        attacks=[{"name": "dlg", "params": {"iterations": 30}, "timeout_s": 300},  # in a process of its own
                  {"name": f"{plugin}:Crashing"},
+                 {"name": f"{plugin}:Hanging", "timeout_s": 10},
                  {"name": "learned_inversion", "params": {"aux_subjects": 60}}],
         **extra,
     )
@@ -71,6 +81,8 @@ def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tm
     assert (run / "attacks/learned_inversion/round001_client000.png").is_file()
     crashed = next(r for name, r in rows.items() if name.endswith(":Crashing"))
     assert crashed["status"] == "error" and "attacker bug" in crashed["error"]
+    hung = next(r for name, r in rows.items() if name.endswith(":Hanging"))
+    assert hung["status"] == "error" and hung["error"] == "timed out after 10s (attacks.2.timeout_s)"
     report = (run / "report.md").read_text()
     assert "request_gradient" in report and "attacker bug" in report and "| dlg | 1 | 0 | gradient | 1 |" in report
 

@@ -217,3 +217,22 @@ def test_a_rescan_is_the_same_anatomy_with_new_scanner_noise(small: Cohort) -> N
         same_person = np.corrcoef(again[k].ravel(), small.images[i].ravel())[0, 1]
         other = np.corrcoef(again[k].ravel(), small.images[(i + 3) % 6].ravel())[0, 1]
         assert same_person > other
+
+
+def test_two_processes_sharing_a_cold_cache_get_one_identical_cohort(tmp_path) -> None:
+    """Two runs started at once on an empty cache: both succeed, with the same cohort, written once."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib, sys; from fedsim.data.synthetic import CohortSpec, load_cohort; "
+            "c = load_cohort(CohortSpec(n_subjects=60, shape=16, seed=5), cache_dir=sys.argv[1]); "
+            "print(hashlib.sha256(c.images.tobytes() + c.age.tobytes()).hexdigest())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    digests = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and digests[0] == digests[1] and len(digests[0]) == 64
+    cached = load_cohort(CohortSpec(n_subjects=60, shape=16, seed=5), cache_dir=tmp_path)
+    import hashlib
+
+    assert hashlib.sha256(cached.images.tobytes() + cached.age.tobytes()).hexdigest() == digests[0]
+    assert [p.suffix for p in sorted(tmp_path.rglob("*")) if p.is_file()] == [".lock", ".npz"]  # no torn temp

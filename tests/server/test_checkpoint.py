@@ -138,3 +138,39 @@ def test_resume_refuses_in_one_line_and_leaves_the_folder_alone(tmp_path: Path):
     run.checkpoint_file.write_bytes(pickle.dumps({"round": 2}))
     damaged = _fedsim("run", str(given), "--resume", str(run.path))
     assert damaged.returncode == 2 and "not a fedsim checkpoint" in damaged.stderr
+
+
+def test_torn_files_never_break_a_reader(tmp_path: Path):
+    """A crash can cut any write short: every cut of a metrics line, of a checkpoint and of a tensor
+    file is either read as it was before or refused in one line naming the file."""
+    from fedsim.run_folder import DamagedFileError, load_tensors, save_tensors
+
+    rng = random.Random(0)
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.append_metrics(round=1, kind="server", test_mae=3.0)
+    whole = (run.path / "metrics.jsonl").read_bytes()
+    line = b'{"round": 2, "kind": "server", "test_mae": 2.5}\n'
+    for cut in sorted(rng.sample(range(1, len(line) - 1), 12)):
+        (run.path / "metrics.jsonl").write_bytes(whole + line[:cut])
+        assert run.metrics() == [{"round": 1, "kind": "server", "test_mae": 3.0}]
+        run.rewind(1)  # what a resume does first: the torn line goes, the next record stands alone
+        run.append_metrics(round=2, kind="server", test_mae=2.5)
+        assert [r["round"] for r in run.metrics()] == [1, 2]
+        (run.path / "metrics.jsonl").write_bytes(whole)
+
+    _checkpoint().write(run.checkpoint_file, "abc")
+    save_tensors(tmp_path / "t.safetensors", {"w": torch.randn(64)})
+    for path in (run.checkpoint_file, tmp_path / "t.safetensors"):
+        data = path.read_bytes()
+        for cut in sorted(rng.sample(range(len(data)), 20)):
+            path.write_bytes(data[:cut])
+            with pytest.raises(DamagedFileError, match=path.name):
+                Checkpoint.read(path) if path == run.checkpoint_file else load_tensors(path)
+        path.write_bytes(data)
+    data = run.checkpoint_file.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    for cut in sorted(rng.sample(range(header_end), 20)):  # a cut header is never taken for a checkpoint
+        run.checkpoint_file.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="not a fedsim checkpoint"):
+            run.checkpoint_meta()
