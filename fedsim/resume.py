@@ -58,12 +58,19 @@ def open_resumable(run_dir: Path, scenario_file: Path | None, overrides: list[st
                             "its setting does not checkpoint): run the scenario again")
     scenario = load_scenario(scenario_file or run.scenario_file, overrides)
     given = yaml.safe_load(scenario_to_yaml(scenario))
-    diff = first_difference(run.scenario_raw(), given)
+    try:
+        recorded = run.scenario_raw()
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"--resume: {run.scenario_file} is damaged ({type(exc).__name__})") from None
+    diff = first_difference(recorded, given)
     if diff is not None:
         key, was, now = diff
         raise ScenarioError(f"--resume: {run_dir} was made by a different scenario: {key} is {was!r} there, "
                             f"{now!r} here")
     if meta.get("scenario") != scenario_fingerprint(scenario):
         raise ScenarioError(f"--resume: {run.checkpoint_file} belongs to another scenario than {run.scenario_file}")
-    finished = run.is_run() and run.summary().get("status") != "failed"
+    try:
+        finished = run.is_run() and run.summary().get("status") != "failed"
+    except ValueError:  # a summary.json cut short: the run did not finish writing it
+        finished = False
     return Resumable(run=run, scenario=scenario, round=int(meta["round"]), finished=finished)

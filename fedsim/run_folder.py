@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -202,8 +203,8 @@ class RunFolder:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         for area in ("observations", "private"):
             for entry in sorted((self.path / area).glob("round*")):
-                digits = entry.name[len("round"):len("round") + 3]
-                if digits.isdigit() and int(digits) > to_round:
+                match = re.match(r"round(\d+)", entry.name)
+                if match and int(match.group(1)) > to_round:
                     if entry.is_dir():
                         for f in entry.iterdir():
                             f.unlink()

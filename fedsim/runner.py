@@ -108,7 +108,8 @@ def _run_family(family: AttackFamily, specs: list[PluginSpec], run: RunFolder, e
     for spec in specs:
         if spec not in inline:
             rows += _run_bounded(spec, experiment.scenario, run, log)
-    return rows
+    order = {spec.key: i for i, spec in enumerate(specs)}  # rows in the order of `attacks:`
+    return sorted(rows, key=lambda row: order.get(row.get("attack"), len(order)))
 
 
 def _run_bounded(spec: PluginSpec, scenario: Scenario, run: RunFolder, log: Log) -> list[dict[str, Any]]:
@@ -122,16 +123,16 @@ def _run_bounded(spec: PluginSpec, scenario: Scenario, run: RunFolder, log: Log)
     process = multiprocessing.get_context("spawn").Process(target=_attack_process, args=(run.path, scenario, spec, out))
     process.start()
     process.join(spec.timeout_s)
-    if process.is_alive():
+    timed_out = process.is_alive()
+    if timed_out:
         process.kill()
         process.join()
-        error = f"timed out after {spec.timeout_s:g}s (attacks.{attack_index(scenario, spec)}.timeout_s)"
-    elif out.is_file():
+    if out.is_file():  # it finished (perhaps just as its time ran out)
         rows = json.loads(out.read_text())
         out.unlink()
         return rows
-    else:
-        error = f"the attack's process ended with exit code {process.exitcode} before its result"
+    error = (f"timed out after {spec.timeout_s:g}s (attacks.{attack_index(scenario, spec)}.timeout_s)" if timed_out
+             else f"the attack's process ended with exit code {process.exitcode} before its result")
     log(f"[attack {spec.key}] failed: {error}")
     row = {"attack": spec.key, "status": "error", "error": error}
     run.write_results(spec.key, [row])
@@ -142,15 +143,24 @@ def _attack_process(run_dir: Path, scenario: Scenario, spec: PluginSpec, out: Pa
     """One attack in a process of its own (`timeout_s`): its rows go to `out`."""
     import json
     import os
+    import sys
 
     from fedsim.attacks import ATTACKS
     from fedsim.run_folder import atomic_write_text, clean_json
 
-    family = resolve_family(ATTACKS.get(spec.name).family)(scenario)
-    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
-                         log=lambda _: None)
-    rows = family.run(RunFolder(run_dir), experiment, [spec], log=print)
+    try:
+        family = resolve_family(ATTACKS.get(spec.name).family)(scenario)
+        experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
+                             log=lambda _: None)
+        rows = family.run(RunFolder(run_dir), experiment, [spec], log=print)
+    except Exception as exc:  # families record their attacks' errors; this is the family's own
+        import traceback
+
+        rows = [{"attack": spec.key, "status": "error", "error": f"{type(exc).__name__}: {exc}",
+                 "traceback": traceback.format_exc()}]
+        RunFolder(run_dir).write_results(spec.key, rows)
     atomic_write_text(out, json.dumps(clean_json(rows), default=str))
+    sys.stdout.flush()
     os._exit(0)
 
 

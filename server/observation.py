@@ -118,9 +118,8 @@ class ObservedStrategy(Strategy):
     def _restored(self, msg: Message) -> Message:
         """The instruction, plus the client's saved defense state if it has not had it since the resume."""
         client = self.partition_of.get(msg.metadata.dst_node_id, -1)
-        if client not in self._to_restore:
+        if client not in self._to_restore:  # sent until the client has answered once (a failed round keeps it due)
             return msg
-        self._to_restore.discard(client)
         content = RecordDict(dict(msg.content.items()))
         for key, record in zip((DEFENSE_STATE_KEY, DEFENSE_TENSORS_KEY), self.client_states[client].records(),
                                strict=True):
@@ -166,7 +165,8 @@ class ObservedStrategy(Strategy):
                 self._fail(server_round, client, phase, short_reason(msg.error.reason), traceback=msg.error.reason)
                 continue
             truth = msg.content.pop(TRUTH_KEY, None)  # the client's true batch: for scoring, never for the strategy
-            self._keep_state(client, msg)
+            if phase == "train":
+                self._keep_state(client, msg)
             if phase == "train" and (problem := invalid_update(msg, self._sent["train"].get(client, {}))):
                 self._fail(server_round, client, phase, f"InvalidUpdate: {problem}")
                 continue
@@ -189,6 +189,7 @@ class ObservedStrategy(Strategy):
 
     def _keep_state(self, client: int, msg: Message) -> None:
         """Take the client's defense state out of its reply (for the checkpoint only)."""
+        self._to_restore.discard(client)  # it answered: its context holds the restored state now
         numbers, tensors = msg.content.pop(DEFENSE_STATE_KEY, None), msg.content.pop(DEFENSE_TENSORS_KEY, None)
         if numbers is not None or tensors is not None:
             self.client_states[client] = ClientState(

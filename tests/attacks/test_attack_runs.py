@@ -51,7 +51,7 @@ def _gia(tmp_path: Path, **extra) -> dict:
                 "targets": {"clients": [0], "rounds": [1]}},
         attacks=[{"name": "dlg", "params": {"iterations": 30}, "timeout_s": 300},  # in a process of its own
                  {"name": f"{plugin}:Crashing"},
-                 {"name": f"{plugin}:Hanging", "timeout_s": 10},
+                 {"name": f"{plugin}:Hanging", "timeout_s": 5},
                  {"name": "learned_inversion", "params": {"aux_subjects": 60}}],
         **extra,
     )
@@ -82,7 +82,7 @@ def test_malicious_fedsgd_run_records_scores_and_survives_a_crashing_attacker(tm
     crashed = next(r for name, r in rows.items() if name.endswith(":Crashing"))
     assert crashed["status"] == "error" and "attacker bug" in crashed["error"]
     hung = next(r for name, r in rows.items() if name.endswith(":Hanging"))
-    assert hung["status"] == "error" and hung["error"] == "timed out after 10s (attacks.2.timeout_s)"
+    assert hung["status"] == "error" and hung["error"] == "timed out after 5s (attacks.2.timeout_s)"
     report = (run / "report.md").read_text()
     assert "request_gradient" in report and "attacker bug" in report and "| dlg | 1 | 0 | gradient | 1 |" in report
 

@@ -80,7 +80,7 @@ def test_rewind_forgets_the_round_in_flight(tmp_path: Path):
         run.append_metrics(round=r, kind="server", test_mae=float(r))
     run.append_metrics(round=4, kind="client_error", client=1, phase="train", error="boom")
     run.append_metrics(kind="note")
-    for name in ("round003_client000", "round004_client001", "round004_aggregate"):
+    for name in ("round003_client000", "round004_client001", "round004_aggregate", "round1000_client000"):
         run.write_observation(name, update={"w": torch.zeros(1)}, meta={"kind": "weights"})
     run.write_truth("round004_client001", inputs=torch.zeros(1), targets=torch.zeros(1), rows=[1])
     run.write_truth("round003_client000", inputs=torch.zeros(1), targets=torch.zeros(1), rows=[1])
@@ -135,6 +135,9 @@ def test_resume_refuses_in_one_line_and_leaves_the_folder_alone(tmp_path: Path):
         assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], (expected, proc.stderr)
     assert _snapshot(run.path) == before
 
+    run.write_summary({"status": "completed"})  # a run that finished has nothing left to do
+    finished = _fedsim("run", str(given), "--resume", str(run.path))
+    assert finished.returncode == 0 and "nothing to resume" in finished.stdout, finished.stderr
     run.checkpoint_file.write_bytes(pickle.dumps({"round": 2}))
     damaged = _fedsim("run", str(given), "--resume", str(run.path))
     assert damaged.returncode == 2 and "not a fedsim checkpoint" in damaged.stderr
