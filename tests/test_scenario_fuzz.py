@@ -6,6 +6,7 @@ or raises one ScenarioError / PluginError of one line. 100 examples here, 1,000 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -64,6 +65,9 @@ def _mutate(data: st.DataObject, raw: dict) -> None:
             parent[key] = data.draw(st.sampled_from(PLUGIN_NAMES), label="plug-in")
 
 
+KEY_FIRST = re.compile(r"^(--set\b|[^\s:]+: |[^\s:]*'[^']*'[^\s:]*: )")  # `federation.rounds: ...`, `--set ...`
+
+
 def _check(data: st.DataObject) -> None:
     raw = copy.deepcopy(SCENARIOS[data.draw(st.sampled_from(sorted(SCENARIOS)), label="scenario")])
     _mutate(data, raw)
@@ -75,6 +79,7 @@ def _check(data: st.DataObject) -> None:
     except (ScenarioError, PluginError) as exc:
         message = str(exc)
         assert message.strip() and "\n" not in message, repr(message)
+        assert KEY_FIRST.match(message), f"names no key path first: {message!r}"
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

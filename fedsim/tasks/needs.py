@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fedsim.scenario import Scenario
 
-NEEDS_LABEL = ("task '{task}' needs a diagnosis label: set data.neurodegeneration: true "
+NEEDS_LABEL = ("task.name: task '{task}' needs a diagnosis label: set data.neurodegeneration: true "
                "(dataset synthetic_brain) to simulate one")
 DIAGNOSIS_TASKS = ("diagnosis", "diagnosis_slice")
 LABEL_COLUMNS = {"brain_age": "age", "brain_age_slice": "age", "sex_classification": "sex", "diagnosis": "diagnosis",
