@@ -145,6 +145,8 @@ def render_report(run: RunFolder, records: list[dict[str, Any]], summary: dict[s
         f"{cell((summary.get('baseline_predict_mean') or {}).get(key))} |",
         f"| {initial_row} | {cell(summary.get('initial', {}).get(key))} |",
         f"| {final_row} | {cell(summary.get('final', {}).get(key))} |",
+        *([f"| centralized reference (pooled training data, same budget) | "
+           f"{cell(summary['reference'].get('final', {}).get(key))} |"] if summary.get("reference") else []),
         "",
     ]
     if figure is not None:

@@ -55,6 +55,8 @@ def run_scenario(scenario: Scenario, *, out_dir: Path | None = None, log: Log = 
     needs_model = any(FINAL_MODEL in family.consumes for family, _ in families)
     if outcome.final_state is not None and (scenario.output.save_model or needs_model):
         run.save_model(outcome.final_state)
+    if scenario.reference == "centralized" and outcome.error is None:
+        outcome.summary["reference"] = _reference(run, experiment, outcome, log)
     results: dict[str, list[dict[str, Any]]] = {}
     if outcome.error is None:
         for family, specs in families:
@@ -97,6 +99,17 @@ def rerun_attack(run_dir: Path, spec: PluginSpec, *, log: Log = print) -> list[d
     run.write_summary(summary)
     write_outputs(run)
     return rows
+
+
+def _reference(run: RunFolder, experiment: Experiment, outcome: SettingOutcome, log: Log) -> dict[str, Any]:
+    from fedsim.reference import reference_summary
+
+    reference = reference_summary(run, experiment, log=log)
+    key, task = experiment.task.primary_metric, experiment.task
+    log(f"[reference] centralized: test {key.upper()} {reference['final'][key]:.2f} (this run's model "
+        f"{outcome.final.get(key, float('nan')):.2f}, {task.baseline_name} "
+        f"{task.baseline(task.target_mean, experiment.y_test)[key]:.2f})")
+    return reference
 
 
 def _run_family(family: AttackFamily, specs: list[PluginSpec], run: RunFolder, experiment: Experiment,

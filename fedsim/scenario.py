@@ -287,6 +287,8 @@ class Scenario(Section):
     attacks: list[AttackSpec] = Field(default_factory=list)
     defenses: list[PluginSpec] = Field(default_factory=list)
     faults: list[FaultSpec] = Field(default_factory=list, description="injected client faults (robustness studies)")
+    reference: Literal["none", "centralized"] = Field("none", description="centralized: also train the model on "
+                                                      "the pooled training data with the same budget, reported beside")
     sweep: SweepConfig = SweepConfig()
     sections: dict[str, Any] = Field(default_factory=dict, description="the other top-level sections, "
                                      "owned by a setting or an attack family (e.g. membership), raw")

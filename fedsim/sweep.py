@@ -108,6 +108,8 @@ def point_row(point: SweepPoint, summary: dict[str, Any], run_dir: Path) -> dict
                            f"baseline_{key}": summary.get("baseline_predict_mean", {}).get(key),
                            "client_s_per_round": sum(client_s) / len(client_s) if client_s else None,
                            "dp_epsilon": summary.get("dp_epsilon"), "run": str(run_dir)}
+    if summary.get("reference"):
+        row[f"reference_{key}"] = summary["reference"].get("final", {}).get(key)
     for family in run_families(summary):
         row.update(family.sweep_columns(summary))
     return row

@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from fedsim.loading import validate_scenario
+from fedsim.markdown import cell
 from fedsim.run_folder import VOLATILE_KEYS, RunFolder
 from fedsim.runner import RunResult, run_scenario
 from tests.conftest import REPO, tiny_scenario
@@ -26,8 +27,8 @@ def _values(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     """One run of the tiny scenario, shared by the tests that compare other runs with it."""
-    return run_scenario(validate_scenario(tiny_scenario()), out_dir=tmp_path_factory.mktemp("tiny"),
-                        log=lambda _: None)
+    return run_scenario(validate_scenario(tiny_scenario(reference="centralized")),
+                        out_dir=tmp_path_factory.mktemp("tiny"), log=lambda _: None)
 
 
 def test_federation_runs_and_writes_the_run_folder_deterministically(tmp_path: Path, tiny_run: RunResult):
@@ -50,6 +51,11 @@ def test_federation_runs_and_writes_the_run_folder_deterministically(tmp_path: P
     assert yaml.safe_load((run / "scenario.yaml").read_text())["federation"]["rounds"] == 2
     assert "head.bias" in load_file(run / "model.safetensors")
     assert "| 2 |" in (run / "report.md").read_text()
+    reference = summary["reference"]  # reference: centralized, trained on both clients' 16 scans
+    assert reference["train"] == 16 and reference["final"]["mae"] > 0 and (run / "centralized.safetensors").is_file()
+    assert reference["final"]["mae"] != summary["final"]["mae"]
+    assert f"| centralized reference (pooled training data, same budget) | {cell(reference['final']['mae'])} |" in (
+        run / "report.md").read_text()
 
     assert second.run_dir != run
     assert _values(run) == _values(second.run_dir)

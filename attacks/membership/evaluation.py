@@ -24,10 +24,10 @@ from fedsim.attacks.membership.config import MembershipConfig
 from fedsim.attacks.membership.metrics import best_empirical_epsilon, membership_metrics
 from fedsim.attacks.membership.shadows import Budget
 from fedsim.experiment import Experiment
+from fedsim.reference import centralized_model, training_epochs
 from fedsim.run_folder import RunFolder, observation_name
 from fedsim.scenario import PluginSpec, Scenario, ScenarioError
-from fedsim.seeding import derive_seed
-from fedsim.training import predict, train_local
+from fedsim.training import predict
 from fedsim.training_plan import local_budget
 
 
@@ -43,7 +43,6 @@ class MembershipSets:
 
 
 ShadowRecipe = tuple[Callable[..., Any], Callable[[list], list]]  # (train_fn, train_many): ShadowTrainer.recipe
-CENTRALIZED = "centralized"  # the reference model's name in the run folder (centralized.safetensors)
 POPULATION_MAX = 256  # population scans handed over at most: enough for shadows, bounded memory
 
 
@@ -101,14 +100,6 @@ def member_pools(config: MembershipConfig, experiment: Experiment) -> dict[str, 
             "client_update": experiment.split.clients[config.client].train}
 
 
-def training_epochs(scenario: Scenario, n_train: int) -> int:
-    """Epochs of the centralized reference: as many passes as one client makes over its data."""
-    fed = scenario.federation
-    if fed.local_steps:
-        return max(1, round(fed.rounds * fed.local_steps * fed.batch_size / max(n_train, 1)))
-    return fed.rounds * fed.local_epochs
-
-
 def target_budget(scenario: Scenario, experiment: Experiment, target: str, config: MembershipConfig, *,
                   batch_size: int | None = None) -> Budget:
     """(optimizer steps, passes over its data) that trained the target, from hyper-parameters the
@@ -129,17 +120,6 @@ def target_budget(scenario: Scenario, experiment: Experiment, target: str, confi
                               + observed.steps * observed.batch_size) / n)
     steps = fed.rounds * usual.steps
     return Budget(steps, steps * usual.batch_size / max(n, 1))
-
-
-def train_model(experiment: Experiment, x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int,
-                steps: int | None = None) -> nn.Module:
-    """The scenario's model trained centrally on (x, y) with the clients' optimiser settings
-    (`steps` optimizer steps if given, else `epochs` passes)."""
-    torch.manual_seed(seed)
-    model = experiment.task.build_model()
-    config = experiment.scenario.federation.model_copy(update={"local_steps": steps, "local_epochs": epochs})
-    train_local(model, x, y, task=experiment.task, config=config, rng=np.random.default_rng(seed))
-    return model.eval()
 
 
 @dataclass
@@ -177,22 +157,6 @@ def build_target(name: str, run: RunFolder, experiment: Experiment, config: Memb
     update = obs.update()
     return TargetModel(name, load_state(task.build_model(), update), run.read_truth(obs.name)["rows"],
                        global_state=obs.global_state(), update_state=update, batch_size=obs.meta.get("batch_size"))
-
-
-def centralized_model(run: RunFolder, experiment: Experiment, *, log: Callable[[str], None]) -> nn.Module:
-    """The centralized reference, trained once per run and kept as `centralized.safetensors` beside
-    `model.safetensors`, so rescoring a run with `fedsim attack` does not train it again."""
-    scenario, members = experiment.scenario, experiment.train_rows
-    epochs = training_epochs(scenario, len(experiment.split.clients[0].train))
-    meta = {"epochs": epochs, "seed": derive_seed(scenario.seed, "centralized"), "members": len(members)}
-    saved = run.load_model(CENTRALIZED, meta=meta)
-    if saved is not None:
-        return load_state(experiment.task.build_model(), saved)
-    log(f"[membership] training the centralized reference ({epochs} epochs on pooled data) ...")
-    x, y = experiment.tensors(members)
-    model = train_model(experiment, x, y, seed=meta["seed"], epochs=epochs)
-    run.save_model(model.state_dict(), CENTRALIZED, meta)
-    return model
 
 
 def membership_target(attack: MembershipAttack, target: TargetModel, sets: MembershipSets, *,
