@@ -258,16 +258,41 @@ def _made_with(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+METRIC_NAMES = {"mae": "MAE", "error_rate": "error rate", "balanced_accuracy": "balanced acc.", "dice": "Dice",
+                "auc": "AUC", "tpr_at_1pct_fpr": "TPR@1%FPR", "empirical_epsilon": "empirical ε", "psnr": "PSNR",
+                "psnr_gain": "gain (dB)", "ssim": "SSIM", "reid_top1": "re-id top-1", "accuracy": "accuracy",
+                "leakage": "leakage", "baseline_accuracy": "baseline accuracy"}
+CORE_HEADINGS = {"client_s_per_round": "client s / round", "dp_epsilon": "DP ε"}
+_PREFIXES = (("test_", "test "), ("train_", "train "), ("baseline_", "baseline "), ("reference_", "centralized "))
+
+
+def column_heading(column: str) -> str:
+    """A table column as a reader names it: `test_mae` -> `test MAE`, `mia_loss_threshold@global_model.auc`
+    -> `mia_loss_threshold @ global_model: AUC`. Grid keys and unknown columns stay as they are."""
+    if column in CORE_HEADINGS:
+        return CORE_HEADINGS[column]
+    owner, _, metric = column.rpartition(".")
+    for prefix, shown in ((p, s) for p, s in _PREFIXES if metric.startswith(p)):
+        if metric.removeprefix(prefix) in METRIC_NAMES:
+            metric_name = shown + METRIC_NAMES[metric.removeprefix(prefix)]
+            break
+    else:
+        if metric not in METRIC_NAMES:
+            return column
+        metric_name = METRIC_NAMES[metric]
+    return f"{owner.replace('@', ' @ ')}: {metric_name}" if owner else metric_name
+
+
 def write_tables(folder: Path, rows: list[dict[str, Any]], *, figure: bool = False, title: str | None = None) -> None:
-    """sweep.csv (every column) and sweep.md (the same without the run folders; once the sweep has
-    finished, with its title and the plot)."""
+    """sweep.csv (every column, as named in the rows) and sweep.md (the same without the run folders,
+    headed as a reader names them; once the sweep has finished, with its title and the plot)."""
     from fedsim.report import to_csv
 
     atomic_write_text(folder / "sweep.csv", to_csv(rows))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     shown = [c for c in columns if c not in ("run",)]
     lines = [f"# {title}", "", "## Points", ""] if title else []
-    lines += table(shown, [[cell(row.get(c)) for c in shown] for row in rows])
+    lines += table([column_heading(c) for c in shown], [[cell(row.get(c)) for c in shown] for row in rows])
     if figure:
         lines += ["", "## Privacy and utility", "", "![privacy-utility](privacy_utility.png)"]
     atomic_write_text(folder / "sweep.md", "\n".join(lines) + "\n")

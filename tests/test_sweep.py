@@ -59,6 +59,9 @@ def test_sweep_runs_each_point_and_writes_table_and_plot(tmp_path):
     page = (folder / "sweep.html").read_text()
     assert "data:image/png;base64," in page and 'href="#privacy-and-utility"' in page  # the plot, inlined
     assert "the run recorded none" not in page  # the points' provenance
+    heading = (folder / "sweep.md").read_text().split("## Points")[1].strip().splitlines()[0]
+    assert "test MAE" in heading and "mia_loss_threshold @ global_model: AUC" in heading and "test_mae" not in heading
+    assert '<abbr title="Area under the ROC curve' in page  # the readable heading gets the metric's tooltip
     # the same points two at a time, each in its own process on one of this machine's cores: the same table
     folder2, side_by_side = run_sweep(points, out_dir=tmp_path / "out2", parallel=2, log=lambda _: None)
     for alone, beside in zip(rows, side_by_side, strict=True):
@@ -66,3 +69,15 @@ def test_sweep_runs_each_point_and_writes_table_and_plot(tmp_path):
         engine = json.loads((Path(beside["run"]) / "summary.json").read_text())["engine"]
         assert engine["cluster"] == "local" and engine["cpus"] == 1
     assert len(list(csv.DictReader((folder2 / "sweep.csv").open()))) == 2
+
+
+def test_column_headings_read_as_a_reviewer_names_them():
+    from fedsim.sweep import column_heading
+
+    assert column_heading("test_mae") == "test MAE" and column_heading("baseline_error_rate") == "baseline error rate"
+    assert column_heading("reference_mae") == "centralized MAE" and column_heading("dp_epsilon") == "DP ε"
+    assert column_heading("mia_whitebox@client_update.tpr_at_1pct_fpr") == "mia_whitebox @ client_update: TPR@1%FPR"
+    assert column_heading("global_model.train_mae") == "global_model: train MAE"
+    assert column_heading("dlg.psnr_gain") == "dlg: gain (dB)"
+    for unchanged in ("federation.lr", "defenses", "status", "dlg.status"):
+        assert column_heading(unchanged) == unchanged
