@@ -29,7 +29,7 @@ import yaml
 from fedsim.loading import apply_override, read_raw, set_path, validate_scenario
 from fedsim.markdown import cell, table
 from fedsim.run_folder import RunFolder, atomic_write_text
-from fedsim.scenario import Scenario, ScenarioError, scenario_to_yaml
+from fedsim.scenario import Scenario, ScenarioError, scenario_fingerprint, scenario_to_yaml
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,11 @@ def recorded_run(point: SweepPoint, points_dir: Path) -> RunFolder | None:
         try:
             if not run.is_started() or run.scenario_raw() != wanted:
                 continue
-            rank = 2 if run.is_run() and run.summary().get("status") != "failed" else int(
-                run.checkpoint_meta() is not None)
+            meta = run.checkpoint_meta()
+            if run.is_run() and run.summary().get("status") != "failed":
+                rank = 2
+            else:  # a checkpoint of exactly this point (its header names the scenario it belongs to)
+                rank = int(meta is not None and meta.get("scenario") == scenario_fingerprint(point.scenario))
         except (ValueError, OSError, yaml.YAMLError):  # a damaged folder: not this point's
             continue
         if rank and (best is None or rank > best[0]):

@@ -81,3 +81,31 @@ def test_column_headings_read_as_a_reviewer_names_them():
     assert column_heading("dlg.psnr_gain") == "dlg: gain (dB)"
     for unchanged in ("federation.lr", "defenses", "status", "dlg.status"):
         assert column_heading(unchanged) == unchanged
+
+
+def test_a_resumed_sweep_finds_each_point_by_its_scenario_and_checkpoint(tmp_path):
+    import torch
+
+    from fedsim.run_folder import RunFolder
+    from fedsim.scenario import scenario_fingerprint
+    from fedsim.server.checkpoint import Checkpoint, capture_rng
+    from fedsim.sweep import recorded_run
+
+    path = _write(tmp_path, federation={"rounds": 2})
+    first, second = expand(path, grid=parse_grid(["federation.lr=0.001,0.05"]), overrides=[])
+    points = tmp_path / "points"
+    assert recorded_run(first, points) is None
+    stopped = RunFolder.create(first.scenario, points)
+    assert recorded_run(first, points) is None  # no checkpoint yet: the point starts afresh
+
+    def checkpoint(run: RunFolder, fingerprint: str) -> None:
+        Checkpoint(round=1, global_state={"w": torch.zeros(1)}, strategy={}, clients={},
+                   rng=capture_rng()).write(run.checkpoint_file, fingerprint)
+
+    checkpoint(stopped, scenario_fingerprint(second.scenario))  # a checkpoint of another point
+    assert recorded_run(first, points) is None
+    checkpoint(stopped, scenario_fingerprint(first.scenario))
+    assert recorded_run(first, points).path == stopped.path and recorded_run(second, points) is None
+    finished = RunFolder.create(first.scenario, points)
+    finished.write_summary({"status": "completed"})
+    assert recorded_run(first, points).path == finished.path  # a finished folder wins over a stopped one
