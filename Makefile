@@ -21,7 +21,7 @@ demo: install
 	$(VENV)/bin/fedsim run scenarios/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-cluster: install
 	$(PY) -m pytest -q -m cluster -s

@@ -69,8 +69,4 @@ def open_resumable(run_dir: Path, scenario_file: Path | None, overrides: list[st
                             f"{now!r} here")
     if meta.get("scenario") != scenario_fingerprint(scenario):
         raise ScenarioError(f"--resume: {run.checkpoint_file} belongs to another scenario than {run.scenario_file}")
-    try:
-        finished = run.is_run() and run.summary().get("status") != "failed"
-    except ValueError:  # a summary.json cut short: the run did not finish writing it
-        finished = False
-    return Resumable(run=run, scenario=scenario, round=int(meta["round"]), finished=finished)
+    return Resumable(run=run, scenario=scenario, round=int(meta["round"]), finished=run.is_finished())

@@ -220,6 +220,14 @@ class RunFolder:
         """Whether the folder holds a finished run (a resolved scenario and a summary)."""
         return self.scenario_file.is_file() and (self.path / "summary.json").is_file()
 
+    def is_finished(self) -> bool:
+        """Whether the run ended and has nothing left to resume: a summary that is not `failed` (a
+        summary cut short is a run that did not finish writing it)."""
+        try:
+            return self.is_run() and self.summary().get("status") != "failed"
+        except ValueError:
+            return False
+
     def scenario_raw(self) -> dict[str, Any]:
         """The resolved scenario as a plain mapping (the report reads it without validating)."""
         import yaml

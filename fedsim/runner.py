@@ -84,11 +84,7 @@ def rerun_attack(run_dir: Path, spec: PluginSpec, *, log: Log = print) -> list[d
         family_cls = resolve_family(plugin.family)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ScenarioError(f"--attack {spec.name}: {exc}") from None
-    family = family_cls(scenario)
-    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
-                         log=log)
-    family.check(experiment, [spec])
-    rows = _public(family.run(run, experiment, [spec], log=log))
+    rows = _public(_one_attack(run, scenario, spec, log=log, prepare_log=log, check=True))
     summary = run.summary()
     key = family_cls.summary_key()
     summary[key] = [r for r in summary.get(key, []) if r.get("attack") != spec.key] + rows
@@ -125,6 +121,20 @@ def _run_family(family: AttackFamily, specs: list[PluginSpec], run: RunFolder, e
     return sorted(rows, key=lambda row: order.get(row.get("attack"), len(order)))
 
 
+def _one_attack(run: RunFolder, scenario: Scenario, spec: PluginSpec, *, log: Log, prepare_log: Log,
+                check: bool = False) -> list[dict[str, Any]]:
+    """One attack's rows on a recorded run, in an experiment prepared afresh (a re-run, or a bounded
+    attack's own process)."""
+    from fedsim.attacks import ATTACKS
+
+    family = resolve_family(ATTACKS.get(spec.name).family)(scenario)
+    experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
+                         log=prepare_log)
+    if check:
+        family.check(experiment, [spec])
+    return family.run(run, experiment, [spec], log=log)
+
+
 def _run_bounded(spec: PluginSpec, scenario: Scenario, run: RunFolder, log: Log) -> list[dict[str, Any]]:
     import json
     import multiprocessing
@@ -158,14 +168,10 @@ def _attack_process(run_dir: Path, scenario: Scenario, spec: PluginSpec, out: Pa
     import os
     import sys
 
-    from fedsim.attacks import ATTACKS
     from fedsim.run_folder import atomic_write_text, clean_json
 
     try:
-        family = resolve_family(ATTACKS.get(spec.name).family)(scenario)
-        experiment = prepare(scenario, withheld=setting_of(scenario).withheld(), defense_copies=defense_copies,
-                             log=lambda _: None)
-        rows = family.run(RunFolder(run_dir), experiment, [spec], log=print)
+        rows = _one_attack(RunFolder(run_dir), scenario, spec, log=print, prepare_log=lambda _: None)
     except Exception as exc:  # families record their attacks' errors; this is the family's own
         import traceback
 

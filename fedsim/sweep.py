@@ -126,7 +126,7 @@ def recorded_run(point: SweepPoint, points_dir: Path) -> RunFolder | None:
             if not run.is_started() or run.scenario_raw() != wanted:
                 continue
             meta = run.checkpoint_meta()
-            if run.is_run() and run.summary().get("status") != "failed":
+            if run.is_finished():
                 rank = 2
             else:  # a checkpoint of exactly this point (its header names the scenario it belongs to)
                 rank = int(meta is not None and meta.get("scenario") == scenario_fingerprint(point.scenario))
@@ -143,7 +143,7 @@ def run_point(point: SweepPoint, points_dir: Path, *, resume: bool, log: Callabl
 
     try:
         prior = recorded_run(point, points_dir) if resume else None
-        if prior is not None and prior.is_run() and prior.summary().get("status") != "failed":
+        if prior is not None and prior.is_finished():
             log(f"already finished: {prior.path}")
             return point_row(point, prior.summary(), prior.path)
         result = run_scenario(point.scenario, out_dir=points_dir, log=log, resume=prior)
