@@ -6,7 +6,8 @@ scenario's cluster (`resources.ray_address`, or the cluster of the Ray job this 
 private local Ray over this machine's cores when it has at least LOCAL_MIN_CORES of them, and
 in-process, one after another, otherwise. Ray starts on the first map that needs it and stops when
 the pool closes.
-A piece that raises raises the same exception in the caller, as it would have in-process.
+A piece that raises raises the same exception in the caller, as it would have in-process, once the
+pieces already running have finished.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ class TaskPool:
         refs = [self._remote.remote(fn, *args) for args in calls]
         try:
             return ray.get(refs)
-        except ray.exceptions.RayError as exc:  # a piece raised, or its worker died: stop the others
-            for ref in refs:
-                ray.cancel(ref, force=True)
+        except ray.exceptions.RayError as exc:  # a piece raised, or its worker died
+            # The others are left to finish, never cancelled: a forced cancel racing a task's own reply
+            # aborts the driver inside Ray 2.55 (task_manager.cc "Tried to complete task that was not
+            # pending"), which would take the whole run and every result not yet written with it.
+            ray.wait(refs, num_returns=len(refs))
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, BaseException) else exc) from None
 

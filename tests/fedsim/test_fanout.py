@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,18 +16,22 @@ def where(i: int) -> tuple[int, int, int]:
     return i, os.getpid(), torch.get_num_threads()
 
 
-def fails(i: int) -> int:
+def fails(i: int, done: str) -> int:
     if i == 1:
         raise ValueError(f"piece {i} failed")
+    time.sleep(1.0)
+    Path(done, str(i)).touch()
     return i
 
 
-def test_pieces_run_as_one_thread_ray_tasks_in_order():
+def test_pieces_run_as_one_thread_ray_tasks_in_order(tmp_path):
     with task_pool(cpus=4) as pool:  # a private Ray of 4 logical CPUs, whatever this machine has
         out = pool.map(where, [(i,) for i in range(4)])
         assert pool.slots == 4
         with pytest.raises(ValueError, match="piece 1 failed"):  # the piece's own exception, not Ray's wrapper
-            pool.map(fails, [(i,) for i in range(3)])
+            pool.map(fails, [(i, str(tmp_path)) for i in range(3)])
+        # the others finished, never force-cancelled (a forced cancel racing a reply aborts Ray's driver)
+        assert sorted(f.name for f in tmp_path.iterdir()) == ["0", "2"]
     assert [i for i, _, _ in out] == [0, 1, 2, 3]
     assert all(pid != os.getpid() and threads == 1 for _, pid, threads in out)
     import ray
