@@ -100,7 +100,11 @@ def cell(args: argparse.Namespace, dims: int, name: str, state: str) -> list[dic
     later = tensors(rescan(spec, victims, session=1), dims)
     xv, yv = x[vic], age[vic]
     model = build(name, dims, float(age[train].mean()), float(age[train].std()))
-    epochs = partly_train(model, x[train], age[train], TRAIN_LR[name]) if state == "trained" else 0
+    try:
+        epochs = partly_train(model, x[train], age[train], TRAIN_LR[name]) if state == "trained" else 0
+    except NotLearnedError as exc:  # no network in mid-federation to attack: say so, run the other cells
+        print(f"# {dims}D {name} {state}: skipped, {exc}", flush=True)
+        return []
     with torch.no_grad():
         test_mae = float(torch.cat([model(xv[i:i + 50]) for i in range(0, len(xv), 50)]).sub(yv).abs().mean())
     print(f"# {dims}D {name} {state}: {epochs} epochs, test MAE {test_mae:.2f} "
@@ -160,7 +164,13 @@ def partly_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float) 
         model.train()  # as a client leaves it
         if learned_enough:
             return epoch
-    raise RuntimeError(f"{type(model).__name__} did not learn in {MAX_EPOCHS} epochs at lr {lr}")
+    mae = float((predict(model, x) - y).abs().mean())
+    raise NotLearnedError(f"{type(model).__name__} did not learn in {MAX_EPOCHS} epochs at lr {lr} "
+                          f"(training MAE {mae:.2f}, predicting the mean {floor:.2f})")
+
+
+class NotLearnedError(RuntimeError):
+    """A network that still predicts (nearly) a constant after MAX_EPOCHS."""
 
 
 def attacker_scans(cohort: Cohort, age: torch.Tensor, aux: np.ndarray, dims: int,
