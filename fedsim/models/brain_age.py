@@ -17,7 +17,9 @@ from monai.networks.layers.factories import Pool
 from torch import nn
 
 
-def _norm(kind: str, channels: int) -> tuple[str, dict]:
+def _norm(kind: str, channels: int) -> tuple[str, dict] | None:
+    if kind == "none":
+        return None
     if kind == "group":
         groups = max(g for g in (8, 4, 2, 1) if channels % g == 0)
         return ("group", {"num_groups": groups})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
@@ -37,7 +39,8 @@ class BrainAgeTask(Task):
     def _model_kwargs(self) -> dict:
         """What only some networks take: lenet has no norm and a single convolution per layer."""
         cfg = self.config.model
-        return ({"norm": cfg.norm} if cfg.norm != "none" else {}) | ({"convs": cfg.convs} if cfg.convs != 1 else {})
+        takes_norm = "norm" in inspect.signature(self._model_cls()).parameters
+        return ({"norm": cfg.norm} if takes_norm else {}) | ({"convs": cfg.convs} if cfg.convs != 1 else {})
 
     def images(self, cohort: Cohort, indices: list[int]) -> np.ndarray:
         """The network's input images before normalisation: whole volumes here."""

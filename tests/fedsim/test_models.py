@@ -20,6 +20,14 @@ def test_no_batchnorm_and_no_inplace_activations():
     assert all(not getattr(m, "inplace", False) for m in model.modules())
 
 
+def test_norm_none_in_the_scenario_builds_a_network_without_norm_layers():
+    # `norm: none` used to be dropped on the way to brain_age_cnn, which then built instance norms
+    for norm, expected in (("none", set()), ("instance", {"InstanceNorm3d"}), ("group", {"GroupNorm"})):
+        task = BrainAgeTask(config=TaskConfig(model={"channels": [4, 8], "norm": norm}), target_mean=50.0)
+        kinds = {type(m).__name__ for m in task.build_model().modules()}
+        assert {k for k in kinds if "Norm" in k} == expected, norm
+
+
 def test_2d_variant():
     model = BrainAgeCNN(channels=[4, 8], spatial_dims=2)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2,)
