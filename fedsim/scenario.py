@@ -161,6 +161,13 @@ class TaskConfig(Section):
                                        "every column but the target and what is derived from it)")
 
 
+class AugmentConfig(Section):
+    flip: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip")
+    shift: float = Field(2.0, ge=0, le=8, description="largest shift along each axis, voxels")
+    intensity: float = Field(0.1, ge=0, le=1, description="z-scored intensities scaled by 1 +- this and shifted "
+                                                          "by +- this")
+
+
 class FederationConfig(Section):
     clients: int = Field(3, ge=1, le=1000)
     rounds: int = Field(5, ge=1, le=10_000)
@@ -175,6 +182,13 @@ class FederationConfig(Section):
     optimizer: Literal["adam", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
     weight_decay: float = Field(0.0, ge=0)
+    augment: AugmentConfig | None = Field(None, description="random views of every training batch (true: the "
+                                                            "defaults; default: none)")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_switch(cls, value: Any) -> Any:
+        return {} if value is True else None if value is False else value
 
 
 class ResourcesConfig(Section):

@@ -9,7 +9,7 @@ through `fedsim.training_plan.TrainingHook` only: this module knows nothing abou
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from fedsim.augment import BatchAugment
 from fedsim.scenario import FederationConfig
 from fedsim.tasks import Task
 from fedsim.training_plan import Batch, TrainingHook, local_budget
@@ -76,8 +77,9 @@ def train_local(
     """Train `model` in place for this round's `local_budget` over (x, y)."""
     budget = local_budget(config, len(x), batch_size=batch_size)
     loader = batch_loader(x, y, budget.batch_size, rng)
+    augment = BatchAugment(config.augment, seed=int(rng.integers(2**31))) if config.augment else None
     return run_steps(model, make_optimizer(model, config), loader, budget.steps, task=task,
-                     proximal_mu=proximal_mu, hooks=hooks)
+                     proximal_mu=proximal_mu, hooks=hooks, augment=augment)
 
 
 def run_steps(
@@ -89,8 +91,10 @@ def run_steps(
     task: Task,
     proximal_mu: float = 0.0,
     hooks: Sequence[TrainingHook] = (),
+    augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> LocalResult:
-    """`total_steps` optimizer steps over `loader` (restarted as needed), through the hooks."""
+    """`total_steps` optimizer steps over `loader` (restarted as needed), through the hooks; with
+    `augment`, on random views of each batch (the hooks see the views: they are what is trained on)."""
     device = next(model.parameters()).device
     n = len(loader.dataset)  # type: ignore[arg-type]
     for hook in hooks:
@@ -110,6 +114,8 @@ def run_steps(
                 optimizer.step()
                 continue
             used.update(dict.fromkeys(ib.tolist()))
+            if augment is not None:
+                xb, yb = augment(xb, yb)
             batch = Batch(xb.to(device), yb.to(device), ib)
             prediction = model(batch.x)
             loss = task.loss(prediction, batch.y)

@@ -36,7 +36,8 @@ def discover_partitions(grid: Grid, n_clients: int, timeout: float) -> dict[int,
     deadline = time.monotonic() + timeout
     while len(nodes := list(grid.get_node_ids())) < n_clients:
         if time.monotonic() > deadline:
-            raise FederationError(f"only {len(nodes)} of {n_clients} clients came up")
+            raise FederationError(f"only {len(nodes)} of {n_clients} clients came up within {timeout:.0f} s "
+                                  "(resources.start_timeout_s: raise it on a busy machine)")
         time.sleep(0.05)
     messages = [Message(RecordDict(), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
     mapping: dict[int, int] = {}
@@ -45,7 +46,8 @@ def discover_partitions(grid: Grid, n_clients: int, timeout: float) -> dict[int,
             raise FederationError(f"a client failed to start: {short_reason(reply.error.reason)}")
         mapping[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
     if len(mapping) != n_clients:
-        raise FederationError(f"only {len(mapping)} of {n_clients} clients answered")
+        raise FederationError(f"only {len(mapping)} of {n_clients} clients answered within {timeout:.0f} s "
+                              "(resources.start_timeout_s: raise it on a busy machine)")
     return mapping
 
 

@@ -70,3 +70,58 @@ def test_divergence_is_a_clear_error_not_silent_nans():
     cfg = FederationConfig(local_steps=50, batch_size=4, lr=10.0, optimizer="sgd", momentum=0.0)
     with pytest.raises(FloatingPointError, match="lower federation.lr"):
         train_local(model, x, y, task=task, config=cfg, rng=np.random.default_rng(0))
+
+
+def test_augmentation_trains_on_random_views_seeded_and_leaves_the_data_alone():
+    x, y = _data(8)
+    x_before = x.clone()
+    task = _task()
+    seen = []
+
+    class Record:  # a hook that sees what the loop trains on
+        def wrap(self, model, optimizer, loader):
+            return model, optimizer, loader
+
+        def loss_term(self, batch, prediction, model):
+            seen.append(batch.x.clone())
+
+        def after_step(self, step, model, batch):
+            pass
+
+    runs = {}
+    for name, augment in (("plain", None), ("aug", True), ("again", True)):
+        torch.manual_seed(3)
+        model = task.build_model()
+        seen.clear()
+        cfg = FederationConfig(local_steps=3, batch_size=4, augment=augment)
+        train_local(model, x, y, task=task, config=cfg, rng=np.random.default_rng(3), hooks=[Record()])
+        runs[name] = (torch.cat(seen), model.state_dict())
+    assert torch.equal(x, x_before)  # the client's scans are not changed in place
+    assert not torch.allclose(runs["aug"][0], runs["plain"][0])  # trained on other views
+    assert torch.equal(runs["aug"][0], runs["again"][0])  # the same seed gives the same views
+    assert all(torch.equal(runs["aug"][1][k], runs["again"][1][k]) for k in runs["aug"][1])
+
+
+def test_augmentation_moves_a_label_map_with_its_image():
+    from fedsim.augment import BatchAugment
+    from fedsim.scenario import AugmentConfig
+
+    labels = (torch.arange(16.0)[None, None, :, None, None] > 9).long().expand(4, 1, 16, 16, 16).contiguous()
+    images = labels.float() * 2 - 1 + 0.05 * torch.randn(4, 1, 16, 16, 16)
+    views, view_labels = BatchAugment(AugmentConfig(flip=1.0, shift=3.0, intensity=0.0), seed=0)(images, labels)
+    assert view_labels.dtype == torch.int64 and set(view_labels.unique().tolist()) <= {0, 1}
+    assert not torch.equal(view_labels, labels)  # flipped left-right (and shifted)
+    agree = ((views > 0).long() == view_labels).float().mean()
+    assert agree > 0.95, float(agree)
+
+
+def test_augment_accepts_true_false_or_settings():
+    from fedsim.loading import validate_scenario
+    from fedsim.scenario import ScenarioError
+
+    assert FederationConfig(augment=True).augment.flip == 0.5
+    assert FederationConfig(augment=False).augment is None
+    assert FederationConfig(augment={"shift": 1}).augment.shift == 1.0
+    import pytest
+    with pytest.raises(ScenarioError, match="federation.augment.flip"):
+        validate_scenario({"name": "x", "federation": {"augment": {"flip": 2}}})
