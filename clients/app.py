@@ -202,7 +202,7 @@ def make_client_app(plan: ClientPlan) -> ClientApp:
         hooks = [defense.training_hook(ctx) for defense, ctx in defenses]
         if gradient_requested:
             update, result = one_batch_gradient(model, x, y, task=data.task, batch_size=batch_size, rng=rng,
-                                                hooks=hooks)
+                                                hooks=hooks, augment=fed.augment)
         else:
             result = train_local(model, x, y, task=data.task, config=fed, rng=rng, hooks=hooks,
                                  proximal_mu=float(config.get("proximal-mu", 0.0)), batch_size=batch_size)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from fedsim.augment import BatchAugment
-from fedsim.scenario import FederationConfig
+from fedsim.scenario import AugmentConfig, FederationConfig
 from fedsim.tasks import Task
 from fedsim.training_plan import Batch, TrainingHook, local_budget
 
@@ -77,9 +77,14 @@ def train_local(
     """Train `model` in place for this round's `local_budget` over (x, y)."""
     budget = local_budget(config, len(x), batch_size=batch_size)
     loader = batch_loader(x, y, budget.batch_size, rng)
-    augment = BatchAugment(config.augment, seed=int(rng.integers(2**31))) if config.augment else None
     return run_steps(model, make_optimizer(model, config), loader, budget.steps, task=task,
-                     proximal_mu=proximal_mu, hooks=hooks, augment=augment)
+                     proximal_mu=proximal_mu, hooks=hooks, augment=_augment(config.augment, rng))
+
+
+def _augment(config: AugmentConfig | None, rng: np.random.Generator) -> BatchAugment | None:
+    """The batch views of `config`, seeded from `rng` (drawn only when augmenting, so that runs
+    without it keep their random streams)."""
+    return BatchAugment(config, seed=int(rng.integers(2**31))) if config else None
 
 
 def run_steps(
@@ -140,15 +145,15 @@ def run_steps(
 
 def one_batch_gradient(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, task: Task, batch_size: int, rng: np.random.Generator,
-    hooks: Sequence[TrainingHook] = (),
+    hooks: Sequence[TrainingHook] = (), augment: AugmentConfig | None = None,
 ) -> tuple[dict[str, torch.Tensor], LocalResult]:
     """FedSGD: the gradient of the loss on one random batch (what a malicious server may ask for).
 
     Taken from one plain SGD step through the hooks, so that DP-SGD's per-sample clipping and noise
-    shape the gradient exactly as they shape training."""
+    shape the gradient exactly as they shape training (and `augment`, the client's views, too)."""
     loader = batch_loader(x, y, batch_size, rng, batches=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    result = run_steps(model, optimizer, loader, 1, task=task, hooks=hooks)
+    result = run_steps(model, optimizer, loader, 1, task=task, hooks=hooks, augment=_augment(augment, rng))
     grads = {name: (p.grad.detach().cpu().clone() if p.grad is not None else torch.zeros_like(p, device="cpu"))
              for name, p in model.named_parameters()}
     return grads, result

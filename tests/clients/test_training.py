@@ -125,3 +125,17 @@ def test_augment_accepts_true_false_or_settings():
     import pytest
     with pytest.raises(ScenarioError, match="federation.augment.flip"):
         validate_scenario({"name": "x", "federation": {"augment": {"flip": 2}}})
+
+
+def test_a_fedsgd_gradient_is_taken_on_the_augmented_views_too():
+    from fedsim.training import one_batch_gradient
+
+    x, y = _data(8)
+    task = _task()
+    grads = {}
+    for name, augment in (("plain", None), ("aug", FederationConfig(augment=True).augment)):
+        torch.manual_seed(4)
+        model = task.build_model()
+        grads[name], _ = one_batch_gradient(model, x, y, task=task, batch_size=4, rng=np.random.default_rng(4),
+                                            augment=augment)
+    assert not all(torch.allclose(grads["plain"][k], grads["aug"][k]) for k in grads["plain"])
