@@ -22,8 +22,8 @@ import yaml
 
 from fedsim.experiment import prepare
 from fedsim.loading import validate_scenario
-from fedsim.reference import CENTRALIZED
-from fedsim.run_folder import MODEL, RunFolder
+from fedsim.reference import centralized_model
+from fedsim.run_folder import RunFolder
 from fedsim.sweep import expand, run_sweep
 from fedsim.training import predict
 
@@ -45,18 +45,22 @@ def tissue_ridge_mae(experiment: Any) -> float | None:
     return float(np.abs(fit.predict(fractions[test]) - cohort.age[test]).mean())
 
 
-def model_metrics(experiment: Any, run: RunFolder, name: str, key: str) -> tuple[float | None, float | None]:
-    """(train, test) metric of a model saved in the run folder."""
-    state = run.load_model(name)
-    if state is None:
-        return None, None
-    model = experiment.task.build_model()
-    model.load_state_dict({k.removeprefix("_module."): v for k, v in state.items()})
-    model.eval()
+def train_test(experiment: Any, model: Any, key: str) -> tuple[float, float]:
+    """(train, test) metric of a model on the run's training rows and test set."""
     x, y = experiment.tensors(experiment.train_rows)
     train = experiment.task.metrics(predict(model, x), y)[key]
-    test = experiment.task.metrics(predict(model, experiment.x_test), experiment.y_test)[key]
-    return train, test
+    return train, experiment.task.metrics(predict(model, experiment.x_test), experiment.y_test)[key]
+
+
+def saved_models(run: RunFolder, experiment: Any) -> tuple[Any, Any]:
+    """The run's centralized reference and its final federated model (None where not saved)."""
+    final = run.load_model()
+    federated = None
+    if final is not None:
+        federated = experiment.task.build_model()
+        federated.load_state_dict(final)
+        federated.eval()
+    return centralized_model(run, experiment, log=print), federated
 
 
 def rows_of(path: Path, grid: dict[str, list[Any]], overrides: list[str], out: Path) -> list[dict[str, Any]]:
@@ -71,8 +75,9 @@ def rows_of(path: Path, grid: dict[str, list[Any]], overrides: list[str], out: P
             continue
         key = summary.get("primary_metric", "mae")
         experiment = prepare(validate_scenario(run.scenario_raw()), log=lambda _: None)
-        central = model_metrics(experiment, run, CENTRALIZED, key)
-        federated = model_metrics(experiment, run, MODEL, key)
+        central_model, federated_model = saved_models(run, experiment)
+        central = train_test(experiment, central_model, key)
+        federated = train_test(experiment, federated_model, key) if federated_model else (None, None)
         table.append({"point": point.label, "key": key, "train": len(experiment.train_rows),
                       "test": len(experiment.x_test), "mean": summary.get("baseline_predict_mean", {}).get(key),
                       "ridge": tissue_ridge_mae(experiment), "central": central, "federated": federated,
